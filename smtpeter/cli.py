@@ -1,0 +1,251 @@
+"""The ``smtpeter`` admin command: accounts, logins, tokens, sender domains, the queue."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from twisted.internet import defer, task
+
+from smtpeter.config import Config, ConfigError, load_config
+from smtpeter.ingress.submission import BOOLEAN_OPTIONS
+from smtpeter.storage import Conflict, NotFound, Storage, StorageError, open_storage
+
+
+class CommandError(Exception):
+    """A user-facing error: printed without a traceback, exit status 1."""
+
+
+Command = Callable[[Storage, argparse.Namespace, Config], Coroutine[Any, Any, Any]]
+
+
+def _time(value: float | None) -> str:
+    if value is None:
+        return ""
+    return datetime.datetime.fromtimestamp(value, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _login_options(args: argparse.Namespace) -> dict[str, object]:
+    return {name: True for name in BOOLEAN_OPTIONS if getattr(args, name, False)}
+
+
+def validation_record(domain: str, token: str) -> dict[str, str]:
+    return {"name": f"smtpeter-{token[:12].lower()}.{domain}", "type": "TXT", "value": token}
+
+
+# -- accounts, logins, tokens ------------------------------------------------
+
+
+async def account_create(storage: Storage, args: argparse.Namespace, config: Config) -> dict:
+    account = await storage.create_account(args.name)
+    _, token = await storage.create_api_token(account.id, "created with the account")
+    username = args.smtp_username or args.name
+    password = await storage.create_smtp_login(account.id, username, _login_options(args))
+    return {"account": account.name, "account_id": account.id, "api_token": token,
+            "smtp_username": username, "smtp_password": password}
+
+
+async def account_list(storage: Storage, args: argparse.Namespace, config: Config) -> list:
+    return [{"account": a.name, "account_id": a.id, "created": _time(a.created)}
+            for a in await storage.accounts()]
+
+
+async def login_create(storage: Storage, args: argparse.Namespace, config: Config) -> dict:
+    account = await storage.account(args.account)
+    password = await storage.create_smtp_login(account.id, args.username, _login_options(args))
+    return {"account": account.name, "smtp_username": args.username, "smtp_password": password,
+            "options": _login_options(args)}
+
+
+async def token_create(storage: Storage, args: argparse.Namespace, config: Config) -> dict:
+    account = await storage.account(args.account)
+    token_id, token = await storage.create_api_token(account.id, args.description)
+    return {"account": account.name, "token_id": token_id, "api_token": token}
+
+
+# -- sender domains ------------------------------------------------------------
+
+
+async def domain_add(storage: Storage, args: argparse.Namespace, config: Config) -> dict:
+    account = await storage.account(args.account)
+    record = await storage.add_domain(account.id, args.domain, approved=args.approve)
+    return {
+        "domain": record.domain, "account": account.name, "approved": record.approved,
+        "dns": [validation_record(record.domain, record.validation_token)],
+    }
+
+
+async def domain_approve(storage: Storage, args: argparse.Namespace, config: Config) -> dict:
+    account = await storage.account(args.account)
+    await storage.approve_domain(account.id, args.domain)
+    return {"domain": args.domain.lower(), "account": account.name, "approved": True}
+
+
+async def domain_list(storage: Storage, args: argparse.Namespace, config: Config) -> list:
+    account = await storage.account(args.account)
+    return [{"domain": d.domain, "approved": d.approved} for d in await storage.domains(account.id)]
+
+
+# -- the queue -------------------------------------------------------------------
+
+
+def _entry(entry: Any) -> dict:
+    return {
+        "id": entry.id, "recipient": entry.address, "envelope": entry.envelope,
+        "state": entry.state, "attempts": entry.attempts, "size": entry.size,
+        "created": _time(entry.created), "next_attempt": _time(entry.next_attempt),
+        "last_code": entry.last_code, "last_status": entry.last_status,
+        "last_description": entry.last_description,
+    }
+
+
+async def queue_list(storage: Storage, args: argparse.Namespace, config: Config) -> list:
+    state = None if args.state == "all" else args.state
+    return [_entry(e) for e in await storage.queue(state=state, limit=args.limit)]
+
+
+async def queue_show(storage: Storage, args: argparse.Namespace, config: Config) -> dict:
+    entry = _entry(await storage.recipient(args.id))
+    content = await storage.message_content(args.id)
+    headers = content["mime"].split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace")
+    entry.update({"account_id": content["account_id"], "options": content["options"],
+                  "tags": content["tags"], "expires": _time(content["expires"]),
+                  "headers": headers,
+                  "events": [{"type": e.type, "time": _time(e.time), **e.data}
+                             for e in await storage.events(args.id)]})
+    return entry
+
+
+async def queue_delete(storage: Storage, args: argparse.Namespace, config: Config) -> dict:
+    await storage.delete_recipient(args.id)
+    return {"deleted": args.id}
+
+
+# -- output and plumbing ---------------------------------------------------------
+
+
+def _print_human(result: Any) -> None:
+    if isinstance(result, list):
+        if not result:
+            print("(none)")
+        for item in result:
+            print("  ".join(f"{k}={v}" for k, v in item.items() if v not in (None, "")))
+    elif isinstance(result, dict):
+        for key, value in result.items():
+            if isinstance(value, list) and value and isinstance(value[0], dict):
+                print(f"{key}:")
+                for item in value:
+                    print("  " + "  ".join(f"{k}={v}" for k, v in item.items()))
+            elif isinstance(value, str) and "\n" in value:
+                print(f"{key}:")
+                print("  " + value.replace("\n", "\n  "))
+            else:
+                print(f"{key}: {value}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", "-c", default=argparse.SUPPRESS,
+                        help="TOML configuration file (default: built-in defaults)")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="print machine-readable JSON")
+
+    def options(p: argparse.ArgumentParser) -> None:
+        for name in BOOLEAN_OPTIONS:
+            p.add_argument(f"--{name}", action="store_true", help=f"default {name} on for this login")
+
+    parser = argparse.ArgumentParser(prog="smtpeter", parents=[common],
+                                     description="Administer an smtpeter installation.")
+    groups = parser.add_subparsers(dest="group", required=True, metavar="{account,login,token,domain,queue}")
+
+    def command(group: Any, name: str, fn: Command, help: str) -> argparse.ArgumentParser:
+        p = group.add_parser(name, parents=[common], help=help)
+        p.set_defaults(fn=fn)
+        return p
+
+    account = groups.add_parser("account", help="accounts").add_subparsers(dest="action", required=True)
+    p = command(account, "create", account_create, "create an account with an API token and an SMTP login")
+    p.add_argument("name")
+    p.add_argument("--smtp-username", help="username of the first SMTP login (default: NAME)")
+    options(p)
+    command(account, "list", account_list, "list accounts")
+
+    login = groups.add_parser("login", help="SMTP logins").add_subparsers(dest="action", required=True)
+    p = command(login, "create", login_create, "create another SMTP login for an account")
+    p.add_argument("account")
+    p.add_argument("username")
+    options(p)
+
+    token = groups.add_parser("token", help="API tokens").add_subparsers(dest="action", required=True)
+    p = command(token, "create", token_create, "create an API token")
+    p.add_argument("account")
+    p.add_argument("--description", default="")
+
+    domain = groups.add_parser("domain", help="sender domains").add_subparsers(dest="action", required=True)
+    p = command(domain, "add", domain_add, "register a sender domain")
+    p.add_argument("account")
+    p.add_argument("domain")
+    p.add_argument("--approve", action="store_true", help="approve it now, without DNS validation")
+    p = command(domain, "approve", domain_approve, "approve a registered sender domain")
+    p.add_argument("account")
+    p.add_argument("domain")
+    p = command(domain, "list", domain_list, "list an account's sender domains")
+    p.add_argument("account")
+
+    queue = groups.add_parser("queue", help="the delivery queue").add_subparsers(dest="action", required=True)
+    p = command(queue, "list", queue_list, "list queued recipients")
+    p.add_argument("--state", default="queued",
+                   choices=["queued", "delivered", "failed", "expired", "all"])
+    p.add_argument("--limit", type=int, default=100)
+    p = command(queue, "show", queue_show, "show one message (by message id)")
+    p.add_argument("id")
+    p = command(queue, "delete", queue_delete, "delete one message (by message id) from the queue")
+    p.add_argument("id")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    as_json = getattr(args, "json", False)
+    try:
+        config = load_config(getattr(args, "config", None))
+    except ConfigError as exc:
+        print(f"smtpeter: {exc}", file=sys.stderr)
+        sys.exit(2)
+    outcome: dict[str, Any] = {}
+
+    async def run(reactor: Any) -> None:
+        try:
+            storage = await open_storage(config.storage_url, reactor, 1)
+        except StorageError as exc:
+            outcome["error"] = f"cannot open storage: {exc}"
+            return
+        try:
+            outcome["result"] = await args.fn(storage, args, config)
+        except (NotFound, Conflict, CommandError) as exc:
+            outcome["error"] = str(exc)
+        except StorageError as exc:
+            outcome["error"] = f"storage error: {exc}"
+        finally:
+            await storage.close()
+
+    try:
+        task.react(lambda reactor: defer.Deferred.fromCoroutine(run(reactor)))
+    except SystemExit as exit_:
+        if exit_.code not in (0, None):
+            raise
+    if "error" in outcome:
+        if as_json:
+            print(json.dumps({"error": {"message": outcome["error"]}}))
+        else:
+            print(f"smtpeter: {outcome['error']}", file=sys.stderr)
+        sys.exit(1)
+    if as_json:
+        print(json.dumps(outcome["result"], indent=2, ensure_ascii=False))
+    else:
+        _print_human(outcome["result"])

@@ -1,0 +1,24 @@
+"""Message and object identifiers: opaque, URL-safe, unique, roughly time-ordered."""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+# Crockford's base32 in lower case: no i, l, o, u, so ids survive being read aloud.
+_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
+
+
+def new_id() -> str:
+    """Return an 18-character id: 48 bits of milliseconds, then 40 random bits."""
+    value = (time.time_ns() // 1_000_000) << 40 | secrets.randbits(40)
+    chars = []
+    for _ in range(18):
+        chars.append(_ALPHABET[value & 31])
+        value >>= 5
+    return "".join(reversed(chars))
+
+
+def new_secret(nbytes: int = 24) -> str:
+    """A random secret for tokens and passwords, URL-safe."""
+    return secrets.token_urlsafe(nbytes)

@@ -1,0 +1,276 @@
+"""The Twisted edge of the SMTP server: framing, TLS, timeouts, connection limits.
+
+All protocol decisions live in ``session.SMTPSession``; this adapter only
+splits the stream into lines or DATA and carries out the session's outputs.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import ipaddress
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.portal import Portal
+from twisted.internet import defer
+from twisted.internet.protocol import ServerFactory
+from twisted.logger import Logger
+from twisted.protocols.basic import LineReceiver
+from twisted.protocols.policies import TimeoutMixin
+
+from smtpeter.ingress.smtp.auth import ISMTPLogin
+from smtpeter.ingress.smtp.data import DataReader
+from smtpeter.ingress.smtp.session import (
+    MAX_LINE_LENGTH,
+    Authenticate,
+    BeginData,
+    Client,
+    Close,
+    Deliver,
+    Envelope,
+    SessionPolicy,
+    SMTPSession,
+    StartTLS,
+    reply,
+)
+from smtpeter.ingress.submission import Refused, Sender, Submission
+from smtpeter.storage import StorageError
+from smtpeter.storage.models import NewRecipient
+
+log = Logger()
+
+# A wrong password waits this long before its 535, to slow down guessing.
+AUTH_FAILURE_DELAY = 1.0
+
+
+def queued_reply(ids: Sequence[str], recipients: Sequence[str]) -> bytes:
+    """The 250 to DATA, naming one message id per recipient (as MailerQ does)."""
+    lines = ["Ok, your message has been queued using the following identifiers:"]
+    lines += [f"{mid} for {rcpt}" for mid, rcpt in zip(ids, recipients, strict=True)]
+    return reply(250, "2.0.0", "\n".join(lines))
+
+
+class SMTPServerProtocol(LineReceiver, TimeoutMixin):
+    MAX_LENGTH = MAX_LINE_LENGTH
+    factory: SMTPFactory
+
+    def __init__(self) -> None:
+        self.session: SMTPSession | None = None
+        self._reader: DataReader | None = None
+        self._peer = ""
+
+    # -- connection ---------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        factory = self.factory
+        peer = self.transport.getPeer()
+        self._peer = getattr(peer, "host", "") or "unknown"
+        trusted = factory.is_trusted(self._peer)
+        self.session = SMTPSession(factory.policy, self._peer, tls=factory.implicit_tls, trusted=trusted)
+        if hasattr(self.transport, "setTcpNoDelay"):
+            self.transport.setTcpNoDelay(True)
+        refusal = factory.admit(self._peer, trusted)
+        factory.connections[self._peer] += 1
+        if refusal is not None:
+            self.session.closed = True
+            self.transport.write(refusal)
+            self.transport.loseConnection()
+            return
+        self.setTimeout(factory.timeout)
+        self._run(self.session.greeting())
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.setTimeout(None)
+        factory = self.factory
+        factory.connections[self._peer] -= 1
+        if factory.connections[self._peer] <= 0:
+            del factory.connections[self._peer]
+
+    def timeoutConnection(self) -> None:
+        if self.session is not None:
+            self._run(self.session.timed_out())
+
+    # -- input --------------------------------------------------------------
+
+    def lineReceived(self, line: bytes) -> None:
+        self.resetTimeout()
+        self._run(self.session.line(line))
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self._run(self.session.line_too_long())
+
+    def rawDataReceived(self, data: bytes) -> None:
+        self.resetTimeout()
+        result = self._reader.feed(data)
+        if result is None:
+            return
+        message, rest = result
+        self._reader = None
+        self.setTimeout(self.factory.timeout)
+        # We are inside dataReceived: ``rest`` is buffered and read as lines
+        # after we return, unless the session paused us to store the message.
+        self.setLineMode(rest)
+        self._run(self.session.data_received(message))
+
+    # -- carrying out what the session decided ------------------------------
+
+    def _run(self, outputs: list) -> None:
+        for output in outputs:
+            if isinstance(output, bytes):
+                self.transport.write(output)
+            elif isinstance(output, BeginData):
+                policy = self.factory.policy
+                self._reader = DataReader(policy.max_message_size, policy.max_line_length)
+                self.setTimeout(self.factory.data_timeout)
+                self.setRawMode()
+            elif isinstance(output, StartTLS):
+                # RFC 3207 §6: whatever the client sent behind STARTTLS in
+                # plaintext must not be read as if it came over TLS.
+                self.clearLineBuffer()
+                self.transport.startTLS(self.factory.tls_context)
+            elif isinstance(output, Close):
+                self.setTimeout(None)
+                self.transport.loseConnection()
+            elif isinstance(output, Authenticate):
+                self._wait(self._authenticate(output))
+            elif isinstance(output, Deliver):
+                self._wait(self._deliver(output))
+
+    def _wait(self, work: Any) -> None:
+        """Stop reading until ``work`` is done, so later replies keep their order."""
+        self.pauseProducing()
+        self.setTimeout(None)
+
+        def resume(outputs: list) -> None:
+            if not self.transport.disconnecting:
+                self.setTimeout(self.factory.timeout)
+                self._run(outputs)
+                self.resumeProducing()
+
+        defer.Deferred.fromCoroutine(work).addCallback(resume).addErrback(
+            lambda f: log.failure("SMTP session step failed", f)
+        )
+
+    async def _authenticate(self, request: Authenticate) -> list:
+        session = self.session
+        try:
+            _, login, _ = await self.factory.portal.login(request.credentials, None, ISMTPLogin)
+        except UnauthorizedLogin:
+            await _sleep(self.factory.clock, AUTH_FAILURE_DELAY)
+            return session.authenticated(None)
+        except StorageError as exc:
+            log.warn("SMTP AUTH could not reach storage: {exc}", exc=exc)
+            return session.authenticated(None, temporary_failure=True)
+        return session.authenticated(login)
+
+    async def _deliver(self, request: Deliver) -> list:
+        answer = await self.factory.accept(request.client, request.envelope, request.data)
+        return self.session.stored(answer)
+
+
+async def _sleep(clock: Any, seconds: float) -> None:
+    d: defer.Deferred = defer.Deferred()
+    clock.callLater(seconds, d.callback, None)
+    await d
+
+
+def received_header(hostname: str, client: Client, recipients: list[str]) -> bytes:
+    """The trace field of RFC 5321 §4.4, with the protocol names of RFC 3848."""
+    protocol = "ESMTP" + ("S" if client.tls else "") + ("A" if client.login else "")
+    recipient = f"\r\n\tfor <{recipients[0]}>" if len(recipients) == 1 else ""
+    when = email.utils.format_datetime(email.utils.localtime())
+    helo = "".join(c for c in client.helo if c.isprintable() and c not in "()\\")[:255]
+    return (
+        f"Received: from {helo} ([{client.address}])\r\n\tby {hostname} (smtpeter) "
+        f"with {protocol}{recipient}; {when}\r\n"
+    ).encode()
+
+
+class SMTPFactory(ServerFactory):
+    protocol = SMTPServerProtocol
+
+    def __init__(
+        self,
+        policy: SessionPolicy,
+        submission: Submission,
+        portal: Portal | None,
+        tls_context: Any,
+        clock: Any,
+        *,
+        implicit_tls: bool = False,
+        trusted_networks: Sequence[Any] = (),
+        trusted_account: str | None = None,
+        max_connections: int = 1000,
+        max_connections_per_client: int = 50,
+        timeout: float = 300.0,
+        data_timeout: float = 600.0,
+    ) -> None:
+        self.policy = policy
+        self.submission = submission
+        self.portal = portal
+        self.tls_context = tls_context
+        self.clock = clock
+        self.implicit_tls = implicit_tls
+        self.trusted_networks = list(trusted_networks)
+        self.trusted_account = trusted_account
+        self.max_connections = max_connections
+        self.max_connections_per_client = max_connections_per_client
+        self.timeout = timeout
+        self.data_timeout = data_timeout
+        self.connections: Counter[str] = Counter()
+
+    def is_trusted(self, address: str) -> bool:
+        if not self.trusted_networks or self.trusted_account is None:
+            return False
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self.trusted_networks)
+
+    def admit(self, address: str, trusted: bool) -> bytes | None:
+        """A 421 refusal if this connection would exceed a limit, else None."""
+        host = self.policy.hostname
+        if sum(self.connections.values()) >= self.max_connections:
+            return reply(421, "4.7.0", f"{host} Too many connections, try again later")
+        if not trusted and self.connections[address] >= self.max_connections_per_client:
+            return reply(421, "4.7.0", f"{host} Too many connections from your address")
+        return None
+
+    def sender_for(self, client: Client) -> Sender | None:
+        if client.login is not None:
+            return Sender(client.login.account_id, dict(client.login.options))
+        if client.trusted and self.trusted_account:
+            return Sender(self.trusted_account, {})
+        return None
+
+    async def accept(self, client: Client, envelope: Envelope, data: bytes) -> bytes:
+        """Run the submission checks and store; return the reply to the final dot."""
+        sender = self.sender_for(client)
+        if sender is None:  # the session refuses RCPT first; this is a second lock
+            return reply(530, "5.7.0", "Authentication required")
+        addresses = [r.address for r in envelope.recipients]
+        try:
+            ids = await self.submission.submit(
+                sender,
+                "smtp",
+                envelope.mail_from,
+                [NewRecipient(r.address, r.orcpt, r.notify) for r in envelope.recipients],
+                data,
+                trace=received_header(self.policy.hostname, client, addresses),
+                body=envelope.body,
+                smtputf8=envelope.smtputf8,
+                dsn_ret=envelope.ret,
+                dsn_envid=envelope.envid,
+            )
+        except Refused as refusal:
+            return reply(refusal.code, refusal.status, refusal.text)
+        except StorageError as exc:
+            log.error("Could not store a message: {exc}", exc=exc)
+            return reply(451, "4.3.0", "Temporary storage failure, message not accepted; try again later")
+        except Exception:
+            log.failure("Unexpected error while accepting a message")
+            return reply(451, "4.3.0", "Temporary local problem, message not accepted; try again later")
+        return queued_reply(ids, addresses)

@@ -1,0 +1,172 @@
+"""SMTP command syntax (RFC 5321 §4.1, RFC 6531, RFC 3461), without I/O.
+
+Everything here takes bytes from the wire and returns values or raises
+``SyntaxProblem`` carrying the reply the server should give.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+
+class SyntaxProblem(Exception):
+    """A command could not be parsed; ``code``/``status``/``text`` form the reply."""
+
+    def __init__(self, code: int, status: str, text: str) -> None:
+        super().__init__(text)
+        self.code, self.status, self.text = code, status, text
+
+
+_ATEXT = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~\-"
+_UTF8 = r"\u0080-\U0010ffff"
+_LDH = r"[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?"
+_ULDH = rf"[A-Za-z0-9{_UTF8}](?:[A-Za-z0-9\-{_UTF8}]{{0,61}}[A-Za-z0-9{_UTF8}])?"
+_QTEXT = r"\x20\x21\x23-\x5b\x5d-\x7e"
+_IPV4 = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?:\.(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}"
+
+
+def _mailbox_re(utf8: bool) -> re.Pattern[str]:
+    atext = _ATEXT + (_UTF8 if utf8 else "")
+    qtext = _QTEXT + (_UTF8 if utf8 else "")
+    label = _ULDH if utf8 else _LDH
+    return re.compile(
+        rf"(?P<local>[{atext}]+(?:\.[{atext}]+)*|\"(?:[{qtext}]|\\[\x20-\x7e])*\")"
+        rf"@(?P<domain>{label}(?:\.{label})*|\[(?:{_IPV4}|IPv6:[0-9A-Fa-f:.]+)\])"
+    )
+
+
+_MAILBOX = {False: _mailbox_re(False), True: _mailbox_re(True)}
+# Source routes (A-d-l) must be accepted and ignored (RFC 5321 §4.1.2, §C).
+_ROUTE = re.compile(r"@[^:,<>]+(?:,@[^:,<>]+)*:")
+_PARAM_KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9\-]*")
+_PARAM_VALUE = re.compile(r"[\x21-\x3c\x3e-\x7e]+")
+
+
+@dataclass
+class Path:
+    """A reverse- or forward-path with its ESMTP parameters."""
+
+    address: str  # "" for the null reverse-path <>
+    params: dict[str, str | None] = field(default_factory=dict)
+
+
+def split_command(line: bytes) -> tuple[str, bytes]:
+    """Return the upper-cased verb and the raw argument bytes."""
+    verb, _, args = line.partition(b" ")
+    try:
+        name = verb.decode("ascii").upper()
+    except UnicodeDecodeError:
+        name = ""
+    return name, args.strip(b" ")
+
+
+def parse_params(text: str) -> dict[str, str | None]:
+    """Parse ``KEYWORD[=VALUE]`` parameters (RFC 5321 §4.1.2 Mail-parameters)."""
+    params: dict[str, str | None] = {}
+    for item in text.split():
+        keyword, eq, value = item.partition("=")
+        if not _PARAM_KEYWORD.fullmatch(keyword) or (eq and not _PARAM_VALUE.fullmatch(value)):
+            raise SyntaxProblem(501, "5.5.4", f"Syntax error in parameter {item!r}")
+        keyword = keyword.upper()
+        if keyword in params:
+            raise SyntaxProblem(501, "5.5.4", f"Duplicate parameter {keyword}")
+        params[keyword] = value if eq else None
+    return params
+
+
+def parse_path(args: bytes, keyword: str, allow_null: bool) -> Path:
+    """Parse ``FROM:<address> params`` (``keyword`` is FROM or TO)."""
+    try:
+        text = args.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SyntaxProblem(501, "5.5.2", "Invalid UTF-8 in command") from None
+    prefix = keyword + ":"
+    if text[: len(prefix)].upper() != prefix:
+        command = "MAIL FROM" if keyword == "FROM" else "RCPT TO"
+        raise SyntaxProblem(501, "5.5.2", f"Syntax: {command}:<address>")
+    text = text[len(prefix):].lstrip(" ")
+    if not text.startswith("<"):
+        raise SyntaxProblem(501, "5.1.7" if keyword == "FROM" else "5.1.3",
+                            "Address must be enclosed in <>")
+    end = _closing_bracket(text)
+    if end < 0:
+        raise SyntaxProblem(501, "5.5.2", "Missing > after address")
+    inner, rest = text[1:end], text[end + 1:]
+    if rest and not rest.startswith(" "):
+        raise SyntaxProblem(501, "5.5.2", "Syntax error after address")
+    params = parse_params(rest)
+    if inner == "":
+        if not allow_null:
+            raise SyntaxProblem(501, "5.1.3", "Null recipient address not allowed")
+        return Path("", params)
+    route = _ROUTE.match(inner)
+    if route:
+        inner = inner[route.end():]
+    return Path(inner, params)
+
+
+def _closing_bracket(text: str) -> int:
+    """Index of the ``>`` closing the path, skipping quoted local parts."""
+    quoted = escaped = False
+    for index, char in enumerate(text[1:], start=1):
+        if escaped:
+            escaped = False
+        elif char == "\\" and quoted:
+            escaped = True
+        elif char == '"':
+            quoted = not quoted
+        elif char == ">" and not quoted:
+            return index
+    return -1
+
+
+def check_mailbox(address: str, utf8: bool) -> str:
+    """Validate a mailbox; return it with the domain lower-cased.
+
+    ``utf8`` allows internationalised local parts and domains (SMTPUTF8).
+    """
+    if not address.isascii() and not utf8:
+        raise SyntaxProblem(553, "5.6.7", "Non-ASCII address needs the SMTPUTF8 parameter")
+    match = _MAILBOX[utf8].fullmatch(address)
+    if not match:
+        raise SyntaxProblem(501, "5.1.3", f"Bad address syntax: {address}")
+    local, domain = match.group("local"), match.group("domain")
+    if len(local.encode("utf-8")) > 64 or len(domain.encode("utf-8")) > 255:
+        raise SyntaxProblem(501, "5.1.3", "Address too long")
+    return f"{local}@{domain.lower()}"
+
+
+def xtext_decode(value: str) -> str:
+    """Decode RFC 3461 xtext (``+XX`` hex escapes)."""
+    out = bytearray()
+    index = 0
+    raw = value.encode("ascii", "strict")
+    while index < len(raw):
+        char = raw[index]
+        if char == 0x2B:  # '+'
+            hex_digits = raw[index + 1:index + 3]
+            if len(hex_digits) != 2 or not re.fullmatch(rb"[0-9A-F]{2}", hex_digits):
+                raise SyntaxProblem(501, "5.5.4", "Invalid xtext encoding")
+            out.append(int(hex_digits, 16))
+            index += 3
+        else:
+            if char < 0x21 or char > 0x7E or char == 0x3D:
+                raise SyntaxProblem(501, "5.5.4", "Invalid character in xtext")
+            out.append(char)
+            index += 1
+    try:
+        return out.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SyntaxProblem(501, "5.5.4", "xtext does not decode to UTF-8") from None
+
+
+def xtext_encode(value: str) -> str:
+    """Encode as RFC 3461 xtext: ``+``, ``=``, controls and non-ASCII become ``+XX``."""
+    out = []
+    for byte in value.encode("utf-8"):
+        if 0x21 <= byte <= 0x7E and byte not in (0x2B, 0x3D):
+            out.append(chr(byte))
+        else:
+            out.append(f"+{byte:02X}")
+    return "".join(out)

@@ -1,0 +1,157 @@
+"""What every ingress path does with a message before it is queued.
+
+SMTP and the REST API both end here: the sender domain rule, the
+``x-smtpeter-*`` option headers, trace and identity headers, then the durable
+enqueue. Nothing is queued unless every check passes.
+"""
+
+from __future__ import annotations
+
+import email.utils
+from dataclasses import dataclass
+from typing import Any
+
+from smtpeter import message as msg
+from smtpeter.ids import new_id
+from smtpeter.storage import Storage
+from smtpeter.storage.models import NewMessage, NewRecipient
+
+BOOLEAN_OPTIONS = ("inlinecss", "trackclicks", "trackopens", "trackbounces", "preventscam")
+IMAGES_VALUES = ("default", "hosted")
+_HEADER_PREFIX = "x-smtpeter-"
+_TRUE = {"true", "yes", "1", "on"}
+_FALSE = {"false", "no", "0", "off"}
+_DOMAIN_CACHE_SECONDS = 10.0
+
+
+class Refused(Exception):
+    """The message breaks a rule; nothing was stored."""
+
+    def __init__(self, code: int, status: str, text: str) -> None:
+        super().__init__(text)
+        self.code, self.status, self.text = code, status, text
+
+
+def check_tag(tag: str) -> str:
+    tag = tag.strip()
+    if not tag or any(c.isspace() or c == ";" for c in tag) or len(tag) > 100:
+        raise Refused(550, "5.6.0", f"Invalid tag {tag!r}: tags have no white space or semicolons")
+    return tag
+
+
+def options_from_headers(fields: list[msg.Field]) -> tuple[dict[str, Any], list[str] | None]:
+    """Read ``x-smtpeter-*`` headers into option overrides and tags."""
+    options: dict[str, Any] = {}
+    tags: list[str] | None = None
+    for field in fields:
+        if not field.name.startswith(_HEADER_PREFIX):
+            continue
+        name, value = field.name[len(_HEADER_PREFIX):], field.value
+        if name in BOOLEAN_OPTIONS:
+            lowered = value.lower()
+            if lowered not in _TRUE | _FALSE:
+                raise Refused(550, "5.6.0", f"Invalid {field.name} value {value!r}: use true or false")
+            options[name] = lowered in _TRUE
+        elif name == "images":
+            if value.lower() not in IMAGES_VALUES:
+                raise Refused(550, "5.6.0", f"Invalid {field.name} value {value!r}: use hosted or default")
+            options["images"] = value.lower()
+        elif name == "tags":
+            tags = [check_tag(t) for t in value.split(",") if t.strip()]
+    return options, tags
+
+
+def sender_domains(fields: list[msg.Field]) -> list[str]:
+    """Domains of every address in the From header(s)."""
+    values = [f.value for f in fields if f.name == "from"]
+    if not values:
+        raise Refused(550, "5.6.0", "Message refused: it has no From header")
+    domains = []
+    for _, address in email.utils.getaddresses(values):
+        local, at, domain = address.rpartition("@")
+        if not at or not local or not domain:
+            raise Refused(550, "5.6.0", "Message refused: the From header holds no valid address")
+        domains.append(domain.lower().rstrip("."))
+    if not domains:
+        raise Refused(550, "5.6.0", "Message refused: the From header holds no valid address")
+    return domains
+
+
+@dataclass(frozen=True)
+class Sender:
+    """The account a message is submitted for, and the defaults that come with the login."""
+
+    account_id: str
+    defaults: dict[str, Any]
+
+
+class Submission:
+    def __init__(self, storage: Storage, hostname: str) -> None:
+        self.storage = storage
+        self.hostname = hostname
+        self._domains: dict[str, tuple[float, set[str]]] = {}
+
+    async def _approved(self, account_id: str, refresh: bool = False) -> set[str]:
+        now = self.storage.now()
+        cached = self._domains.get(account_id)
+        if cached and cached[0] > now and not refresh:
+            return cached[1]
+        domains = await self.storage.approved_domains(account_id)
+        self._domains[account_id] = (now + _DOMAIN_CACHE_SECONDS, domains)
+        return domains
+
+    async def check_sender_domains(self, account_id: str, domains: list[str]) -> None:
+        approved = await self._approved(account_id)
+        if not set(domains) <= approved:
+            # The cache may predate a newly approved domain: ask once more.
+            approved = await self._approved(account_id, refresh=True)
+        for domain in domains:
+            if domain not in approved:
+                raise Refused(550, "5.7.1",
+                              f"Sender domain {domain} is not an approved sender domain of this account")
+
+    def identity_headers(self, fields: list[msg.Field]) -> bytes:
+        """Message-ID and Date for a message that lacks them (RFC 6409 §8)."""
+        added = b""
+        if msg.first(fields, "message-id") is None:
+            added += msg.make_field("Message-ID", f"<{new_id()}@{self.hostname}>")
+        if msg.first(fields, "date") is None:
+            added += msg.make_field("Date", email.utils.format_datetime(
+                email.utils.localtime(), usegmt=False))
+        return added
+
+    async def submit(
+        self,
+        sender: Sender,
+        source: str,
+        envelope: str | None,
+        recipients: list[NewRecipient],
+        data: bytes,
+        trace: bytes = b"",
+        options: dict[str, Any] | None = None,
+        tags: list[str] | None = None,
+        **extra: Any,
+    ) -> list[str]:
+        """Check and store one message; return one message id per recipient.
+
+        ``trace`` is a Received field to prepend. Options come from the login
+        defaults, then ``options``, then ``x-smtpeter-*`` headers, which win.
+        Raises Refused, or StorageUnavailable when it could not be stored.
+        """
+        parsed = msg.parse(data)
+        await self.check_sender_domains(sender.account_id, sender_domains(parsed.fields))
+        header_options, header_tags = options_from_headers(parsed.fields)
+        merged = {**sender.defaults, **(options or {}), **header_options}
+        kept = [f for f in parsed.fields if not f.name.startswith(_HEADER_PREFIX)]
+        mime = trace + self.identity_headers(kept) + msg.build(kept, parsed.body)
+        message = NewMessage(
+            account_id=sender.account_id,
+            source=source,
+            envelope=envelope,
+            mime=mime,
+            recipients=recipients,
+            options=merged,
+            tags=header_tags if header_tags is not None else list(tags or []),
+            **extra,
+        )
+        return await self.storage.enqueue(message)

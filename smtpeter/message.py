@@ -1,0 +1,86 @@
+"""Header-level work on raw RFC 5322 messages, byte for byte.
+
+Ingress and the transforms must touch only the header fields they mean to:
+re-serialising a parsed ``email.message`` would rewrap lines and change
+bodies. These helpers split the raw bytes into fields and put them back.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+_FIELD_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e]+:")
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str  # lower case
+    raw: bytes  # the whole field, continuation lines and final CRLF included
+
+    @property
+    def value(self) -> str:
+        """The unfolded value with surrounding white space removed."""
+        _, _, value = self.raw.partition(b":")
+        text = value.decode("utf-8", "surrogateescape")
+        return re.sub(r"\r?\n(?=[ \t])", "", text).strip()
+
+
+@dataclass(frozen=True)
+class Parsed:
+    fields: list[Field]
+    body: bytes  # everything after the header, the separating blank line included
+
+
+def parse(raw: bytes) -> Parsed:
+    """Split a CRLF message into header fields and the rest.
+
+    The header ends at the first empty line, or at the first line that is
+    neither a field nor a continuation (that line then starts the body).
+    """
+    fields: list[Field] = []
+    position, length = 0, len(raw)
+    while position < length:
+        end = raw.find(b"\n", position)
+        end = length if end < 0 else end + 1
+        line = raw[position:end]
+        if line[:1] in (b" ", b"\t") and fields:
+            last = fields[-1]
+            fields[-1] = Field(last.name, last.raw + line)
+        elif _FIELD_NAME.match(line):
+            name = line[: line.index(b":")].decode("ascii").lower()
+            fields.append(Field(name, line))
+        else:
+            break
+        position = end
+    return Parsed(fields, raw[position:])
+
+
+def build(fields: Iterable[Field], body: bytes) -> bytes:
+    return b"".join(f.raw for f in fields) + body
+
+
+def remove_fields(raw: bytes, unwanted: Callable[[str], bool]) -> tuple[bytes, list[Field]]:
+    """Drop every field whose name ``unwanted`` accepts; return the message and what went."""
+    parsed = parse(raw)
+    kept, removed = [], []
+    for field in parsed.fields:
+        (removed if unwanted(field.name) else kept).append(field)
+    if not removed:
+        return raw, []
+    return build(kept, parsed.body), removed
+
+
+def first(fields: Iterable[Field], name: str) -> Field | None:
+    for field in fields:
+        if field.name == name:
+            return field
+    return None
+
+
+def make_field(name: str, value: str) -> bytes:
+    """A single header field; refuses CR and LF so no caller can inject a header."""
+    if "\r" in value or "\n" in value or "\r" in name or "\n" in name or ":" in name:
+        raise ValueError(f"illegal character in header {name!r}")
+    return f"{name}: {value}\r\n".encode()

@@ -1,0 +1,126 @@
+"""Wiring: one reactor, storage first, then every configured listener."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+
+from smtpeter import tls
+from smtpeter.config import Config
+from smtpeter.ingress.smtp.auth import login_portal
+from smtpeter.ingress.smtp.protocol import SMTPFactory
+from smtpeter.ingress.smtp.session import SessionPolicy
+from smtpeter.ingress.submission import Submission
+from smtpeter.storage import NotFound, Storage, open_storage
+
+log = Logger()
+
+
+def listen(reactor: Any, description: str, factory: Any, what: str) -> defer.Deferred:
+    d = serverFromString(reactor, description).listen(factory)
+
+    def listening(port: Any) -> Any:
+        host = port.getHost()
+        log.info("{what} listening on {host}:{port} ({description})",
+                 what=what, host=host.host, port=host.port, description=description)
+        return port
+
+    return d.addCallback(listening)
+
+
+class SmtpeterService(service.Service):
+    """Opens storage, then starts the listeners; stops them in reverse order."""
+
+    def __init__(self, config: Config, reactor: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        self.config = config
+        self.reactor = reactor
+        self.storage: Storage | None = None
+        self.ports: list[Any] = []
+        self.ready: defer.Deferred = defer.Deferred()
+
+    def startService(self) -> None:
+        super().startService()
+        d = defer.Deferred.fromCoroutine(self._start())
+
+        def failed(failure: Any) -> None:
+            log.failure("smtpeter could not start", failure)
+            self.ready.errback(failure)
+            if self.reactor.running:
+                self.reactor.stop()
+
+        d.addCallbacks(self.ready.callback, failed)
+
+    async def _start(self) -> SmtpeterService:
+        config = self.config
+        config.data_path.mkdir(parents=True, exist_ok=True)
+        self.storage = await open_storage(config.storage_url, self.reactor, config.storage.pool_size)
+        cert_path, key_path = tls.certificate_files(config)
+        context = tls.server_context(cert_path, key_path)
+        trusted_account = None
+        if config.smtp.trusted_account:
+            try:
+                trusted_account = (await self.storage.account(config.smtp.trusted_account)).id
+            except NotFound:
+                raise RuntimeError(
+                    f"[smtp] trusted_account {config.smtp.trusted_account!r} does not exist; "
+                    "create it with: smtpeter account create NAME"
+                ) from None
+        submission = Submission(self.storage, config.hostname)
+        policy = SessionPolicy(
+            hostname=config.hostname,
+            max_message_size=config.smtp.max_message_size,
+            max_recipients=config.smtp.max_recipients,
+            max_line_length=config.smtp.max_line_length,
+            max_errors=config.smtp.max_errors,
+        )
+        portal = login_portal(self.storage)
+
+        def factory(implicit_tls: bool) -> SMTPFactory:
+            return SMTPFactory(
+                policy, submission, portal, context, self.reactor,
+                implicit_tls=implicit_tls,
+                trusted_networks=config.smtp.networks(),
+                trusted_account=trusted_account,
+                max_connections=config.smtp.max_connections,
+                max_connections_per_client=config.smtp.max_connections_per_client,
+                timeout=config.smtp.timeout,
+                data_timeout=config.smtp.data_timeout,
+            )
+
+        for description in config.smtp.listen:
+            self.ports.append(await listen(self.reactor, description, factory(False), "SMTP submission"))
+        for description in config.smtp.listen_tls:
+            tls_factory: Any = factory(True)
+            if not description.startswith("ssl:"):
+                tls_factory = TLSMemoryBIOFactory(context, False, tls_factory)
+            elif "privateKey=" not in description:
+                description += f":privateKey={key_path}:certKey={cert_path}"
+            self.ports.append(
+                await listen(self.reactor, description, tls_factory, "SMTP submission (implicit TLS)")
+            )
+        return self
+
+    @defer.inlineCallbacks
+    def stopService(self) -> Any:
+        super().stopService()
+        for port in self.ports:
+            yield port.stopListening()
+        self.ports.clear()
+        if self.storage is not None:
+            yield defer.Deferred.fromCoroutine(self.storage.close())
+            self.storage = None
+
+
+def make_service(config: Config) -> service.IService:
+    top = service.MultiService()
+    SmtpeterService(config).setServiceParent(top)
+    return top

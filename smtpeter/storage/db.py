@@ -1,0 +1,75 @@
+"""The database seam: one small asynchronous interface, two backends.
+
+Everything above this module writes dialect-neutral SQL with ``?``
+placeholders and hands whole transactions over as lists of statements, so
+that a transaction is one thread hop on SQLite and a pipelined series of
+round trips on PostgreSQL, and neither blocks the reactor.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+class StorageError(Exception):
+    """Base class for storage failures."""
+
+
+class StorageUnavailable(StorageError):
+    """The database cannot be reached or cannot write right now (try again later)."""
+
+
+class Conflict(StorageError):
+    """A uniqueness or integrity rule refused the write."""
+
+
+@dataclass(frozen=True)
+class SQL:
+    """One statement; ``?`` marks each parameter."""
+
+    text: str
+    params: Sequence[object] = ()
+
+
+@dataclass(frozen=True)
+class Insert:
+    """A multi-row INSERT, rendered by each backend in its fastest form."""
+
+    table: str
+    columns: Sequence[str]
+    rows: Sequence[Sequence[object]]
+    # Appended verbatim, e.g. "ON CONFLICT DO NOTHING".
+    suffix: str = ""
+
+
+Statement = SQL | Insert
+Rows = list[tuple]
+
+
+class Database(abc.ABC):
+    """A connection (pool) to one database."""
+
+    dialect: str
+
+    @abc.abstractmethod
+    async def transaction(self, statements: Sequence[Statement]) -> list[Rows]:
+        """Run ``statements`` atomically; return the rows each produced (empty for none)."""
+
+    @abc.abstractmethod
+    async def query(self, sql: str, params: Sequence[object] = ()) -> Rows:
+        """Run one read-only statement and return its rows."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release every connection."""
+
+    @property
+    def max_concurrent_writes(self) -> int:
+        """How many write transactions it makes sense to have in flight at once."""
+        return 1
+
+    def blob(self, data: bytes) -> object:
+        """Wrap bytes for a binary column."""
+        return data

@@ -1,0 +1,189 @@
+"""PostgreSQL backend on txpostgres, with our own pool.
+
+txpostgres is unmaintained and its ConnectionPool neither replaces dead
+connections nor bounds waiting (shared/spec/libraries.md §2.1), so it stays
+behind this module: we keep a bounded set of its ``Connection`` objects, drop
+any that fails at the connection level, and open a fresh one on demand.
+
+A transaction is sent as one multi-statement simple query: PostgreSQL runs
+such a query as a single implicit transaction, so it costs one round trip and
+one commit however many statements it holds.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+
+import psycopg2
+import psycopg2.extensions
+from twisted.internet import defer
+from twisted.logger import Logger
+from txpostgres import txpostgres
+
+from smtpeter.storage.db import (
+    SQL,
+    Conflict,
+    Database,
+    Insert,
+    Rows,
+    Statement,
+    StorageError,
+    StorageUnavailable,
+)
+
+log = Logger()
+
+# Errors after which a connection cannot be trusted any more.
+_CONNECTION_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
+
+
+def _placeholders(sql: str) -> str:
+    """Turn our ``?`` placeholders into psycopg2's ``%s``."""
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+def render(statement: Statement) -> tuple[str, list[object]]:
+    """Render one statement as psycopg2 SQL text plus parameters."""
+    if isinstance(statement, Insert):
+        row_marks = "(" + ", ".join(["%s"] * len(statement.columns)) + ")"
+        params: list[object] = []
+        for row in statement.rows:
+            params.extend(row)
+        # Table and column names are constants of our code, never user input.
+        text = (
+            f"INSERT INTO {statement.table} ({', '.join(statement.columns)}) VALUES "  # noqa: S608
+            + ", ".join([row_marks] * len(statement.rows))
+            + (" " + statement.suffix if statement.suffix else "")
+        )
+        return text, params
+    assert isinstance(statement, SQL)
+    return _placeholders(statement.text), list(statement.params)
+
+
+def _translate(exc: Exception) -> StorageError | Exception:
+    if isinstance(exc, psycopg2.IntegrityError):
+        return Conflict(str(exc).strip())
+    if isinstance(exc, _CONNECTION_ERRORS):
+        return StorageUnavailable(f"postgresql: {str(exc).strip()}")
+    return exc
+
+
+class PostgresDatabase(Database):
+    dialect = "postgresql"
+
+    def __init__(self, dsn: str, reactor: object, size: int = 4, connect_timeout: int = 5) -> None:
+        self._dsn = dsn
+        self._reactor = reactor
+        self._size = size
+        self._connect_timeout = connect_timeout
+        self._idle: deque[txpostgres.Connection] = deque()
+        self._busy: set[txpostgres.Connection] = set()
+        self._opening = 0
+        self._waiters: deque[defer.Deferred] = deque()
+        self._closed = False
+
+    @property
+    def max_concurrent_writes(self) -> int:
+        return self._size
+
+    def blob(self, data: bytes) -> object:
+        return psycopg2.Binary(data)
+
+    async def _open(self) -> txpostgres.Connection:
+        connection = txpostgres.Connection(reactor=self._reactor)
+        try:
+            await connection.connect(self._dsn, connect_timeout=self._connect_timeout)
+        except Exception as exc:
+            raise StorageUnavailable(f"postgresql: cannot connect: {str(exc).strip()}") from exc
+        return connection
+
+    async def _acquire(self) -> txpostgres.Connection:
+        if self._closed:
+            raise StorageUnavailable("database is closed")
+        while self._idle:
+            connection = self._idle.popleft()
+            if not connection._connection.closed:
+                self._busy.add(connection)
+                return connection
+        if len(self._busy) + self._opening < self._size:
+            self._opening += 1
+            try:
+                connection = await self._open()
+            finally:
+                self._opening -= 1
+            self._busy.add(connection)
+            return connection
+        waiter: defer.Deferred = defer.Deferred()
+        self._waiters.append(waiter)
+        return await waiter
+
+    def _release(self, connection: txpostgres.Connection, broken: bool) -> None:
+        self._busy.discard(connection)
+        if broken or self._closed:
+            self._discard(connection)
+            connection = None
+        if self._waiters:
+            waiter = self._waiters.popleft()
+            if connection is not None:
+                self._busy.add(connection)
+                waiter.callback(connection)
+            else:
+                # A slot freed up: let the waiter open its own connection.
+                defer.Deferred.fromCoroutine(self._acquire()).chainDeferred(waiter)
+        elif connection is not None:
+            self._idle.append(connection)
+
+    @staticmethod
+    def _discard(connection: txpostgres.Connection) -> None:
+        try:
+            connection.close()
+        except Exception:  # noqa: S110 - it is already broken; closing is best effort
+            pass
+
+    async def _with_connection(self, sql: str, params: Sequence[object], fetch: bool) -> Rows:
+        connection = await self._acquire()
+        broken = False
+        try:
+            cursor = connection.cursor()
+            try:
+                await cursor.execute(sql, params)
+                if fetch and cursor.description is not None:
+                    return [tuple(row) for row in cursor.fetchall()]
+                return []
+            finally:
+                cursor.close()
+        except Exception as exc:
+            broken = isinstance(exc, _CONNECTION_ERRORS) or connection._connection.closed
+            translated = _translate(exc)
+            if translated is exc:
+                raise
+            raise translated from exc
+        finally:
+            self._release(connection, broken)
+
+    async def transaction(self, statements: Sequence[Statement]) -> Rows:
+        texts: list[str] = []
+        params: list[object] = []
+        for statement in statements:
+            if isinstance(statement, Insert) and not statement.rows:
+                continue
+            text, statement_params = render(statement)
+            texts.append(text)
+            params.extend(statement_params)
+        if not texts:
+            return []
+        return await self._with_connection(";\n".join(texts), params, fetch=True)
+
+    async def query(self, sql: str, params: Sequence[object] = ()) -> Rows:
+        return await self._with_connection(_placeholders(sql), list(params), fetch=True)
+
+    async def close(self) -> None:
+        self._closed = True
+        while self._idle:
+            self._discard(self._idle.popleft())
+        for connection in list(self._busy):
+            self._discard(connection)
+        self._busy.clear()
+        while self._waiters:
+            self._waiters.popleft().errback(StorageUnavailable("database is closed"))

@@ -1,0 +1,146 @@
+"""Versioned schema, created and migrated by the program itself.
+
+Each migration is a list of DDL statements written once with ``{type}``
+markers that each dialect fills in. Migrations only ever append: a released
+migration is never edited.
+"""
+
+from __future__ import annotations
+
+from smtpeter.storage.db import SQL, Database, StorageError
+
+_TYPES = {
+    "sqlite": {
+        "blob": "BLOB",
+        "time": "REAL",
+        "bigint": "INTEGER",
+        "serial_pk": "INTEGER PRIMARY KEY AUTOINCREMENT",
+    },
+    "postgresql": {
+        "blob": "BYTEA",
+        "time": "DOUBLE PRECISION",
+        "bigint": "BIGINT",
+        "serial_pk": "BIGSERIAL PRIMARY KEY",
+    },
+}
+
+MIGRATIONS: list[list[str]] = [
+    # 1: accounts and their secrets, sender domains, the queue, events.
+    [
+        """CREATE TABLE accounts (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            created {time} NOT NULL
+        )""",
+        """CREATE TABLE api_tokens (
+            id TEXT PRIMARY KEY,
+            account_id TEXT NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+            token_hash TEXT NOT NULL UNIQUE,
+            description TEXT NOT NULL DEFAULT '',
+            created {time} NOT NULL,
+            revoked {time}
+        )""",
+        """CREATE TABLE smtp_logins (
+            id TEXT PRIMARY KEY,
+            account_id TEXT NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+            username TEXT NOT NULL UNIQUE,
+            password_hash TEXT NOT NULL,
+            options TEXT NOT NULL,
+            created {time} NOT NULL,
+            disabled INTEGER NOT NULL DEFAULT 0
+        )""",
+        """CREATE TABLE sender_domains (
+            domain TEXT PRIMARY KEY,
+            account_id TEXT NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+            approved INTEGER NOT NULL DEFAULT 0,
+            validation_token TEXT NOT NULL,
+            settings TEXT NOT NULL DEFAULT '{{}}',
+            created {time} NOT NULL
+        )""",
+        "CREATE INDEX sender_domains_account ON sender_domains (account_id)",
+        """CREATE TABLE messages (
+            id TEXT PRIMARY KEY,
+            account_id TEXT NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+            source TEXT NOT NULL,
+            envelope TEXT,
+            mime {blob} NOT NULL,
+            size {bigint} NOT NULL,
+            options TEXT NOT NULL,
+            tags TEXT NOT NULL,
+            body TEXT,
+            smtputf8 INTEGER NOT NULL DEFAULT 0,
+            dsn_ret TEXT,
+            dsn_envid TEXT,
+            created {time} NOT NULL,
+            expires {time} NOT NULL
+        )""",
+        "CREATE INDEX messages_account ON messages (account_id, created)",
+        """CREATE TABLE recipients (
+            id TEXT PRIMARY KEY,
+            message_id TEXT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+            account_id TEXT NOT NULL,
+            address TEXT NOT NULL,
+            domain TEXT NOT NULL,
+            orcpt TEXT,
+            notify TEXT,
+            state TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt {time} NOT NULL,
+            lease_owner TEXT,
+            lease_until {time},
+            last_code INTEGER,
+            last_status TEXT,
+            last_description TEXT,
+            created {time} NOT NULL,
+            updated {time} NOT NULL
+        )""",
+        "CREATE INDEX recipients_due ON recipients (next_attempt) WHERE state = 'queued'",
+        "CREATE INDEX recipients_message ON recipients (message_id)",
+        "CREATE INDEX recipients_account ON recipients (account_id, created)",
+        "CREATE INDEX recipients_address ON recipients (account_id, address)",
+        """CREATE TABLE events (
+            id {serial_pk},
+            account_id TEXT NOT NULL,
+            message_id TEXT,
+            type TEXT NOT NULL,
+            time {time} NOT NULL,
+            data TEXT NOT NULL
+        )""",
+        "CREATE INDEX events_message ON events (message_id)",
+        "CREATE INDEX events_account_time ON events (account_id, time)",
+    ],
+]
+
+LATEST = len(MIGRATIONS)
+
+
+def _ddl(dialect: str, statement: str) -> str:
+    return statement.format(**_TYPES[dialect])
+
+
+async def current_version(db: Database) -> int:
+    await db.transaction([SQL("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")])
+    rows = await db.query("SELECT MAX(version) FROM schema_version")
+    return rows[0][0] or 0
+
+
+async def migrate(db: Database) -> int:
+    """Bring the schema up to date; return the version now in place."""
+    version = await current_version(db)
+    if version > LATEST:
+        raise StorageError(
+            f"database schema version {version} is newer than this program ({LATEST}); upgrade smtpeter"
+        )
+    for number in range(version + 1, LATEST + 1):
+        statements = [SQL(_ddl(db.dialect, ddl)) for ddl in MIGRATIONS[number - 1]]
+        if db.dialect == "postgresql":
+            # Two processes starting at once must not both migrate.
+            statements.insert(0, SQL("SELECT pg_advisory_xact_lock(7270631)"))
+        statements.append(SQL("INSERT INTO schema_version (version) VALUES (?)", (number,)))
+        try:
+            await db.transaction(statements)
+        except Exception:
+            # Another process may have applied it meanwhile; that is fine.
+            if await current_version(db) < number:
+                raise
+    return LATEST

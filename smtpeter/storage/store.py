@@ -1,0 +1,393 @@
+"""The storage interface every stage uses, written once over both backends."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.threads import deferToThread
+from twisted.logger import Logger
+
+from smtpeter import credentials
+from smtpeter.ids import new_id, new_secret
+from smtpeter.storage.db import SQL, Conflict, Database, Insert, StorageError
+from smtpeter.storage.models import (
+    Account,
+    Event,
+    NewMessage,
+    QueuedRecipient,
+    SenderDomain,
+    SMTPLogin,
+)
+from smtpeter.storage.schema import migrate
+
+log = Logger()
+
+# Delivery states of a recipient.
+QUEUED, DELIVERED, FAILED, EXPIRED = "queued", "delivered", "failed", "expired"
+DEFAULT_MAX_DELIVER_TIME = 24 * 3600.0
+
+_QUEUE_COLUMNS = (
+    "r.id, r.message_id, r.account_id, r.address, r.state, r.attempts, r.next_attempt, "
+    "r.created, m.envelope, m.size, r.last_code, r.last_status, r.last_description"
+)
+
+
+class NotFound(StorageError):
+    """No such object (or it belongs to another account)."""
+
+
+def _queued(row: Sequence[Any]) -> QueuedRecipient:
+    return QueuedRecipient(*row)
+
+
+class _GroupCommit:
+    """Collects enqueues from concurrent sessions and commits them together.
+
+    While one commit (and its fsync) is in flight, new messages wait in
+    ``_pending``; the next commit takes all of them. Throughput then grows with
+    concurrency instead of being capped at one fsync per message.
+    """
+
+    def __init__(self, storage: Storage, max_batch: int = 500) -> None:
+        self._storage = storage
+        self._max_batch = max_batch
+        self._pending: list[tuple[NewMessage, list[str], defer.Deferred]] = []
+        self._in_flight = 0
+        self._scheduled = False
+        self._idle_waiters: list[defer.Deferred] = []
+
+    def add(self, message: NewMessage, ids: list[str]) -> defer.Deferred:
+        d: defer.Deferred = defer.Deferred()
+        self._pending.append((message, ids, d))
+        self._schedule()
+        return d
+
+    def _schedule(self) -> None:
+        if self._scheduled or not self._pending:
+            return
+        if self._in_flight >= self._storage.db.max_concurrent_writes:
+            return
+        self._scheduled = True
+        # callLater(0) lets every session that is ready in this reactor turn join the batch.
+        self._storage.clock.callLater(0, self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
+        if not batch:
+            return
+        self._in_flight += 1
+        d = defer.Deferred.fromCoroutine(self._commit(batch))
+        d.addBoth(self._done)
+        self._schedule()
+
+    def _done(self, _: object) -> None:
+        self._in_flight -= 1
+        self._schedule()
+        if not self._in_flight and not self._pending:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def idle(self) -> defer.Deferred:
+        """Fires once every message handed in so far has been committed (or failed)."""
+        if not self._in_flight and not self._pending:
+            return defer.succeed(None)
+        d: defer.Deferred = defer.Deferred()
+        self._idle_waiters.append(d)
+        return d
+
+    async def _commit(self, batch: list[tuple[NewMessage, list[str], defer.Deferred]]) -> None:
+        try:
+            await self._storage.db.transaction(
+                self._storage._enqueue_statements([(m, ids) for m, ids, _ in batch])
+            )
+        except Conflict:
+            if len(batch) == 1:
+                batch[0][2].errback()
+                return
+            # One bad message must not fail the others: commit them one by one.
+            for item in batch:
+                await self._commit([item])
+            return
+        except Exception:
+            for _, _, d in batch:
+                d.errback()
+            return
+        for _, ids, d in batch:
+            d.callback(ids)
+
+
+class Storage:
+    """Accounts, secrets, sender domains, the queue and events."""
+
+    def __init__(self, db: Database, clock: Any) -> None:
+        self.db = db
+        self.clock = clock
+        self._group_commit = _GroupCommit(self)
+
+    async def migrate(self) -> int:
+        return await migrate(self.db)
+
+    async def close(self) -> None:
+        await self._group_commit.idle()
+        await self.db.close()
+
+    def now(self) -> float:
+        return self.clock.seconds()
+
+    # -- accounts -------------------------------------------------------------
+
+    async def create_account(self, name: str) -> Account:
+        account = Account(id=new_id(), name=name, created=self.now())
+        try:
+            await self.db.transaction(
+                [SQL("INSERT INTO accounts (id, name, created) VALUES (?, ?, ?)",
+                     (account.id, account.name, account.created))]
+            )
+        except Conflict:
+            raise Conflict(f"an account named {name!r} already exists") from None
+        return account
+
+    async def account(self, name_or_id: str) -> Account:
+        rows = await self.db.query(
+            "SELECT id, name, created FROM accounts WHERE name = ? OR id = ?", (name_or_id, name_or_id)
+        )
+        if not rows:
+            raise NotFound(f"no account {name_or_id!r}")
+        return Account(*rows[0])
+
+    async def accounts(self) -> list[Account]:
+        rows = await self.db.query("SELECT id, name, created FROM accounts ORDER BY name")
+        return [Account(*row) for row in rows]
+
+    # -- API tokens -----------------------------------------------------------
+
+    async def create_api_token(self, account_id: str, description: str = "") -> tuple[str, str]:
+        """Return (token id, token); only the token's hash is stored."""
+        token_id, token = new_id(), new_secret(24)
+        await self.db.transaction(
+            [SQL("INSERT INTO api_tokens (id, account_id, token_hash, description, created) "
+                 "VALUES (?, ?, ?, ?, ?)",
+                 (token_id, account_id, credentials.hash_token(token), description, self.now()))]
+        )
+        return token_id, token
+
+    async def account_for_token(self, token: str) -> str | None:
+        rows = await self.db.query(
+            "SELECT account_id FROM api_tokens WHERE token_hash = ? AND revoked IS NULL",
+            (credentials.hash_token(token),),
+        )
+        return rows[0][0] if rows else None
+
+    # -- SMTP logins ----------------------------------------------------------
+
+    async def create_smtp_login(
+        self, account_id: str, username: str, options: dict[str, object] | None = None
+    ) -> str:
+        """Create a login and return its generated password (shown once, stored hashed)."""
+        password = new_secret(18)
+        password_hash = await deferToThread(credentials.hash_password, password)
+        try:
+            await self.db.transaction(
+                [SQL("INSERT INTO smtp_logins (id, account_id, username, password_hash, options, created) "
+                     "VALUES (?, ?, ?, ?, ?, ?)",
+                     (new_id(), account_id, username, password_hash,
+                      json.dumps(options or {}), self.now()))]
+            )
+        except Conflict:
+            raise Conflict(f"the SMTP username {username!r} is taken") from None
+        return password
+
+    async def smtp_login(self, username: str) -> SMTPLogin | None:
+        rows = await self.db.query(
+            "SELECT id, account_id, username, password_hash, options, disabled "
+            "FROM smtp_logins WHERE username = ?",
+            (username,),
+        )
+        if not rows:
+            return None
+        row = rows[0]
+        return SMTPLogin(row[0], row[1], row[2], row[3], json.loads(row[4]), bool(row[5]))
+
+    # -- sender domains -------------------------------------------------------
+
+    async def add_domain(self, account_id: str, domain: str, approved: bool = False) -> SenderDomain:
+        record = SenderDomain(domain.lower(), account_id, approved, secrets.token_hex(10), self.now())
+        try:
+            await self.db.transaction(
+                [SQL("INSERT INTO sender_domains (domain, account_id, approved, validation_token, created) "
+                     "VALUES (?, ?, ?, ?, ?)",
+                     (record.domain, account_id, int(approved), record.validation_token, record.created))]
+            )
+        except Conflict:
+            raise Conflict(f"the domain {domain!r} is already registered") from None
+        return record
+
+    async def approve_domain(self, account_id: str, domain: str) -> None:
+        rows = await self.db.transaction(
+            [SQL("UPDATE sender_domains SET approved = 1 "
+                 "WHERE account_id = ? AND domain = ? RETURNING domain", (account_id, domain.lower()))]
+        )
+        if not rows:
+            raise NotFound(f"no domain {domain!r} for this account")
+
+    async def domains(self, account_id: str) -> list[SenderDomain]:
+        rows = await self.db.query(
+            "SELECT domain, account_id, approved, validation_token, created FROM sender_domains "
+            "WHERE account_id = ? ORDER BY domain",
+            (account_id,),
+        )
+        return [SenderDomain(r[0], r[1], bool(r[2]), r[3], r[4]) for r in rows]
+
+    async def approved_domains(self, account_id: str) -> set[str]:
+        rows = await self.db.query(
+            "SELECT domain FROM sender_domains WHERE account_id = ? AND approved = 1", (account_id,)
+        )
+        return {row[0] for row in rows}
+
+    # -- the queue ------------------------------------------------------------
+
+    def enqueue(self, message: NewMessage) -> defer.Deferred:
+        """Store ``message`` durably; fires with one public message id per recipient.
+
+        The Deferred fires only after the transaction holding the message is
+        committed (and fsynced); it fails with StorageUnavailable otherwise.
+        """
+        ids = [new_id() for _ in message.recipients]
+        return self._group_commit.add(message, ids)
+
+    def _enqueue_statements(self, batch: list[tuple[NewMessage, list[str]]]) -> list[Insert]:
+        now = self.now()
+        messages, recipients, events = [], [], []
+        for message, ids in batch:
+            message_id = new_id()
+            expires = message.expires or now + DEFAULT_MAX_DELIVER_TIME
+            messages.append((
+                message_id, message.account_id, message.source, message.envelope,
+                self.db.blob(message.mime), len(message.mime), json.dumps(message.options),
+                json.dumps(message.tags), message.body, int(message.smtputf8),
+                message.dsn_ret, message.dsn_envid, now, expires,
+            ))
+            properties = ";".join(sorted(k for k, v in message.options.items() if v is True))
+            for rid, rcpt in zip(ids, message.recipients, strict=True):
+                recipients.append((
+                    rid, message_id, message.account_id, rcpt.address,
+                    rcpt.address.rpartition("@")[2].lower(), rcpt.orcpt, rcpt.notify,
+                    QUEUED, now, now, now,
+                ))
+                events.append((
+                    message.account_id, rid, "attempt", now,
+                    json.dumps({"envelope": message.envelope or "", "recipient": rcpt.address,
+                                "properties": properties, "tags": message.tags}),
+                ))
+        return [
+            Insert("messages", ("id", "account_id", "source", "envelope", "mime", "size", "options",
+                                "tags", "body", "smtputf8", "dsn_ret", "dsn_envid", "created",
+                                "expires"), messages),
+            Insert("recipients", ("id", "message_id", "account_id", "address", "domain", "orcpt",
+                                  "notify", "state", "next_attempt", "created", "updated"),
+                   recipients),
+            Insert("events", ("account_id", "message_id", "type", "time", "data"), events),
+        ]
+
+    async def queue(
+        self, state: str | None = QUEUED, limit: int = 100, account_id: str | None = None
+    ) -> list[QueuedRecipient]:
+        where, params = [], []
+        if state:
+            where.append("r.state = ?")
+            params.append(state)
+        if account_id:
+            where.append("r.account_id = ?")
+            params.append(account_id)
+        clause = ("WHERE " + " AND ".join(where)) if where else ""
+        rows = await self.db.query(
+            f"SELECT {_QUEUE_COLUMNS} FROM recipients r JOIN messages m ON m.id = r.message_id "  # noqa: S608 - clause is built from constants
+            f"{clause} ORDER BY r.created, r.id LIMIT ?",
+            (*params, limit),
+        )
+        return [_queued(row) for row in rows]
+
+    async def queue_counts(self) -> dict[str, int]:
+        rows = await self.db.query("SELECT state, COUNT(*) FROM recipients GROUP BY state")
+        return {state: count for state, count in rows}
+
+    async def recipient(self, recipient_id: str, account_id: str | None = None) -> QueuedRecipient:
+        rows = await self.db.query(
+            f"SELECT {_QUEUE_COLUMNS} FROM recipients r JOIN messages m ON m.id = r.message_id "  # noqa: S608
+            "WHERE r.id = ?",
+            (recipient_id,),
+        )
+        if not rows or (account_id is not None and rows[0][2] != account_id):
+            raise NotFound(f"no message {recipient_id!r}")
+        return _queued(rows[0])
+
+    async def message_content(self, recipient_id: str) -> dict[str, Any]:
+        rows = await self.db.query(
+            "SELECT m.id, m.account_id, m.envelope, m.mime, m.options, m.tags, m.body, m.smtputf8, "
+            "m.dsn_ret, m.dsn_envid, m.created, m.expires, m.source "
+            "FROM recipients r JOIN messages m ON m.id = r.message_id WHERE r.id = ?",
+            (recipient_id,),
+        )
+        if not rows:
+            raise NotFound(f"no message {recipient_id!r}")
+        r = rows[0]
+        return {
+            "message_id": r[0], "account_id": r[1], "envelope": r[2], "mime": bytes(r[3]),
+            "options": json.loads(r[4]), "tags": json.loads(r[5]), "body": r[6],
+            "smtputf8": bool(r[7]), "dsn_ret": r[8], "dsn_envid": r[9], "created": r[10],
+            "expires": r[11], "source": r[12],
+        }
+
+    async def delete_recipient(self, recipient_id: str) -> None:
+        """Remove one recipient from the queue; the message goes when its last recipient does."""
+        rows = await self.db.transaction([
+            SQL("DELETE FROM recipients WHERE id = ? RETURNING message_id", (recipient_id,)),
+        ])
+        if not rows:
+            raise NotFound(f"no message {recipient_id!r}")
+        await self.db.transaction([
+            SQL("DELETE FROM messages WHERE id = ? AND NOT EXISTS "
+                "(SELECT 1 FROM recipients WHERE message_id = ?)", (rows[0][0], rows[0][0])),
+        ])
+
+    # -- events ---------------------------------------------------------------
+
+    async def events(self, message_id: str, account_id: str | None = None) -> list[Event]:
+        params: tuple = (message_id,)
+        clause = ""
+        if account_id is not None:
+            clause = " AND account_id = ?"
+            params = (message_id, account_id)
+        rows = await self.db.query(
+            "SELECT id, account_id, message_id, type, time, data FROM events "  # noqa: S608
+            f"WHERE message_id = ?{clause} ORDER BY time, id",
+            params,
+        )
+        return [Event(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])) for r in rows]
+
+
+async def open_storage(url: str, reactor: Any, pool_size: int = 4) -> Storage:
+    """Open (and migrate) the database that ``url`` names."""
+    if url.startswith("sqlite:///"):
+        from smtpeter.storage.sqlite import SQLiteDatabase
+
+        db: Database = SQLiteDatabase(url[len("sqlite:///"):] or ":memory:", reactor)
+    elif url.startswith(("postgresql://", "postgres://")):
+        from smtpeter.storage.postgres import PostgresDatabase
+
+        db = PostgresDatabase(url, reactor, size=pool_size)
+    else:
+        raise StorageError(f"unsupported storage url {url!r}")
+    storage = Storage(db, reactor)
+    try:
+        await storage.migrate()
+    except Exception:
+        await db.close()
+        raise
+    return storage

@@ -11,7 +11,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from OpenSSL import crypto
 from twisted.internet import ssl
 
 from smtpeter.config import Config
@@ -56,12 +55,6 @@ def certificate_files(config: Config) -> tuple[Path, Path]:
 
 def server_context(cert_path: Path, key_path: Path) -> ssl.CertificateOptions:
     """A server context for the certificate, its chain (further PEM blocks) and key."""
-    marker = b"-----BEGIN CERTIFICATE-----"
-    blocks = [marker + block for block in cert_path.read_bytes().split(marker)[1:]]
-    if not blocks:
-        raise ValueError(f"{cert_path}: no PEM certificate found")
-    chain = [ssl.Certificate.loadPEM(block).original for block in blocks]
-    key = ssl.KeyPair.load(key_path.read_bytes(), crypto.FILETYPE_PEM)
-    return ssl.CertificateOptions(
-        privateKey=key.original, certificate=chain[0], extraCertChain=chain[1:]
-    )
+    chain = x509.load_pem_x509_certificates(cert_path.read_bytes())
+    key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    return ssl.CertificateOptions(privateKey=key, certificate=chain[0], extraCertChain=chain[1:])

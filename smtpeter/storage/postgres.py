@@ -61,6 +61,22 @@ def render(statement: Statement) -> tuple[str, list[object]]:
     return _placeholders(statement.text), list(statement.params)
 
 
+class _Connection(txpostgres.Connection):
+    """txpostgres' connection, minus an unhandled error when the server goes away.
+
+    An idle connection stays registered with the reactor (for NOTIFY); if the
+    server dies, its next read raises inside the reactor. We close it instead,
+    and the pool discards closed connections when it hands them out.
+    """
+
+    def doRead(self) -> None:
+        try:
+            super().doRead()
+        except _CONNECTION_ERRORS as exc:
+            log.warn("PostgreSQL connection lost while idle: {exc}", exc=str(exc).strip())
+            PostgresDatabase._discard(self)
+
+
 def _translate(exc: Exception) -> StorageError | Exception:
     if isinstance(exc, psycopg2.IntegrityError):
         return Conflict(str(exc).strip())
@@ -91,7 +107,7 @@ class PostgresDatabase(Database):
         return psycopg2.Binary(data)
 
     async def _open(self) -> txpostgres.Connection:
-        connection = txpostgres.Connection(reactor=self._reactor)
+        connection = _Connection(reactor=self._reactor)
         try:
             await connection.connect(self._dsn, connect_timeout=self._connect_timeout)
         except Exception as exc:

@@ -7,7 +7,9 @@ bodies. These helpers split the raw bytes into fields and put them back.
 
 from __future__ import annotations
 
+import email.utils
 import re
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -84,3 +86,15 @@ def make_field(name: str, value: str) -> bytes:
     if "\r" in value or "\n" in value or "\r" in name or "\n" in name or ":" in name:
         raise ValueError(f"illegal character in header {name!r}")
     return f"{name}: {value}\r\n".encode()
+
+
+_date_cache: tuple[int, str] = (0, "")
+
+
+def date_now() -> str:
+    """The current local time as an RFC 5322 date, formatted once per second."""
+    global _date_cache
+    second = int(time.time())
+    if _date_cache[0] != second:
+        _date_cache = (second, email.utils.format_datetime(email.utils.localtime()))
+    return _date_cache[1]

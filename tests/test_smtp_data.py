@@ -6,7 +6,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial import unittest
 
-from smtpeter.ingress.smtp.data import BARE_NEWLINE, NUL_BYTE, TOO_BIG, DataProblem, DataReader
+from smtpeter.ingress.smtp.data import (
+    BARE_NEWLINE,
+    NUL_BYTE,
+    TOO_BIG,
+    DataProblem,
+    DataReader,
+    _has_long_line,
+)
 
 SMUGGLED = b"MAIL FROM:<evil@attacker.test>\r\nRCPT TO:<victim@example.net>\r\nDATA\r\nsmuggled\r\n.\r\n"
 # Every end-of-data look-alike a lenient server might accept (SMTP smuggling, 2023).
@@ -75,6 +82,12 @@ class DataReaderTests(unittest.TestCase):
         for piece in (b"y" * 50, b"\r", b"\n", b".", b"\r", b"\nRSET\r\n"):
             result = reader.feed(piece)
         self.assertEqual(result, (TOO_BIG, b"RSET\r\n"))
+
+    @given(st.lists(st.integers(min_value=0, max_value=300), max_size=20),
+           st.integers(min_value=1, max_value=120))
+    def test_long_line_probe_matches_splitting(self, lengths: list[int], limit: int) -> None:
+        content = b"\r\n" + b"".join(b"x" * n + b"\r\n" for n in lengths)
+        self.assertEqual(_has_long_line(content, limit), any(n > limit for n in lengths))
 
     def test_long_line_is_refused_after_the_end(self) -> None:
         result, rest = DataReader(10**6, 100).feed(b"a" * 101 + b"\r\nMAIL FROM:<e@x>\r\n.\r\nQUIT\r\n")

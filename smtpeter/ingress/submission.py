@@ -116,8 +116,7 @@ class Submission:
         if msg.first(fields, "message-id") is None:
             added += msg.make_field("Message-ID", f"<{new_id()}@{self.hostname}>")
         if msg.first(fields, "date") is None:
-            added += msg.make_field("Date", email.utils.format_datetime(
-                email.utils.localtime(), usegmt=False))
+            added += msg.make_field("Date", msg.date_now())
         return added
 
     async def submit(

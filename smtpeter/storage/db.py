@@ -47,6 +47,34 @@ class Insert:
 Statement = SQL | Insert
 Rows = list[tuple]
 
+# SQLite's default limit on bound parameters per statement (since 3.32).
+MAX_PARAMETERS = 32766
+
+
+def render(statement: Statement) -> list[SQL]:
+    """Turn a statement into plain SQL; an Insert becomes multi-row INSERTs.
+
+    One statement for many rows costs one round trip on PostgreSQL, and on
+    SQLite one step (one GIL hand-over) instead of one per row.
+    """
+    if isinstance(statement, SQL):
+        return [statement]
+    if not statement.rows:
+        return []
+    row = "(" + ", ".join(["?"] * len(statement.columns)) + ")"
+    per_statement = max(1, MAX_PARAMETERS // len(statement.columns))
+    rendered = []
+    for start in range(0, len(statement.rows), per_statement):
+        rows = statement.rows[start:start + per_statement]
+        # Table and column names are constants of our code, never user input.
+        text = (
+            f"INSERT INTO {statement.table} ({', '.join(statement.columns)}) VALUES "  # noqa: S608
+            + ", ".join([row] * len(rows))
+            + (" " + statement.suffix if statement.suffix else "")
+        )
+        rendered.append(SQL(text, [value for r in rows for value in r]))
+    return rendered
+
 
 class Database(abc.ABC):
     """A connection (pool) to one database."""

@@ -22,14 +22,13 @@ from twisted.logger import Logger
 from txpostgres import txpostgres
 
 from smtpeter.storage.db import (
-    SQL,
     Conflict,
     Database,
-    Insert,
     Rows,
     Statement,
     StorageError,
     StorageUnavailable,
+    render,
 )
 
 log = Logger()
@@ -41,24 +40,6 @@ _CONNECTION_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
 def _placeholders(sql: str) -> str:
     """Turn our ``?`` placeholders into psycopg2's ``%s``."""
     return sql.replace("%", "%%").replace("?", "%s")
-
-
-def render(statement: Statement) -> tuple[str, list[object]]:
-    """Render one statement as psycopg2 SQL text plus parameters."""
-    if isinstance(statement, Insert):
-        row_marks = "(" + ", ".join(["%s"] * len(statement.columns)) + ")"
-        params: list[object] = []
-        for row in statement.rows:
-            params.extend(row)
-        # Table and column names are constants of our code, never user input.
-        text = (
-            f"INSERT INTO {statement.table} ({', '.join(statement.columns)}) VALUES "  # noqa: S608
-            + ", ".join([row_marks] * len(statement.rows))
-            + (" " + statement.suffix if statement.suffix else "")
-        )
-        return text, params
-    assert isinstance(statement, SQL)
-    return _placeholders(statement.text), list(statement.params)
 
 
 class _Connection(txpostgres.Connection):
@@ -182,11 +163,9 @@ class PostgresDatabase(Database):
         texts: list[str] = []
         params: list[object] = []
         for statement in statements:
-            if isinstance(statement, Insert) and not statement.rows:
-                continue
-            text, statement_params = render(statement)
-            texts.append(text)
-            params.extend(statement_params)
+            for sql in render(statement):
+                texts.append(_placeholders(sql.text))
+                params.extend(sql.params)
         if not texts:
             return []
         return await self._with_connection(";\n".join(texts), params, fetch=True)

@@ -19,14 +19,13 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
 from smtpeter.storage.db import (
-    SQL,
     Conflict,
     Database,
-    Insert,
     Rows,
     Statement,
     StorageError,
     StorageUnavailable,
+    render,
 )
 
 T = TypeVar("T")
@@ -95,7 +94,8 @@ class SQLiteDatabase(Database):
             con.execute("BEGIN IMMEDIATE")
             try:
                 for statement in statements:
-                    rows = self._execute(con, statement)
+                    for sql in render(statement):
+                        rows = con.execute(sql.text, tuple(sql.params)).fetchall()
                 con.execute("COMMIT")
             except BaseException:
                 if con.in_transaction:
@@ -104,22 +104,6 @@ class SQLiteDatabase(Database):
         except sqlite3.Error as exc:
             raise _translate(exc) from exc
         return rows
-
-    @staticmethod
-    def _execute(con: sqlite3.Connection, statement: Statement) -> Rows:
-        if isinstance(statement, Insert):
-            if not statement.rows:
-                return []
-            marks = ", ".join("?" * len(statement.columns))
-            con.executemany(
-                # Table and column names are constants of our code, never user input.
-                f"INSERT INTO {statement.table} ({', '.join(statement.columns)}) "  # noqa: S608
-                f"VALUES ({marks}) {statement.suffix}",
-                statement.rows,
-            )
-            return []
-        assert isinstance(statement, SQL)
-        return con.execute(statement.text, tuple(statement.params)).fetchall()
 
     async def query(self, sql: str, params: Sequence[object] = ()) -> Rows:
         def run() -> Rows:

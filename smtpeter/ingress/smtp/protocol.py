@@ -6,7 +6,6 @@ splits the stream into lines or DATA and carries out the session's outputs.
 
 from __future__ import annotations
 
-import email.utils
 import ipaddress
 from collections import Counter
 from collections.abc import Sequence
@@ -20,6 +19,7 @@ from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.protocols.policies import TimeoutMixin
 
+from smtpeter import message
 from smtpeter.ingress.smtp.auth import ISMTPLogin
 from smtpeter.ingress.smtp.data import DataReader
 from smtpeter.ingress.smtp.session import (
@@ -180,7 +180,7 @@ def received_header(hostname: str, client: Client, recipients: list[str]) -> byt
     """The trace field of RFC 5321 §4.4, with the protocol names of RFC 3848."""
     protocol = "ESMTP" + ("S" if client.tls else "") + ("A" if client.login else "")
     recipient = f"\r\n\tfor <{recipients[0]}>" if len(recipients) == 1 else ""
-    when = email.utils.format_datetime(email.utils.localtime())
+    when = message.date_now()
     helo = "".join(c for c in client.helo if c.isprintable() and c not in "()\\")[:255]
     return (
         f"Received: from {helo} ([{client.address}])\r\n\tby {hostname} (smtpeter) "

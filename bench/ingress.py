@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -40,6 +41,7 @@ def main() -> None:
         storage_url = cluster.create_database()
     postfix = Postfix().start()
     smtpeter = Smtpeter(storage_url).start()
+    log = ""
     results = []
     try:
         for size in [int(s) for s in args.sizes.split(",")]:
@@ -58,15 +60,18 @@ def main() -> None:
         held = postfix.queued("hold")
         memory = smtpeter.memory()
     finally:
-        smtpeter.stop()
+        log = smtpeter.stop()
         postfix.stop()
         if cluster is not None:
             cluster.destroy()
 
     expected = args.messages * len(results)
+    found = re.search(r"group commit: (\d+) messages stored in (\d+) commits", log)
+    commits = {"messages": int(found.group(1)), "commits": int(found.group(2))} if found else None
     storage = "postgresql" if args.postgresql else "sqlite"
     if args.json:
-        print(json.dumps({"storage": storage, "results": results, "smtpeter_queued": queued,
+        print(json.dumps({"storage": storage, "group_commit": commits, "results": results,
+                          "smtpeter_queued": queued,
                           "postfix_held": held, "smtpeter_memory_kib": memory}, indent=2))
     else:
         mode = "reused connections" if args.reuse else "one connection per message"
@@ -75,6 +80,9 @@ def main() -> None:
         for r in results:
             print(f"{r['size']:>8} {r['postfix_msgs_per_s']:>14} {r['smtpeter_msgs_per_s']:>15} "
                   f"{r['ratio']:>6} {r['smtpeter_cpu_ms_per_msg']:>11}")
+        if commits:
+            print(f"group commit: {commits['messages']} messages in {commits['commits']} commits "
+                  f"({commits['messages'] / commits['commits']:.1f} per commit and fsync)")
         print(f"stored: smtpeter {queued}/{expected}, postfix {held}/{expected}; "
               f"smtpeter RSS {memory['VmRSS'] // 1024} MiB (peak {memory['VmHWM'] // 1024} MiB)")
     if queued != expected or held != expected:

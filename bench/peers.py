@@ -149,12 +149,16 @@ class Smtpeter:
         return {line.split(":")[0]: int(line.split()[1]) for line in status
                 if line.startswith(("VmRSS", "VmHWM"))}
 
-    def stop(self) -> None:
+    def stop(self) -> str:
+        """Stop it; returns its log."""
+        text = ""
         if self.process is not None:
             self.process.terminate()
             self.process.wait(30)
             self.log.close()
+            text = (self.dir / "twistd.log").read_text()
         shutil.rmtree(self.dir, ignore_errors=True)
+        return text
 
 
 def smtp_source(port: int, messages: int, sessions: int, size: int, reuse: bool = False,

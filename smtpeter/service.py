@@ -96,6 +96,8 @@ class SmtpeterService(service.Service):
                 data_timeout=config.smtp.data_timeout,
             )
 
+        if config.mx.listen:
+            log.warn("[mx] listen is set, but the bounce receiver is not part of this version yet")
         for description in config.smtp.listen:
             self.ports.append(await listen(self.reactor, description, factory(False), "SMTP submission"))
         for description in config.smtp.listen_tls:

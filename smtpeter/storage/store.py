@@ -59,6 +59,8 @@ class _GroupCommit:
         self._in_flight = 0
         self._scheduled = False
         self._idle_waiters: list[defer.Deferred] = []
+        self.commits = 0
+        self.committed = 0
 
     def add(self, message: NewMessage, ids: list[str]) -> defer.Deferred:
         d: defer.Deferred = defer.Deferred()
@@ -118,6 +120,8 @@ class _GroupCommit:
             for _, _, d in batch:
                 d.errback()
             return
+        self.commits += 1
+        self.committed += len(batch)
         for _, ids, d in batch:
             d.callback(ids)
 
@@ -135,6 +139,9 @@ class Storage:
 
     async def close(self) -> None:
         await self._group_commit.idle()
+        if self._group_commit.commits:
+            log.info("group commit: {messages} messages stored in {commits} commits",
+                     messages=self._group_commit.committed, commits=self._group_commit.commits)
         await self.db.close()
 
     def now(self) -> float:

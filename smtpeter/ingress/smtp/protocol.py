@@ -266,6 +266,9 @@ class SMTPFactory(ServerFactory):
                 dsn_envid=envelope.envid,
             )
         except Refused as refusal:
+            log.info("refused from=<{sender}> client={client}: {code} {status} {text}",
+                     sender=envelope.mail_from, client=client.address, code=refusal.code,
+                     status=refusal.status, text=refusal.text)
             return reply(refusal.code, refusal.status, refusal.text)
         except StorageError as exc:
             log.error("Could not store a message: {exc}", exc=exc)
@@ -273,4 +276,7 @@ class SMTPFactory(ServerFactory):
         except Exception:
             log.failure("Unexpected error while accepting a message")
             return reply(451, "4.3.0", "Temporary local problem, message not accepted; try again later")
+        log.info("queued {ids} from=<{sender}> size={size} client={client} account={account}",
+                 ids=",".join(ids), sender=envelope.mail_from, size=len(data), client=client.address,
+                 account=sender.account_id)
         return queued_reply(ids, addresses)

@@ -1,6 +1,6 @@
 """Secrets at rest: SMTP passwords hashed with scrypt, API tokens with SHA-256.
 
-API tokens are 192-bit random strings we generate, so a fast hash is enough
+API tokens are 190-bit random strings we generate, so a fast hash is enough
 and lets us find the token by its hash. SMTP passwords get a slow, salted
 hash because an operator may one day set them by hand.
 """

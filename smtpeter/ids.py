@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import secrets
+import string
 import time
 
 # Crockford's base32 in lower case: no i, l, o, u, so ids survive being read aloud.
@@ -23,6 +24,13 @@ def new_id() -> str:
     return "".join(reversed(chars))
 
 
-def new_secret(nbytes: int = 24) -> str:
-    """A random secret for tokens and passwords, URL-safe."""
-    return secrets.token_urlsafe(nbytes)
+_SECRET_ALPHABET = string.ascii_letters + string.digits
+
+
+def new_secret(length: int = 32) -> str:
+    """A random secret for tokens and passwords: letters and digits only.
+
+    No punctuation, so it never starts with "-" on a command line and needs
+    no quoting in URLs, config files or shells.
+    """
+    return "".join(secrets.choice(_SECRET_ALPHABET) for _ in range(length))

@@ -176,7 +176,7 @@ class Storage:
 
     async def create_api_token(self, account_id: str, description: str = "") -> tuple[str, str]:
         """Return (token id, token); only the token's hash is stored."""
-        token_id, token = new_id(), new_secret(24)
+        token_id, token = new_id(), new_secret(32)
         await self.db.transaction(
             [SQL("INSERT INTO api_tokens (id, account_id, token_hash, description, created) "
                  "VALUES (?, ?, ?, ?, ?)",
@@ -197,7 +197,7 @@ class Storage:
         self, account_id: str, username: str, options: dict[str, object] | None = None
     ) -> str:
         """Create a login and return its generated password (shown once, stored hashed)."""
-        password = new_secret(18)
+        password = new_secret(24)
         password_hash = await deferToThread(credentials.hash_password, password)
         try:
             await self.db.transaction(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import re
 import socket
 import tomllib
 import types
@@ -81,6 +82,76 @@ class DNSConfig:
 
 
 @dataclass
+class BackoffRule:
+    """When a reply matches ``pattern``, pause and/or slow the destination for a while."""
+
+    pattern: str = ""
+    pause: float = 0.0  # seconds without any delivery to the destination
+    messages_per_minute: float = 0.0  # 0: unchanged; else the rate for ``duration``
+    max_connections: int = 0  # 0: unchanged; else the limit for ``duration``
+    duration: float = 3600.0
+
+
+@dataclass
+class Profile:
+    """Traffic shaping for one kind of destination; unset values come from "default"."""
+
+    mx_suffixes: list[str] = field(default_factory=list)
+    max_connections: int | None = None
+    max_messages_per_connection: int | None = None
+    messages_per_minute: float | None = None
+    connections_per_minute: float | None = None
+    idle_timeout: float | None = None
+    tls: str | None = None  # "opportunistic", "required" or "disabled"
+    backoff: list[BackoffRule] = field(default_factory=list)
+
+
+@dataclass
+class Timeouts:
+    """Seconds to wait for each step of an outbound SMTP session (Postfix's defaults)."""
+
+    connect: float = 30.0
+    greeting: float = 300.0
+    ehlo: float = 300.0
+    starttls: float = 300.0
+    mail: float = 300.0
+    rcpt: float = 300.0
+    data: float = 120.0
+    data_done: float = 600.0
+    rset: float = 20.0
+    quit: float = 30.0
+
+
+@dataclass
+class DeliveryConfig:
+    # Keep accepted mail queued without delivering it (like Postfix's hold queue).
+    hold: bool = False
+    port: int = 25
+    routes: dict[str, str] = field(default_factory=dict)
+    helo_name: str = ""
+    retry_schedule: list[float] = field(
+        default_factory=lambda: [600.0, 600.0, 1800.0, 1800.0, 3600.0, 3600.0, 7200.0]
+    )
+    max_deliver_time: float = 86400.0
+    # Recipients held in memory at once; the rest of the queue stays on disk.
+    window: int = 2000
+    lease: float = 1800.0
+    max_recipients_per_transaction: int = 100
+    delay_warning: float = 14400.0
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    profiles: dict[str, Profile] = field(default_factory=dict)
+    backoff: list[BackoffRule] = field(default_factory=list)
+
+    def route(self, domain: str) -> tuple[str, int] | None:
+        """The smarthost for ``domain`` (an exact match, then "*"), if any."""
+        target = self.routes.get(domain.lower()) or self.routes.get("*")
+        if target is None:
+            return None
+        host, _, port = target.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
+@dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
@@ -89,6 +160,7 @@ class Config:
     http: HTTPConfig = field(default_factory=HTTPConfig)
     tls: TLSConfig = field(default_factory=TLSConfig)
     dns: DNSConfig = field(default_factory=DNSConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     path: str = ""
 
     @property
@@ -118,13 +190,16 @@ def _check_type(section: str, key: str, value: object, annotation: object) -> ob
         (item_type,) = typing.get_args(annotation)
         if isinstance(value, str) and key in _LIST_FIELDS_ACCEPTING_STRING:
             value = [value]
+        if item_type is float and isinstance(value, list):
+            if all(isinstance(v, int | float) and not isinstance(v, bool) for v in value):
+                return [float(v) for v in value]
         if not isinstance(value, list) or not all(isinstance(v, item_type) for v in value):
             raise ConfigError(f"{where} must be a list of {item_type.__name__}")
         return value
     if origin in (dict,):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where} must be a table")
-        return value
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise ConfigError(f"{where} must be a table of strings")
+        return {k.lower(): v for k, v in value.items()}
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{where} must be a number")
@@ -148,7 +223,20 @@ def _build_section(cls: type, section: str, raw: object) -> object:
         if key not in known:
             raise ConfigError(f"unknown key {key!r} in [{section}]")
         annotation = hints[key]
-        if isinstance(annotation, types.GenericAlias) or typing.get_origin(annotation):
+        origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+        if origin is list and args and dataclasses.is_dataclass(args[0]):
+            if not isinstance(value, list):
+                raise ConfigError(f"[{section}] {key} must be a list of tables")
+            values[key] = [_build_section(args[0], f"{section}.{key}", item) for item in value]
+        elif origin is dict and len(args) == 2 and dataclasses.is_dataclass(args[1]):
+            if not isinstance(value, dict):
+                raise ConfigError(f"[{section}] {key} must be a table")
+            values[key] = {name: _build_section(args[1], f"{section}.{key}.{name}", item)
+                           for name, item in value.items()}
+        elif origin is types.UnionType and type(None) in args:
+            values[key] = None if value is None else _check_type(
+                section, key, value, next(a for a in args if a is not type(None)))
+        elif isinstance(annotation, types.GenericAlias) or origin:
             values[key] = _check_type(section, key, value, annotation)
         elif dataclasses.is_dataclass(annotation):
             values[key] = _build_section(annotation, f"{section}.{key}", value)
@@ -194,6 +282,35 @@ def _validate(config: Config) -> None:
                  "max_connections_per_client", "max_errors"):
         if getattr(config.smtp, name) <= 0:
             raise ConfigError(f"[smtp] {name} must be positive")
+    _validate_delivery(config.delivery)
+
+
+def _validate_delivery(delivery: DeliveryConfig) -> None:
+    for domain, target in delivery.routes.items():
+        host, colon, port = target.rpartition(":")
+        if not colon or not host or not port.isdigit():
+            raise ConfigError(f"[delivery] routes: {domain} = {target!r} is not host:port")
+    if not delivery.retry_schedule or any(s <= 0 for s in delivery.retry_schedule):
+        raise ConfigError("[delivery] retry_schedule must be a non-empty list of positive seconds")
+    for name in ("window", "lease", "max_recipients_per_transaction", "max_deliver_time"):
+        if getattr(delivery, name) <= 0:
+            raise ConfigError(f"[delivery] {name} must be positive")
+    for name, profile in delivery.profiles.items():
+        if profile.tls not in (None, "opportunistic", "required", "disabled"):
+            raise ConfigError(f"[delivery.profiles.{name}] tls must be opportunistic, required or disabled")
+        for rule in profile.backoff:
+            _check_rule(f"delivery.profiles.{name}.backoff", rule)
+    for rule in delivery.backoff:
+        _check_rule("delivery.backoff", rule)
+
+
+def _check_rule(where: str, rule: BackoffRule) -> None:
+    try:
+        re.compile(rule.pattern)
+    except re.error as exc:
+        raise ConfigError(f"[{where}] pattern {rule.pattern!r}: {exc}") from None
+    if not rule.pattern:
+        raise ConfigError(f"[{where}] needs a pattern")
 
 
 def load_config(path: str | None) -> Config:

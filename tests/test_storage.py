@@ -8,10 +8,11 @@ from twisted.trial import unittest
 from smtpeter import credentials
 from smtpeter.storage import Conflict, NotFound, StorageError, StorageUnavailable
 from smtpeter.storage.db import SQL
-from smtpeter.storage.models import NewMessage, NewRecipient
+from smtpeter.storage.models import NewMessage, NewRecipient, Outcome
 from smtpeter.storage.schema import LATEST, current_version, migrate
 from tests.support import postgres
 from tests.support.backends import BackendMixin, both_backends
+from tests.support.clock import ShiftedClock
 
 
 def new_message(account_id: str, recipients: int = 1, body: bytes = b"hello\r\n") -> NewMessage:
@@ -167,7 +168,119 @@ class StorageSuite:
             await storage.enqueue(new_message(account.id))
 
 
+class DeliveryStorageSuite:
+    """Leases, outcomes and releases: what the scheduler relies on."""
+
+    async def setup(self, recipients: int = 3) -> tuple:
+        clock = ShiftedClock()
+        storage = await self.open_storage(clock=clock)
+        account = await storage.create_account("acme")
+        ids = await storage.enqueue(new_message(account.id, recipients=recipients))
+        return storage, clock, account, ids
+
+    async def test_claim_leases_due_recipients_once(self) -> None:
+        storage, clock, _, ids = await self.setup()
+        leases = await storage.claim("node-a", limit=2, lease=600)
+        self.assertEqual(len(leases), 2)
+        self.assertEqual(leases[0].notify, "FAILURE")
+        more = await storage.claim("node-b", limit=10, lease=600)
+        self.assertEqual(len(more), 1)
+        self.assertEqual(sorted(x.id for x in leases + more), sorted(ids))
+        self.assertEqual(await storage.claim("node-b", limit=10, lease=600), [])
+        # A lease that runs out (its node died) makes the recipient due again.
+        clock.advance(601)
+        self.assertEqual(len(await storage.claim("node-b", limit=10, lease=600)), 3)
+
+    async def test_claim_skips_excluded_domains_and_future_retries(self) -> None:
+        storage, clock, _, _ = await self.setup()
+        self.assertEqual(await storage.claim("n", limit=10, lease=60, exclude_domains=["example.net"]), [])
+        leases = await storage.claim("n", limit=10, lease=60)
+        await storage.record("n", [
+            Outcome(x.id, x.account_id, x.address, "queued", 1, clock.seconds() + 300, "failure",
+                    {"type": "deferred"}) for x in leases])
+        clock.advance(61)
+        self.assertEqual(await storage.claim("n", limit=10, lease=60), [])
+        clock.advance(240)
+        self.assertEqual(len(await storage.claim("n", limit=10, lease=60)), 3)
+
+    async def test_record_outcomes_events_and_notices(self) -> None:
+        storage, clock, account, _ids = await self.setup(recipients=2)
+        a, b = await storage.claim("n", limit=10, lease=60)
+        notice = NewMessage(account.id, "dsn", "", b"From: MAILER-DAEMON@mx.test\r\n\r\nDSN\r\n",
+                            [NewRecipient("sender@example.com")])
+        await storage.record("n", [
+            Outcome(a.id, a.account_id, a.address, "delivered", 1, clock.seconds(), "delivery",
+                    {"code": 250, "to": "127.0.0.2"}, code=250, status="2.0.0", description="ok",
+                    smtp_state="message"),
+            Outcome(b.id, b.account_id, b.address, "failed", 1, clock.seconds(), "failure",
+                    {"code": 550, "state": "rcptto"}, code=550, status="5.1.1",
+                    description="user unknown", smtp_state="rcptto"),
+        ], notices=[notice])
+        first, second = await storage.recipient(a.id), await storage.recipient(b.id)
+        self.assertEqual((first.state, first.attempts, first.last_code), ("delivered", 1, 250))
+        self.assertEqual((second.state, second.last_status, second.last_description),
+                         ("failed", "5.1.1", "user unknown"))
+        events = await storage.events(b.id)
+        self.assertEqual([e.type for e in events], ["attempt", "failure"])
+        self.assertEqual((events[1].recipient, events[1].data["state"]), (b.address, "rcptto"))
+        queued = await storage.queue()
+        self.assertEqual([q.address for q in queued], ["sender@example.com"])
+        self.assertEqual((await storage.message_content(queued[0].id))["envelope"], "")
+        window = await storage.account_events(account.id, 0, clock.seconds() + 1, types=["failure"])
+        self.assertEqual([e.message_id for e in window], [b.id])
+
+    async def test_record_only_touches_rows_the_owner_holds(self) -> None:
+        storage, clock, _, _ = await self.setup(recipients=1)
+        (lease,) = await storage.claim("node-a", limit=1, lease=60)
+        clock.advance(61)
+        await storage.claim("node-b", limit=1, lease=60)
+        await storage.record("node-a", [Outcome(lease.id, lease.account_id, lease.address, "delivered", 1,
+                                                clock.seconds(), "delivery", {})])
+        self.assertEqual((await storage.recipient(lease.id)).state, "queued")
+
+    async def test_release_and_release_all(self) -> None:
+        storage, clock, _, _ = await self.setup()
+        leases = await storage.claim("n", limit=10, lease=600)
+        await storage.release("n", [leases[0].id], clock.seconds() + 30)
+        self.assertEqual(await storage.claim("m", limit=10, lease=600), [])
+        clock.advance(31)
+        self.assertEqual([x.id for x in await storage.claim("m", limit=10, lease=600)], [leases[0].id])
+        await storage.release_all("n")
+        self.assertEqual(len(await storage.claim("m", limit=10, lease=600)), 2)
+
+    async def test_messages_fetch(self) -> None:
+        storage, _, account, _ids = await self.setup(recipients=2)
+        leases = await storage.claim("n", limit=10, lease=60)
+        found = await storage.messages([x.message_id for x in leases])
+        (message,) = found.values()
+        self.assertEqual(message.account_id, account.id)
+        self.assertEqual((message.dsn_ret, message.envelope), ("HDRS", "sender@example.com"))
+        self.assertTrue(message.mime.startswith(b"From: a@example.com"))
+
+
 StorageSQLite, StoragePostgreSQL = both_backends(StorageSuite)
+DeliveryStorageSQLite, DeliveryStoragePostgreSQL = both_backends(DeliveryStorageSuite)
+
+
+class ConcurrentClaims(BackendMixin, unittest.TestCase):
+    """Two nodes on one PostgreSQL never lease the same recipient (SKIP LOCKED)."""
+
+    backend = "postgresql"
+
+    async def test_two_nodes_share_the_queue_without_overlap(self) -> None:
+        url = self.storage_url()
+        first = await self.open_storage(url)
+        second = await self.open_storage(url)
+        account = await first.create_account("acme")
+        for _ in range(20):
+            await first.enqueue(new_message(account.id, recipients=10))
+        rounds = await defer.gatherResults([
+            defer.Deferred.fromCoroutine(storage.claim(node, limit=7, lease=600))
+            for _ in range(20) for node, storage in (("a", first), ("b", second))
+        ])
+        claimed = [lease.id for leases in rounds for lease in leases]
+        self.assertEqual(len(claimed), 200)
+        self.assertEqual(len(set(claimed)), 200)
 
 
 class PostgresOutage(BackendMixin, unittest.TestCase):

@@ -44,7 +44,24 @@ class Insert:
     suffix: str = ""
 
 
-Statement = SQL | Insert
+@dataclass(frozen=True)
+class BulkUpdate:
+    """Update many rows by key in one statement (``UPDATE ... FROM (VALUES ...)``).
+
+    ``columns`` pairs each column with its SQL type (values are CAST to it, so
+    an all-NULL column still has a type on PostgreSQL); each row holds the key
+    first, then one value per column. ``where`` adds a condition on the table.
+    """
+
+    table: str
+    key: str
+    columns: Sequence[tuple[str, str]]
+    rows: Sequence[Sequence[object]]
+    where: str = ""
+    where_params: Sequence[object] = ()
+
+
+Statement = SQL | Insert | BulkUpdate
 Rows = list[tuple]
 
 # SQLite's default limit on bound parameters per statement (since 3.32).
@@ -61,18 +78,33 @@ def render(statement: Statement) -> list[SQL]:
         return [statement]
     if not statement.rows:
         return []
-    row = "(" + ", ".join(["?"] * len(statement.columns)) + ")"
-    per_statement = max(1, MAX_PARAMETERS // len(statement.columns))
+    width = len(statement.rows[0])
+    row = "(" + ", ".join(["?"] * width) + ")"
+    per_statement = max(1, (MAX_PARAMETERS - 10) // width)
     rendered = []
     for start in range(0, len(statement.rows), per_statement):
         rows = statement.rows[start:start + per_statement]
+        values = ", ".join([row] * len(rows))
+        params = [value for r in rows for value in r]
         # Table and column names are constants of our code, never user input.
-        text = (
-            f"INSERT INTO {statement.table} ({', '.join(statement.columns)}) VALUES "  # noqa: S608
-            + ", ".join([row] * len(rows))
-            + (" " + statement.suffix if statement.suffix else "")
-        )
-        rendered.append(SQL(text, [value for r in rows for value in r]))
+        if isinstance(statement, Insert):
+            text = (
+                f"INSERT INTO {statement.table} ({', '.join(statement.columns)}) "  # noqa: S608
+                f"VALUES {values}" + (" " + statement.suffix if statement.suffix else "")
+            )
+        else:
+            table = statement.table
+            assignments = ", ".join(
+                f"{name} = CAST(v.column{index} AS {sql_type})"
+                for index, (name, sql_type) in enumerate(statement.columns, start=2)
+            )
+            text = (
+                f"UPDATE {table} SET {assignments} FROM (VALUES {values}) AS v "  # noqa: S608
+                f"WHERE {table}.{statement.key} = v.column1"
+                + (f" AND {statement.where}" if statement.where else "")
+            )
+            params.extend(statement.where_params)
+        rendered.append(SQL(text, params))
     return rendered
 
 
@@ -101,3 +133,7 @@ class Database(abc.ABC):
     def blob(self, data: bytes) -> object:
         """Wrap bytes for a binary column."""
         return data
+
+    # Appended to a queue-claim subquery so that concurrent claimers skip each
+    # other's rows instead of waiting (PostgreSQL); SQLite has one writer anyway.
+    skip_locked = ""

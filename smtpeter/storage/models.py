@@ -81,6 +81,59 @@ class Event:
     id: int
     account_id: str
     message_id: str | None
+    recipient: str | None
     type: str
     time: float
     data: dict[str, object]
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A recipient this node has claimed for a delivery attempt."""
+
+    id: str
+    message_id: str
+    account_id: str
+    address: str
+    domain: str
+    orcpt: str | None
+    notify: str | None
+    attempts: int
+    delay_notified: bool
+    created: float
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    id: str
+    account_id: str
+    source: str
+    envelope: str | None
+    mime: bytes
+    options: dict[str, object]
+    tags: list[str]
+    body: str | None
+    smtputf8: bool
+    dsn_ret: str | None
+    dsn_envid: str | None
+    created: float
+    expires: float
+
+
+@dataclass
+class Outcome:
+    """What became of one leased recipient after an attempt, and the event that says so."""
+
+    recipient_id: str
+    account_id: str
+    address: str
+    state: str  # queued (to retry), delivered, failed or expired
+    attempts: int
+    next_attempt: float
+    event_type: str
+    event: dict[str, object]
+    code: int | None = None
+    status: str | None = None
+    description: str | None = None
+    smtp_state: str | None = None
+    delay_notified: bool = False

@@ -84,6 +84,8 @@ class PostgresDatabase(Database):
     def max_concurrent_writes(self) -> int:
         return self._size
 
+    skip_locked = " FOR UPDATE SKIP LOCKED"
+
     def blob(self, data: bytes) -> object:
         return psycopg2.Binary(data)
 

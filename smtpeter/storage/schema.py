@@ -74,7 +74,6 @@ MIGRATIONS: list[list[str]] = [
             created {time} NOT NULL,
             expires {time} NOT NULL
         )""",
-        "CREATE INDEX messages_account ON messages (account_id, created)",
         """CREATE TABLE recipients (
             id TEXT PRIMARY KEY,
             message_id TEXT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
@@ -85,23 +84,25 @@ MIGRATIONS: list[list[str]] = [
             notify TEXT,
             state TEXT NOT NULL,
             attempts INTEGER NOT NULL DEFAULT 0,
+            -- When the recipient is next due; while a node holds a lease on it,
+            -- the lease's expiry (so a crashed node's work comes back by itself).
             next_attempt {time} NOT NULL,
             lease_owner TEXT,
-            lease_until {time},
+            delay_notified INTEGER NOT NULL DEFAULT 0,
             last_code INTEGER,
             last_status TEXT,
             last_description TEXT,
+            last_state TEXT,
             created {time} NOT NULL,
             updated {time} NOT NULL
         )""",
         "CREATE INDEX recipients_due ON recipients (next_attempt) WHERE state = 'queued'",
         "CREATE INDEX recipients_message ON recipients (message_id)",
-        "CREATE INDEX recipients_account ON recipients (account_id, created)",
-        "CREATE INDEX recipients_address ON recipients (account_id, address)",
         """CREATE TABLE events (
             id {serial_pk},
             account_id TEXT NOT NULL,
             message_id TEXT,
+            recipient TEXT,
             type TEXT NOT NULL,
             time {time} NOT NULL,
             data TEXT NOT NULL

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet import defer
@@ -13,14 +13,17 @@ from twisted.logger import Logger
 
 from smtpeter import credentials
 from smtpeter.ids import new_id, new_secret
-from smtpeter.storage.db import SQL, Conflict, Database, Insert, StorageError
+from smtpeter.storage.db import SQL, BulkUpdate, Conflict, Database, Insert, Statement, StorageError
 from smtpeter.storage.models import (
     Account,
     Event,
+    Lease,
     NewMessage,
+    Outcome,
     QueuedRecipient,
     SenderDomain,
     SMTPLogin,
+    StoredMessage,
 )
 from smtpeter.storage.schema import migrate
 
@@ -30,6 +33,13 @@ log = Logger()
 QUEUED, DELIVERED, FAILED, EXPIRED = "queued", "delivered", "failed", "expired"
 DEFAULT_MAX_DELIVER_TIME = 24 * 3600.0
 
+_EVENT_COLUMNS = ("account_id", "message_id", "recipient", "type", "time", "data")
+_OUTCOME_COLUMNS = (
+    ("state", "TEXT"), ("attempts", "INTEGER"), ("next_attempt", "DOUBLE PRECISION"),
+    ("lease_owner", "TEXT"), ("delay_notified", "INTEGER"), ("last_code", "INTEGER"),
+    ("last_status", "TEXT"), ("last_description", "TEXT"), ("last_state", "TEXT"),
+    ("updated", "DOUBLE PRECISION"),
+)
 _QUEUE_COLUMNS = (
     "r.id, r.message_id, r.account_id, r.address, r.state, r.attempts, r.next_attempt, "
     "r.created, m.envelope, m.size, r.last_code, r.last_status, r.last_description"
@@ -44,27 +54,38 @@ def _queued(row: Sequence[Any]) -> QueuedRecipient:
     return QueuedRecipient(*row)
 
 
-class _GroupCommit:
-    """Collects enqueues from concurrent sessions and commits them together.
+_EVENT_SELECT = "id, account_id, message_id, recipient, type, time, data"
 
-    While one commit (and its fsync) is in flight, new messages wait in
+
+def _event(row: Sequence[Any]) -> Event:
+    return Event(row[0], row[1], row[2], row[3], row[4], row[5], json.loads(row[6]))
+
+
+class _Batcher:
+    """Collects writes from many callers and commits them together.
+
+    While one commit (and its fsync) is in flight, new items wait in
     ``_pending``; the next commit takes all of them. Throughput then grows with
-    concurrency instead of being capped at one fsync per message.
+    concurrency instead of being capped at one fsync per item. ``build`` turns
+    a batch of items into the statements of one transaction.
     """
 
-    def __init__(self, storage: Storage, max_batch: int = 500) -> None:
+    def __init__(self, storage: Storage, build: Callable[[list[Any]], list[Statement]],
+                 max_batch: int = 500) -> None:
         self._storage = storage
+        self._build = build
         self._max_batch = max_batch
-        self._pending: list[tuple[NewMessage, list[str], defer.Deferred]] = []
+        self._pending: list[tuple[Any, Any, defer.Deferred]] = []
         self._in_flight = 0
         self._scheduled = False
         self._idle_waiters: list[defer.Deferred] = []
         self.commits = 0
         self.committed = 0
 
-    def add(self, message: NewMessage, ids: list[str]) -> defer.Deferred:
+    def add(self, item: Any, result: Any) -> defer.Deferred:
+        """Queue ``item``; the Deferred fires with ``result`` once it is committed."""
         d: defer.Deferred = defer.Deferred()
-        self._pending.append((message, ids, d))
+        self._pending.append((item, result, d))
         self._schedule()
         return d
 
@@ -74,7 +95,7 @@ class _GroupCommit:
         if self._in_flight >= self._storage.db.max_concurrent_writes:
             return
         self._scheduled = True
-        # callLater(0) lets every session that is ready in this reactor turn join the batch.
+        # callLater(0) lets every caller that is ready in this reactor turn join the batch.
         self._storage.clock.callLater(0, self._flush)
 
     def _flush(self) -> None:
@@ -96,25 +117,23 @@ class _GroupCommit:
                 waiter.callback(None)
 
     def idle(self) -> defer.Deferred:
-        """Fires once every message handed in so far has been committed (or failed)."""
+        """Fires once everything handed in so far has been committed (or failed)."""
         if not self._in_flight and not self._pending:
             return defer.succeed(None)
         d: defer.Deferred = defer.Deferred()
         self._idle_waiters.append(d)
         return d
 
-    async def _commit(self, batch: list[tuple[NewMessage, list[str], defer.Deferred]]) -> None:
+    async def _commit(self, batch: list[tuple[Any, Any, defer.Deferred]]) -> None:
         try:
-            await self._storage.db.transaction(
-                self._storage._enqueue_statements([(m, ids) for m, ids, _ in batch])
-            )
+            await self._storage.db.transaction(self._build([item for item, _, _ in batch]))
         except Conflict:
             if len(batch) == 1:
                 batch[0][2].errback()
                 return
-            # One bad message must not fail the others: commit them one by one.
-            for item in batch:
-                await self._commit([item])
+            # One bad item must not fail the others: commit them one by one.
+            for entry in batch:
+                await self._commit([entry])
             return
         except Exception:
             for _, _, d in batch:
@@ -122,8 +141,8 @@ class _GroupCommit:
             return
         self.commits += 1
         self.committed += len(batch)
-        for _, ids, d in batch:
-            d.callback(ids)
+        for _, result, d in batch:
+            d.callback(result)
 
 
 class Storage:
@@ -132,13 +151,15 @@ class Storage:
     def __init__(self, db: Database, clock: Any) -> None:
         self.db = db
         self.clock = clock
-        self._group_commit = _GroupCommit(self)
+        self._group_commit = _Batcher(self, self._enqueue_statements)
+        self._outcomes = _Batcher(self, self._outcome_statements)
 
     async def migrate(self) -> int:
         return await migrate(self.db)
 
     async def close(self) -> None:
         await self._group_commit.idle()
+        await self._outcomes.idle()
         if self._group_commit.commits:
             log.info("group commit: {messages} messages stored in {commits} commits",
                      messages=self._group_commit.committed, commits=self._group_commit.commits)
@@ -266,7 +287,7 @@ class Storage:
         committed (and fsynced); it fails with StorageUnavailable otherwise.
         """
         ids = [new_id() for _ in message.recipients]
-        return self._group_commit.add(message, ids)
+        return self._group_commit.add((message, ids), ids)
 
     def _enqueue_statements(self, batch: list[tuple[NewMessage, list[str]]]) -> list[Insert]:
         now = self.now()
@@ -288,7 +309,7 @@ class Storage:
                     QUEUED, now, now, now,
                 ))
                 events.append((
-                    message.account_id, rid, "attempt", now,
+                    message.account_id, rid, rcpt.address, "attempt", now,
                     json.dumps({"envelope": message.envelope or "", "recipient": rcpt.address,
                                 "properties": properties, "tags": message.tags}),
                 ))
@@ -299,7 +320,7 @@ class Storage:
             Insert("recipients", ("id", "message_id", "account_id", "address", "domain", "orcpt",
                                   "notify", "state", "next_attempt", "created", "updated"),
                    recipients),
-            Insert("events", ("account_id", "message_id", "type", "time", "data"), events),
+            Insert("events", _EVENT_COLUMNS, events),
         ]
 
     async def queue(
@@ -363,20 +384,122 @@ class Storage:
                 "(SELECT 1 FROM recipients WHERE message_id = ?)", (rows[0][0], rows[0][0])),
         ])
 
+    # -- delivery: leases and outcomes ------------------------------------------
+
+    async def claim(self, owner: str, limit: int, lease: float,
+                    exclude_domains: Sequence[str] = ()) -> list[Lease]:
+        """Lease up to ``limit`` due recipients for ``owner`` in one statement.
+
+        A leased row stays "queued" with ``next_attempt`` moved to the lease's
+        expiry: no other claim sees it meanwhile, and if this node dies the row
+        simply becomes due again.
+        """
+        now = self.now()
+        exclude = ""
+        if exclude_domains:
+            exclude = f" AND domain NOT IN ({', '.join('?' * len(exclude_domains))})"
+        # Only placeholders and constants are formatted into the statement.
+        rows = await self.db.transaction([SQL(
+            "UPDATE recipients SET lease_owner = ?, next_attempt = ? WHERE id IN ("  # noqa: S608
+            "SELECT id FROM recipients WHERE state = 'queued' AND next_attempt <= ?"
+            f"{exclude} ORDER BY next_attempt LIMIT ?{self.db.skip_locked}) "
+            "RETURNING id, message_id, account_id, address, domain, orcpt, notify, attempts, "
+            "delay_notified, created",
+            (owner, now + lease, now, *exclude_domains, limit),
+        )])
+        return [Lease(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], bool(r[8]), r[9]) for r in rows]
+
+    async def release_all(self, owner: str) -> None:
+        """Make every lease ``owner`` holds due now (a restarting node's leftovers)."""
+        await self.db.transaction([SQL(
+            "UPDATE recipients SET lease_owner = NULL, next_attempt = ? "
+            "WHERE lease_owner = ? AND state = 'queued'", (self.now(), owner))])
+
+    async def release(self, owner: str, recipient_ids: Sequence[str], next_attempt: float) -> None:
+        """Hand leased recipients back without an attempt (e.g. their destination is paused)."""
+        if not recipient_ids:
+            return
+        await self.db.transaction([BulkUpdate(
+            "recipients", "id", (("lease_owner", "TEXT"), ("next_attempt", "DOUBLE PRECISION")),
+            [(rid, None, next_attempt) for rid in recipient_ids],
+            where="recipients.lease_owner = ?", where_params=(owner,),
+        )])
+
+    async def messages(self, message_ids: Sequence[str]) -> dict[str, StoredMessage]:
+        found: dict[str, StoredMessage] = {}
+        ids = list(dict.fromkeys(message_ids))
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            marks = ", ".join("?" * len(chunk))
+            rows = await self.db.query(
+                "SELECT id, account_id, source, envelope, mime, options, tags, body, smtputf8, "  # noqa: S608
+                f"dsn_ret, dsn_envid, created, expires FROM messages WHERE id IN ({marks})",
+                chunk,
+            )
+            for r in rows:
+                found[r[0]] = StoredMessage(r[0], r[1], r[2], r[3], bytes(r[4]), json.loads(r[5]),
+                                            json.loads(r[6]), r[7], bool(r[8]), r[9], r[10], r[11], r[12])
+        return found
+
+    def record(self, owner: str, outcomes: list[Outcome],
+               notices: Sequence[NewMessage] = ()) -> defer.Deferred:
+        """Store attempt outcomes, their events and any DSNs they caused, in one transaction.
+
+        Calls from many deliveries are batched like enqueues. Updates only rows
+        ``owner`` still holds, so a node that lost its lease cannot undo newer work.
+        """
+        notice_ids = [(notice, [new_id() for _ in notice.recipients]) for notice in notices]
+        return self._outcomes.add((owner, outcomes, notice_ids), None)
+
+    def _outcome_statements(self, batch: list[tuple[str, list[Outcome], list]]) -> list[Statement]:
+        now = self.now()
+        statements: list[Statement] = []
+        by_owner: dict[str, list[Outcome]] = {}
+        notices: list[tuple[NewMessage, list[str]]] = []
+        for owner, outcomes, notice_ids in batch:
+            by_owner.setdefault(owner, []).extend(outcomes)
+            notices.extend(notice_ids)
+        events = []
+        for owner, outcomes in by_owner.items():
+            statements.append(BulkUpdate(
+                "recipients", "id", _OUTCOME_COLUMNS,
+                [(o.recipient_id, o.state, o.attempts, o.next_attempt, None, int(o.delay_notified),
+                  o.code, o.status, o.description, o.smtp_state, now) for o in outcomes],
+                where="recipients.lease_owner = ?", where_params=(owner,),
+            ))
+            events += [(o.account_id, o.recipient_id, o.address, o.event_type, now, json.dumps(o.event))
+                       for o in outcomes]
+        statements.append(Insert("events", _EVENT_COLUMNS, events))
+        if notices:
+            statements += self._enqueue_statements(notices)
+        return statements
+
     # -- events ---------------------------------------------------------------
 
     async def events(self, message_id: str, account_id: str | None = None) -> list[Event]:
+        """Every event of one message (one recipient), oldest first."""
         params: tuple = (message_id,)
         clause = ""
         if account_id is not None:
             clause = " AND account_id = ?"
             params = (message_id, account_id)
         rows = await self.db.query(
-            "SELECT id, account_id, message_id, type, time, data FROM events "  # noqa: S608
+            f"SELECT {_EVENT_SELECT} FROM events "  # noqa: S608
             f"WHERE message_id = ?{clause} ORDER BY time, id",
             params,
         )
-        return [Event(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])) for r in rows]
+        return [_event(r) for r in rows]
+
+    async def account_events(self, account_id: str, since: float, until: float,
+                             types: Sequence[str] = (), limit: int = 10000) -> list[Event]:
+        """An account's events in [since, until), oldest first."""
+        clause = f" AND type IN ({', '.join('?' * len(types))})" if types else ""
+        rows = await self.db.query(
+            f"SELECT {_EVENT_SELECT} FROM events "  # noqa: S608
+            f"WHERE account_id = ? AND time >= ? AND time < ?{clause} ORDER BY time, id LIMIT ?",
+            (account_id, since, until, *types, limit),
+        )
+        return [_event(r) for r in rows]
 
 
 async def open_storage(url: str, reactor: Any, pool_size: int = 4) -> Storage:

@@ -29,8 +29,9 @@ class BackendMixin:
     def storage_url(self) -> str:
         return sqlite_url(self) if self.backend == "sqlite" else postgres_url(self)
 
-    async def open_storage(self, url: str | None = None) -> Storage:
+    async def open_storage(self, url: str | None = None, clock: object = reactor) -> Storage:
         storage = await open_storage(url or self.storage_url(), reactor)
+        storage.clock = clock
         self.addCleanup(lambda: defer.Deferred.fromCoroutine(storage.close()))
         return storage
 

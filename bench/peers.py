@@ -111,7 +111,7 @@ class Postfix:
 class Smtpeter:
     """``twistd -n smtpeter`` as a user runs it, trusting loopback as account "apps"."""
 
-    def __init__(self, storage_url: str | None = None, extra_toml: str = "") -> None:
+    def __init__(self, storage_url: str | None = None, extra_toml: str = "[delivery]\nhold = true\n") -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="smtpeter-bench-"))
         self.port = free_port()
         self.config = self.dir / "smtpeter.toml"

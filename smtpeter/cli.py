@@ -99,7 +99,7 @@ def _entry(entry: Any) -> dict:
         "state": entry.state, "attempts": entry.attempts, "size": entry.size,
         "created": _time(entry.created), "next_attempt": _time(entry.next_attempt),
         "last_code": entry.last_code, "last_status": entry.last_status,
-        "last_description": entry.last_description,
+        "last_description": entry.last_description, "last_state": entry.last_state,
     }
 
 

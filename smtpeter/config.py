@@ -126,6 +126,8 @@ class Timeouts:
 class DeliveryConfig:
     # Keep accepted mail queued without delivering it (like Postfix's hold queue).
     hold: bool = False
+    # This node's name on its leases; unique per node when several share one database.
+    node: str = ""
     port: int = 25
     routes: dict[str, str] = field(default_factory=dict)
     helo_name: str = ""
@@ -138,6 +140,8 @@ class DeliveryConfig:
     lease: float = 1800.0
     max_recipients_per_transaction: int = 100
     delay_warning: float = 14400.0
+    # At shutdown, deliveries in progress get this long before they are cut.
+    shutdown_grace: float = 10.0
     timeouts: Timeouts = field(default_factory=Timeouts)
     profiles: dict[str, Profile] = field(default_factory=dict)
     backoff: list[BackoffRule] = field(default_factory=list)

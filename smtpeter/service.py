@@ -12,10 +12,14 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from smtpeter import tls
 from smtpeter.config import Config
+from smtpeter.delivery import dns
+from smtpeter.delivery.dispatcher import Dispatcher
+from smtpeter.delivery.pool import Context
 from smtpeter.ingress.smtp.auth import login_portal
 from smtpeter.ingress.smtp.protocol import SMTPFactory
 from smtpeter.ingress.smtp.session import SessionPolicy
 from smtpeter.ingress.submission import Submission
+from smtpeter.scheduler.scheduler import Scheduler
 from smtpeter.storage import NotFound, Storage, open_storage
 
 log = Logger()
@@ -36,14 +40,19 @@ def listen(reactor: Any, description: str, factory: Any, what: str) -> defer.Def
 class SmtpeterService(service.Service):
     """Opens storage, then starts the listeners; stops them in reverse order."""
 
-    def __init__(self, config: Config, reactor: Any = None) -> None:
+    def __init__(self, config: Config, reactor: Any = None, clock: Any = None) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
             reactor = default_reactor
         self.config = config
         self.reactor = reactor
+        # What "now" is for the queue (tests move it forward to see retries and expiry).
+        self.clock = clock or reactor
         self.storage: Storage | None = None
+        self.scheduler: Scheduler | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.submission: Submission | None = None
         self.ports: list[Any] = []
         self.ready: defer.Deferred = defer.Deferred()
 
@@ -63,6 +72,7 @@ class SmtpeterService(service.Service):
         config = self.config
         config.data_path.mkdir(parents=True, exist_ok=True)
         self.storage = await open_storage(config.storage_url, self.reactor, config.storage.pool_size)
+        self.storage.clock = self.clock
         cert_path, key_path = tls.certificate_files(config)
         context = tls.server_context(cert_path, key_path)
         trusted_account = None
@@ -74,7 +84,8 @@ class SmtpeterService(service.Service):
                     f"[smtp] trusted_account {config.smtp.trusted_account!r} does not exist; "
                     "create it with: smtpeter account create NAME"
                 ) from None
-        submission = Submission(self.storage, config.hostname)
+        submission = self.submission = Submission(self.storage, config.hostname)
+        await self._start_delivery(submission)
         policy = SessionPolicy(
             hostname=config.hostname,
             max_message_size=config.smtp.max_message_size,
@@ -111,15 +122,56 @@ class SmtpeterService(service.Service):
             )
         return self
 
+    async def _start_delivery(self, submission: Submission) -> None:
+        config = self.config
+        nameservers = [dns.parse_nameserver(n) for n in config.dns.nameservers] or None
+        resolver = dns.Resolver(self.reactor, nameservers, timeout=config.dns.timeout, clock=self.clock)
+        context = Context(self.reactor, self.clock, resolver, config.delivery.timeouts,
+                          config.delivery.helo_name or config.hostname)
+        self.dispatcher = Dispatcher(config.delivery, context)
+        self.scheduler = Scheduler(self.storage, self.dispatcher, config.delivery, config.hostname,
+                                   self.clock, config.delivery.node or None)
+        if config.delivery.hold:
+            log.info("delivery is on hold ([delivery] hold = true): mail stays queued")
+            return
+        await self.scheduler.start()
+        submission.queued = self.scheduler.wake
+
     @defer.inlineCallbacks
     def stopService(self) -> Any:
         super().stopService()
         for port in self.ports:
             yield port.stopListening()
         self.ports.clear()
+        if self.scheduler is not None:
+            # No new work; idle sessions QUIT and queued work is handed back. Work in
+            # progress gets a grace period, then is cut: it keeps its lease, and the
+            # restart makes it due at once.
+            jobs = self.scheduler.stop()
+            sessions = self.dispatcher.close()
+            if not (yield _within(jobs, self.config.delivery.shutdown_grace, self.reactor)):
+                self.scheduler.cancel()
+                self.dispatcher.abort()
+            yield _within(sessions, 5, self.reactor)
+            self.scheduler = None
         if self.storage is not None:
             yield defer.Deferred.fromCoroutine(self.storage.close())
             self.storage = None
+
+
+def _within(d: defer.Deferred, seconds: float, clock: Any) -> defer.Deferred:
+    """Fires True once ``d`` fires, or False after ``seconds``; never cancels ``d``."""
+    result: defer.Deferred = defer.Deferred()
+    timer = clock.callLater(seconds, lambda: result.called or result.callback(False))
+
+    def done(value: Any) -> Any:
+        if not result.called:
+            timer.cancel()
+            result.callback(True)
+        return value
+
+    d.addBoth(done)
+    return result
 
 
 def make_service(config: Config) -> service.IService:

@@ -45,6 +45,8 @@ class KillNineTests(unittest.TestCase):
             f'[server]\nhostname = "mx.test"\ndata_dir = "{directory / "data"}"\n{storage}'
             f'[smtp]\nlisten = ["tcp:{port}:interface=127.0.0.1"]\n'
             'trusted_networks = ["127.0.0.0/8"]\ntrusted_account = "apps"\n'
+            # This test is about ingress: nothing leaves, everything stays queued.
+            '[delivery]\nhold = true\n'
         )
         cli = [str(BIN / "smtpeter"), "--config", str(config)]
         subprocess.run([*cli, "account", "create", "apps"], check=True, capture_output=True)
@@ -91,7 +93,7 @@ class KillNineTests(unittest.TestCase):
         restarted = subprocess.Popen(twistd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.addCleanup(lambda: restarted.poll() is None and restarted.kill())
         wait_for_port(port, restarted)
-        listing = subprocess.run([*cli, "queue", "list", "--json", "--limit", "1000000"],
+        listing = subprocess.run([*cli, "queue", "list", "--json", "--state", "all", "--limit", "1000000"],
                                  check=True, capture_output=True, text=True)
         restarted.terminate()
         restarted.wait(30)

@@ -8,6 +8,7 @@ enqueue. Nothing is queued unless every check passes.
 from __future__ import annotations
 
 import email.utils
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,6 +91,8 @@ class Submission:
         self.storage = storage
         self.hostname = hostname
         self._domains: dict[str, tuple[float, set[str]]] = {}
+        # Told after each message is stored, so delivery starts without polling delay.
+        self.queued: Callable[[], None] = lambda: None
 
     async def _approved(self, account_id: str, refresh: bool = False) -> set[str]:
         now = self.storage.now()
@@ -153,4 +156,6 @@ class Submission:
             tags=header_tags if header_tags is not None else list(tags or []),
             **extra,
         )
-        return await self.storage.enqueue(message)
+        ids = await self.storage.enqueue(message)
+        self.queued()
+        return ids

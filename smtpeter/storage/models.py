@@ -74,6 +74,7 @@ class QueuedRecipient:
     last_code: int | None
     last_status: str | None
     last_description: str | None
+    last_state: str | None
 
 
 @dataclass(frozen=True)

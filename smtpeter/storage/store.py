@@ -42,7 +42,7 @@ _OUTCOME_COLUMNS = (
 )
 _QUEUE_COLUMNS = (
     "r.id, r.message_id, r.account_id, r.address, r.state, r.attempts, r.next_attempt, "
-    "r.created, m.envelope, m.size, r.last_code, r.last_status, r.last_description"
+    "r.created, m.envelope, m.size, r.last_code, r.last_status, r.last_description, r.last_state"
 )
 
 

@@ -34,9 +34,11 @@ class Login:
 class Harness:
     """Starts smtpeter with a temporary data directory; stops it at test cleanup."""
 
-    def __init__(self, test: unittest.TestCase, backend: str = "sqlite", **sections: dict[str, Any]) -> None:
+    def __init__(self, test: unittest.TestCase, backend: str = "sqlite", clock: Any = None,
+                 **sections: dict[str, Any]) -> None:
         self.test = test
         self.backend = backend
+        self.clock = clock
         self.sections = sections
         self.data_dir = Path(tempfile.mkdtemp(prefix="smtpeter-test-"))
         test.addCleanup(shutil.rmtree, self.data_dir, True)
@@ -51,6 +53,9 @@ class Harness:
             "server": {"hostname": "mx.test", "data_dir": str(self.data_dir)},
             "storage": {"url": self.url},
             "smtp": {"listen": [LOOPBACK], "listen_tls": [LOOPBACK]},
+            # No test ever delivers off the machine: without a DNS server of
+            # its own a test keeps its mail queued.
+            "delivery": {"hold": True},
         }
         for name, values in self.sections.items():
             raw.setdefault(name, {}).update(values)
@@ -72,7 +77,7 @@ class Harness:
         return Login(name, account.id, name, password)
 
     async def start(self) -> Harness:
-        self.service = SmtpeterService(self.config(), reactor)
+        self.service = SmtpeterService(self.config(), reactor, self.clock)
         self.service.startService()
         self.test.addCleanup(self.stop)
         await self.service.ready

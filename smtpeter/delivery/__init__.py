@@ -1,0 +1,1 @@
+"""Outbound delivery: finding and talking to the receiving mail servers."""

@@ -1,0 +1,88 @@
+"""From a recipient domain to the destination pool that delivers its mail."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from smtpeter.config import DeliveryConfig
+from smtpeter.delivery import dns
+from smtpeter.delivery.client import RecipientResult, Transaction
+from smtpeter.delivery.pool import Context, Destination, profiles, shaping_for
+
+log = Logger()
+
+
+class Dispatcher:
+    """Resolves domains (static route or MX) and hands transactions to destination pools."""
+
+    def __init__(self, config: DeliveryConfig, context: Context) -> None:
+        self.config = config
+        self.context = context
+        self.destinations: dict[str, Destination] = {}
+        self._profiles = profiles(config)
+        self._domain_keys: dict[str, str] = {}
+
+    async def deliver(self, domain: str, transaction: Transaction) -> list[RecipientResult]:
+        """Deliver to ``domain``; one result per recipient. May raise DestinationPaused."""
+        try:
+            destination = await self.destination(domain)
+        except dns.DNSError as exc:
+            return self._dns_failure(transaction, domain, exc)
+        return await destination.submit(transaction)
+
+    async def destination(self, domain: str) -> Destination:
+        route = self.config.route(domain)
+        if route is not None:
+            host, port = route
+            key = f"route:{host}:{port}"
+            hosts, mx_names, implicit = [(host, port)], [host], False
+        else:
+            result = await self.context.resolver.mx(domain)
+            mx_names = sorted(h.host for h in result.hosts)
+            # MX rollup: every domain served by the same MX hosts shares one pool.
+            key = "mx:" + ",".join(mx_names)
+            hosts = [(h.host, self.config.port) for h in result.hosts]
+            implicit = result.implicit
+        self._domain_keys[domain] = key
+        destination = self.destinations.get(key)
+        if destination is None:
+            shaping = shaping_for(mx_names, self.config, self._profiles)
+            destination = Destination(key, hosts, shaping, self.context, implicit_mx=implicit)
+            self.destinations[key] = destination
+            log.info("new destination {key} (profile {profile})", key=key, profile=shaping.name)
+        else:
+            # Keep the newest MX order (equal preferences are shuffled per lookup).
+            destination.hosts = hosts
+        return destination
+
+    def close(self) -> defer.Deferred:
+        """End every destination's sessions (idle ones QUIT at once)."""
+        return defer.DeferredList([d.close() for d in self.destinations.values()])
+
+    def abort(self) -> None:
+        for destination in self.destinations.values():
+            destination.abort()
+
+    def paused_domains(self) -> list[str]:
+        """Domains whose destination is paused now, so the scheduler does not claim them."""
+        return [domain for domain, key in self._domain_keys.items()
+                if key in self.destinations and self.destinations[key].paused]
+
+    @staticmethod
+    def _dns_failure(transaction: Transaction, domain: str, exc: dns.DNSError) -> list[RecipientResult]:
+        if isinstance(exc, dns.NullMX):
+            status, text = "5.1.10", f"{domain} does not accept mail (null MX, RFC 7505)"
+        elif isinstance(exc, dns.NoSuchDomain):
+            status, text = "5.1.2", f"{domain}: no such domain (NXDOMAIN)"
+        else:
+            status, text = "4.4.3", f"DNS lookup for {domain} failed: {exc}"
+        return [RecipientResult(r.address, "dns", None, status, text, permanent=not exc.temporary)
+                for r in transaction.recipients]
+
+    def stats(self) -> dict[str, Any]:
+        return {key: {"sessions": d.sessions, "queued": len(d.queue), "paused": d.paused,
+                      "delivered": d.delivered, "connections": d.connections_opened}
+                for key, d in self.destinations.items()}

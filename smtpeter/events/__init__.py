@@ -1,0 +1,1 @@
+"""Things that happen to messages after acceptance, and the notices they cause."""

@@ -1,0 +1,1 @@
+"""The scheduler: turns the queue into delivery attempts, retries and outcomes."""

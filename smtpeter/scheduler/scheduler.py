@@ -1,0 +1,303 @@
+"""The scheduler: leases due recipients, has them delivered, records what happened.
+
+It keeps a bounded window of work in memory (``delivery.window`` recipients);
+the rest of the queue stays in storage, however large. Outcomes decide the
+next step: delivered, failed for good, or retried on the schedule (or when
+the remote server said to), until the message's delivery time runs out.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from collections import defaultdict
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from smtpeter.config import DeliveryConfig
+from smtpeter.delivery.client import RecipientResult, Transaction, TransactionRecipient
+from smtpeter.delivery.dispatcher import Dispatcher
+from smtpeter.delivery.pool import DestinationPaused
+from smtpeter.events.dsn import RecipientStatus, build_dsn
+from smtpeter.ids import new_id
+from smtpeter.storage import Storage, StorageError
+from smtpeter.storage.models import Lease, NewMessage, NewRecipient, Outcome, StoredMessage
+from smtpeter.storage.store import DELIVERED, EXPIRED, FAILED, QUEUED
+from smtpeter.transforms import pipeline
+
+log = Logger()
+
+CLAIM_BATCH = 500
+POLL_INTERVAL = 1.0
+# A server's "try again in N minutes" is honoured within these bounds.
+_HINT_RANGE = (30.0, 86400.0)
+_HINT = re.compile(
+    r"(?:try again|retry|again|wait|greylist\w*|deferred)\D{0,30}?(\d+)\s*"
+    r"(seconds?|secs?|s|minutes?|mins?|m|hours?|hrs?|h)\b",
+    re.I,
+)
+_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def retry_hint(text: str) -> float | None:
+    """Seconds a 4xx reply asks us to wait ("try again in 5 minutes"), if it says."""
+    match = _HINT.search(text)
+    if not match:
+        return None
+    seconds = int(match.group(1)) * _UNITS[match.group(2)[0].lower()]
+    return min(max(float(seconds), _HINT_RANGE[0]), _HINT_RANGE[1])
+
+
+def retry_delay(schedule: list[float], attempts: int) -> float:
+    """The wait after the ``attempts``-th failed attempt; the last value repeats."""
+    return schedule[min(attempts, len(schedule)) - 1]
+
+
+class Scheduler:
+    def __init__(self, storage: Storage, dispatcher: Dispatcher, config: DeliveryConfig, hostname: str,
+                 clock: Any, node: str | None = None) -> None:
+        self.storage = storage
+        self.dispatcher = dispatcher
+        self.config = config
+        self.hostname = hostname
+        self.clock = clock
+        self.node = node or f"{hostname}/{socket.gethostname()}"
+        self.in_flight = 0
+        self._messages: dict[str, tuple[StoredMessage, int]] = {}
+        self._filling = False
+        self._fill_again = False
+        self._timer: Any = None
+        self._running = False
+        self._jobs: set[defer.Deferred] = set()
+
+    # -- life cycle -------------------------------------------------------------
+
+    async def start(self) -> None:
+        # Leases this node held before a restart are stale: make them due now.
+        await self.storage.release_all(self.node)
+        self._running = True
+        self._tick()
+
+    def stop(self) -> defer.Deferred:
+        """Stop claiming; fires when the jobs in progress have recorded their outcomes."""
+        self._running = False
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        return defer.DeferredList(list(self._jobs))
+
+    def cancel(self) -> None:
+        """Abandon the jobs still running (at shutdown); their leases stay with this node."""
+        for job in list(self._jobs):
+            job.cancel()
+
+    def _tick(self) -> None:
+        if not self._running:
+            return
+        self.wake()
+        self._timer = self.clock.callLater(POLL_INTERVAL, self._tick)
+
+    def wake(self) -> None:
+        """Look for due work now (called when mail is queued and when work finishes)."""
+        if not self._running:
+            return
+        if self._filling:
+            self._fill_again = True
+            return
+        self._filling = True
+        defer.Deferred.fromCoroutine(self._fill()).addErrback(
+            lambda f: log.failure("scheduler: claiming work failed", f))
+
+    async def _fill(self) -> None:
+        try:
+            while self._running:
+                self._fill_again = False
+                room = self.config.window - self.in_flight
+                if room <= 0:
+                    return
+                limit = min(room, CLAIM_BATCH)
+                try:
+                    leases = await self.storage.claim(self.node, limit, self.config.lease,
+                                                      self.dispatcher.paused_domains())
+                except StorageError as exc:
+                    log.warn("scheduler: cannot claim work: {exc}", exc=exc)
+                    return
+                if leases:
+                    await self._start_jobs(leases)
+                if len(leases) < limit and not self._fill_again:
+                    return
+        finally:
+            self._filling = False
+
+    # -- jobs ---------------------------------------------------------------------
+
+    async def _start_jobs(self, leases: list[Lease]) -> None:
+        self.in_flight += len(leases)
+        wanted = {lease.message_id for lease in leases} - set(self._messages)
+        try:
+            fetched = await self.storage.messages(list(wanted)) if wanted else {}
+        except StorageError as exc:
+            log.warn("scheduler: cannot read messages: {exc}", exc=exc)
+            self.in_flight -= len(leases)
+            return  # the leases run out and the recipients come back by themselves
+        groups: dict[tuple[str, str], list[Lease]] = defaultdict(list)
+        for lease in leases:
+            groups[(lease.message_id, lease.domain)].append(lease)
+        now = self.clock.seconds()
+        for (message_id, domain), group in groups.items():
+            message = fetched.get(message_id) or self._messages.get(message_id, (None, 0))[0]
+            if message is None:  # deleted meanwhile
+                self.in_flight -= len(group)
+                continue
+            size = self.config.max_recipients_per_transaction
+            for start in range(0, len(group), size):
+                chunk = group[start:start + size]
+                self._hold(message)
+                if now >= message.expires:
+                    job = defer.Deferred.fromCoroutine(self._expire(message, chunk))
+                else:
+                    job = defer.Deferred.fromCoroutine(self._deliver(message, domain, chunk))
+                self._jobs.add(job)
+                job.addBoth(self._job_done, job, message.id, len(chunk))
+
+    def _hold(self, message: StoredMessage) -> None:
+        _, count = self._messages.get(message.id, (message, 0))
+        self._messages[message.id] = (message, count + 1)
+
+    def _job_done(self, result: Any, job: defer.Deferred, message_id: str, recipients: int) -> None:
+        self._jobs.discard(job)
+        self.in_flight -= recipients
+        message, count = self._messages[message_id]
+        if count <= 1:
+            del self._messages[message_id]
+        else:
+            self._messages[message_id] = (message, count - 1)
+        if isinstance(result, defer.Failure) and not result.check(defer.CancelledError):
+            log.failure("scheduler: a delivery job failed", result)
+        self.wake()
+
+    async def _deliver(self, message: StoredMessage, domain: str, leases: list[Lease]) -> None:
+        transaction = Transaction(
+            mail_from=message.envelope or "",
+            recipients=[TransactionRecipient(lease.address, lease.notify, lease.orcpt) for lease in leases],
+            message=pipeline.prepare(message),
+            smtputf8=message.smtputf8,
+            ret=message.dsn_ret,
+            envid=message.dsn_envid,
+        )
+        try:
+            results = await self.dispatcher.deliver(domain, transaction)
+        except DestinationPaused as paused:
+            await self._record_release(leases, paused.until)
+            return
+        except defer.CancelledError:
+            return  # shutting down: the lease stays, and the restart makes it due at once
+        except Exception:
+            log.failure("scheduler: delivery to {domain} crashed", domain=domain)
+            results = [RecipientResult(lease.address, "internal", None, "4.3.0",
+                                       "internal error during delivery") for lease in leases]
+        await self._record(message, leases, results)
+
+    async def _expire(self, message: StoredMessage, leases: list[Lease]) -> None:
+        results = [RecipientResult(lease.address, "expired", None, "4.4.7",
+                                   "delivery time expired before the message could be delivered")
+                   for lease in leases]
+        await self._record(message, leases, results, expired=True)
+
+    async def _record_release(self, leases: list[Lease], until: float) -> None:
+        try:
+            await self.storage.release(self.node, [lease.id for lease in leases], until)
+        except StorageError as exc:
+            log.warn("scheduler: cannot hand back leases: {exc}", exc=exc)
+
+    async def _record(self, message: StoredMessage, leases: list[Lease], results: list[RecipientResult],
+                      expired: bool = False) -> None:
+        outcomes = [self._outcome(message, lease, result, expired) for lease, result
+                    in zip(leases, results, strict=True)]
+        notices = self._notices(message, leases, outcomes, results)
+        for outcome in outcomes:
+            log.info("{id} to=<{to}> state={state} {code} {description}", id=outcome.recipient_id,
+                     to=outcome.address, state=outcome.state, code=outcome.code or "",
+                     description=outcome.description or "")
+        try:
+            await self.storage.record(self.node, outcomes, notices)
+        except StorageError as exc:
+            # The leases run out and the recipients are tried again: a duplicate at
+            # worst, never a loss.
+            log.error("scheduler: cannot record delivery outcomes: {exc}", exc=exc)
+
+    # -- outcomes ---------------------------------------------------------------------
+
+    def _outcome(self, message: StoredMessage, lease: Lease, result: RecipientResult,
+                 expired: bool) -> Outcome:
+        now = self.clock.seconds()
+        attempts = lease.attempts + (0 if expired else 1)
+        peer = result.peer
+        event: dict[str, Any] = {
+            "recipient": lease.address, "envelope": message.envelope or "", "attempt": lease.attempts,
+            "from": peer.local_ip if peer else "", "to": peer.ip if peer else "",
+            "mx": peer.mx if peer else "", "code": result.code, "status": result.status,
+            "description": result.description, "state": result.state, "tags": message.tags,
+        }
+        if peer is not None and peer.tls:
+            event["tls"] = {"version": peer.tls_version, "cipher": peer.cipher}
+        if result.delivered:
+            state, event_type, next_attempt = DELIVERED, "delivery", now
+        elif result.permanent:
+            state, event_type, next_attempt = FAILED, "failure", now
+            event["type"] = "failed"
+        else:
+            hint = retry_hint(result.description)
+            delay = hint if hint is not None else retry_delay(self.config.retry_schedule, attempts)
+            if expired or now + delay >= message.expires:
+                state, event_type, next_attempt = EXPIRED, "failure", now
+                event.update(type="expired", state="expired", smtp_state=result.state)
+            else:
+                state, event_type, next_attempt = QUEUED, "deferred", now + delay
+                event["retry"] = next_attempt
+        return Outcome(lease.id, lease.account_id, lease.address, state, attempts, next_attempt, event_type,
+                       event, result.code, result.status, result.description,
+                       "expired" if state == EXPIRED else result.state, lease.delay_notified)
+
+    def _notices(self, message: StoredMessage, leases: list[Lease], outcomes: list[Outcome],
+                 results: list[RecipientResult]) -> list[NewMessage]:
+        """The DSN (RFC 3464) these outcomes call for, if any.
+
+        Only for a real envelope sender (never for the null sender, so DSNs
+        cannot loop) and only when bounces are not tracked by us instead.
+        """
+        if not message.envelope or message.options.get("trackbounces"):
+            return []
+        now = self.clock.seconds()
+        statuses = []
+        for lease, outcome, result in zip(leases, outcomes, results, strict=True):
+            notify = (lease.notify or "FAILURE").upper().split(",")
+            peer = result.peer
+            common = {"final_recipient": lease.address, "original_recipient": lease.orcpt,
+                      "remote_mta": peer.mx if peer else None,
+                      "diagnostic": result.description if result.code else None,
+                      "last_attempt": now}
+            if "NEVER" in notify:
+                continue
+            if outcome.state in (FAILED, EXPIRED) and "FAILURE" in notify:
+                # RFC 3463 X.4.7: delivery time expired.
+                status = "4.4.7" if outcome.state == EXPIRED else (result.status or "5.0.0")
+                statuses.append(RecipientStatus(action="failed", status=status, **common))
+            elif (outcome.state == DELIVERED and "SUCCESS" in notify
+                  and not (peer and peer.capabilities.dsn)):
+                # The next hop cannot report success itself (RFC 3461 §6.2.3).
+                statuses.append(RecipientStatus(action="relayed", status=result.status or "2.0.0", **common))
+            elif (outcome.state == QUEUED and "DELAY" in notify and not lease.delay_notified
+                  and now - message.created >= self.config.delay_warning):
+                outcome.delay_notified = True
+                statuses.append(RecipientStatus(action="delayed", status=result.status or "4.0.0",
+                                                will_retry_until=message.expires, **common))
+        if not statuses:
+            return []
+        dsn = build_dsn(original=message.mime, recipients=statuses, reporting_mta=self.hostname,
+                        to=message.envelope, ret=message.dsn_ret, envid=message.dsn_envid,
+                        arrival=message.created, now=now, message_id=new_id())
+        return [NewMessage(account_id=message.account_id, source="dsn", envelope="", mime=dsn,
+                           recipients=[NewRecipient(message.envelope)],
+                           smtputf8=not message.envelope.isascii())]

@@ -1,0 +1,1 @@
+"""Message transforms applied at delivery time: plain functions on bytes."""

@@ -13,7 +13,9 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-_FIELD_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e]+:")
+# RFC 5322 §3.6.8, plus the obsolete white space before the colon (§4.5) that
+# receivers accept: "From : x" must count as a From field here too.
+_FIELD_NAME = re.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]*:")
 
 
 @dataclass(frozen=True)
@@ -42,20 +44,25 @@ def parse(raw: bytes) -> Parsed:
     neither a field nor a continuation (that line then starts the body).
     """
     fields: list[Field] = []
+    name, start = "", -1  # the field being read and where it began
     position, length = 0, len(raw)
     while position < length:
         end = raw.find(b"\n", position)
         end = length if end < 0 else end + 1
-        line = raw[position:end]
-        if line[:1] in (b" ", b"\t") and fields:
-            last = fields[-1]
-            fields[-1] = Field(last.name, last.raw + line)
-        elif _FIELD_NAME.match(line):
-            name = line[: line.index(b":")].decode("ascii").lower()
-            fields.append(Field(name, line))
-        else:
+        first = raw[position:position + 1]
+        if first in (b" ", b"\t") and start >= 0:
+            position = end  # a continuation line: the field grows
+            continue
+        match = _FIELD_NAME.match(raw, position, end)
+        if start >= 0:
+            fields.append(Field(name, raw[start:position]))
+            start = -1
+        if not match:
             break
+        name, start = match.group(1).decode("ascii").lower(), position
         position = end
+    if start >= 0:
+        fields.append(Field(name, raw[start:position]))
     return Parsed(fields, raw[position:])
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 
+from twisted.internet import defer
 from twisted.internet.threads import deferToThread
 from twisted.trial import unittest
 
@@ -321,6 +322,103 @@ class SubmissionServerTests(unittest.TestCase):
         code, lines = await deferToThread(send)
         self.assertEqual(code, 250, lines)
         self.assertEqual(len(await self.queued(harness)), 1)
+
+    async def test_client_that_floods_commands_is_cut_off(self) -> None:
+        harness = await self.start()
+
+        def scenario() -> tuple:
+            client = RawClient(harness.smtp_port)
+            client.reply()
+            client.sock.settimeout(10)
+            try:
+                client.sock.sendall(b"NOOP\r\n" * 200_000)  # 1.2 MB, replies never read meanwhile
+            except OSError:
+                pass  # the server hung up on us: what we expect
+            replies = []
+            try:
+                while True:
+                    replies.append(client.reply())
+            except (ConnectionError, OSError):
+                pass
+            return replies
+
+        replies = await deferToThread(scenario)
+        self.assertLess(len(replies), 200)
+        self.assertEqual(replies[-1][0], 421)
+
+    async def test_broken_authentication_backend_gets_454_not_a_hang(self) -> None:
+        harness = await self.start()
+
+        class Broken:
+            def login(self, *args: object) -> None:
+                raise RuntimeError("the credential store fell over")
+
+        for port in harness.service.ports:
+            factory = getattr(port.factory, "wrappedFactory", port.factory)
+            factory.portal = Broken()
+
+        def scenario() -> list:
+            client = RawClient(harness.smtps_port, implicit_tls=True)
+            client.reply()
+            client.command(b"EHLO client.test")
+            return [client.command(auth_plain("acme", "x")), client.command(b"NOOP")]
+
+        replies = await deferToThread(scenario)
+        self.assertEqual([code for code, _ in replies], [454, 250])
+
+    async def test_storage_that_never_answers_gets_451(self) -> None:
+        from smtpeter.ingress.smtp import protocol
+
+        self.patch(protocol, "STORAGE_DEADLINE", 0.5)
+        harness = await self.start()
+        never: list = []
+
+        async def stuck(*args: object, **kwargs: object) -> list:
+            d = defer.Deferred()
+            never.append(d)
+            return await d
+
+        harness.service.submission.submit = stuck
+
+        def scenario() -> list:
+            client = RawClient(harness.smtp_port)
+            client.reply()
+            client.command(b"EHLO client.test")
+            client.command(b"MAIL FROM:<app@example.com>")
+            client.command(b"RCPT TO:<user@example.net>")
+            client.command(b"DATA")
+            client.send(BODY + b".\r\n")
+            return [client.reply(), client.command(b"NOOP")]
+
+        (late, noop) = await deferToThread(scenario)
+        self.assertEqual(late[0], 451)
+        self.assertEqual(noop[0], 250)
+        never[0].callback(["id-that-came-too-late"])  # ignored: the client already heard 451
+
+    async def test_header_rules(self) -> None:
+        harness = await self.start()
+
+        def send(header: bytes) -> tuple:
+            client = RawClient(harness.smtp_port)
+            client.reply()
+            client.command(b"EHLO client.test")
+            client.command(b"MAIL FROM:<app@example.com>")
+            client.command(b"RCPT TO:<user@example.net>")
+            client.command(b"DATA")
+            client.send(header + b"\r\nbody\r\n.\r\n")
+            return client.reply()
+
+        # A second From in obsolete syntax ("From :") is still a second From.
+        code, lines = await deferToThread(send, b"From: <app@example.com>\r\nFrom : <ceo@bank.example>\r\n")
+        self.assertEqual(code, 550)
+        self.assertIn("more than one From", lines[0])
+        code, _ = await deferToThread(send, b"From : <ceo@bank.example>\r\n")
+        self.assertEqual(code, 550)
+        code, lines = await deferToThread(send, b"From: <app@example.com>\r\n" + b"X-Big: y\r\n" * 30000)
+        self.assertEqual(code, 552)
+        code, _ = await deferToThread(send, b"From: " + b"(" * 5000 + b"\r\n")
+        self.assertEqual(code, 550)
+        self.assertEqual(await self.queued(harness), [])
 
     async def test_self_signed_certificate_is_made_once(self) -> None:
         harness = await self.start()

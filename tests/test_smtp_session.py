@@ -178,6 +178,27 @@ class SessionTests(unittest.TestCase):
         self.assertIn("421 4.7.0 Too many errors", text(outputs))
         self.assertIsInstance(outputs[-1], Close)
 
+    def test_junk_commands_are_limited(self) -> None:
+        session = self.session()
+        outputs: list = []
+        for _ in range(200):
+            outputs = session.line(b"NOOP")
+            if outputs and isinstance(outputs[-1], Close):
+                break
+        self.assertIn("421 4.7.0", text(outputs))
+        self.assertTrue(session.closed)
+
+    def test_long_auth_initial_response_and_nul_in_login(self) -> None:
+        session = self.session(tls=True)
+        session.line(b"EHLO c.test")
+        (request,) = session.line(b"AUTH PLAIN " + base64.b64encode(b"\0u\0" + b"p" * 4000))
+        self.assertIsInstance(request, Authenticate)
+        session = self.session(tls=True)
+        session.line(b"EHLO c.test")
+        session.line(b"AUTH LOGIN")
+        session.line(base64.b64encode(b"us\0er"))
+        self.assertTrue(text(session.line(base64.b64encode(b"pw"))).startswith("501 5.5.2"))
+
     def test_other_commands(self) -> None:
         session = self.session()
         self.assertTrue(text(session.line(b"MAIL FROM:<a@b.c>")).startswith("503"))

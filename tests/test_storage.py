@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from twisted.internet import defer
+from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from smtpeter import credentials
-from smtpeter.storage import Conflict, NotFound, StorageError, StorageUnavailable
+from smtpeter.storage import Conflict, NotFound, StorageError, StorageUnavailable, open_storage
 from smtpeter.storage.db import SQL
 from smtpeter.storage.models import NewMessage, NewRecipient, Outcome
 from smtpeter.storage.schema import LATEST, current_version, migrate
@@ -139,6 +139,18 @@ class StorageSuite:
         self.assertEqual(len({ids[0] for ids in results}), 200)
         self.assertLess(len(commits), 20, "200 concurrent enqueues should need only a few commits")
         self.assertEqual(len(await storage.queue(limit=1000)), 200)
+
+    async def test_big_messages_are_committed_in_smaller_batches(self) -> None:
+        storage = await self.open_storage()
+        account = await storage.create_account("acme")
+        storage._group_commit._max_bytes = 1000
+        results = await defer.gatherResults(
+            [storage.enqueue(new_message(account.id, body=b"x" * 600 + b"\r\n")) for _ in range(3)]
+            + [storage.enqueue(new_message(account.id)) for _ in range(5)])
+        self.assertEqual(len(results), 8)
+        # Each big one alone (with smaller ones joining up to the limit), never all in one.
+        self.assertGreaterEqual(storage._group_commit.commits, 3)
+        self.assertEqual(len(await storage.queue()), 8)
 
     async def test_queue_scoping_and_delete(self) -> None:
         storage = await self.open_storage()
@@ -304,3 +316,26 @@ class PostgresOutage(BackendMixin, unittest.TestCase):
         ids = await storage.enqueue(new_message(account.id))
         self.assertEqual((await storage.recipient(ids[0])).state, "queued")
         self.assertEqual(len(await storage.queue()), 2)
+
+    async def test_every_waiter_hears_of_an_outage(self) -> None:
+        """With one connection and a dead server, queued requests fail too (they never hang)."""
+        cluster = postgres.cluster()
+        url = self.storage_url()
+        storage = await open_storage(url, reactor, pool_size=1)
+        self.addCleanup(lambda: defer.Deferred.fromCoroutine(storage.close()))
+        account = await storage.create_account("acme")
+        await storage.db.close()
+        storage.db = type(storage.db)(url, reactor, size=1)
+        cluster.stop("immediate")
+        try:
+            outcomes = await defer.DeferredList(
+                [defer.Deferred.fromCoroutine(storage.queue()) for _ in range(3)]
+                + [storage.enqueue(new_message(account.id)) for _ in range(2)],
+                consumeErrors=True,
+            ).addTimeout(30, reactor)
+        finally:
+            cluster.start()
+        self.assertEqual([ok for ok, _ in outcomes], [False] * 5)
+        self.assertTrue(all(f.check(StorageUnavailable) for _, f in outcomes))
+        ids = await storage.enqueue(new_message(account.id))
+        self.assertEqual(len(ids), 1)

@@ -23,6 +23,8 @@ _HEADER_PREFIX = "x-smtpeter-"
 _TRUE = {"true", "yes", "1", "on"}
 _FALSE = {"false", "no", "0", "off"}
 _DOMAIN_CACHE_SECONDS = 10.0
+# Postfix keeps 100 KB of header; a message with more is refused, not truncated.
+MAX_HEADER_SIZE = 256 * 1024
 
 
 class Refused(Exception):
@@ -63,12 +65,19 @@ def options_from_headers(fields: list[msg.Field]) -> tuple[dict[str, Any], list[
 
 
 def sender_domains(fields: list[msg.Field]) -> list[str]:
-    """Domains of every address in the From header(s)."""
+    """Domains of every address in the From header."""
     values = [f.value for f in fields if f.name == "from"]
     if not values:
         raise Refused(550, "5.6.0", "Message refused: it has no From header")
+    if len(values) > 1:
+        # RFC 5322 §3.6 allows one; a second is how a forged sender hides behind an approved one.
+        raise Refused(550, "5.6.0", "Message refused: more than one From header")
+    try:
+        addresses = email.utils.getaddresses(values)
+    except RecursionError:
+        raise Refused(550, "5.6.0", "Message refused: the From header cannot be parsed") from None
     domains = []
-    for _, address in email.utils.getaddresses(values):
+    for _, address in addresses:
         local, at, domain = address.rpartition("@")
         if not at or not local or not domain:
             raise Refused(550, "5.6.0", "Message refused: the From header holds no valid address")
@@ -141,6 +150,8 @@ class Submission:
         Raises Refused, or StorageUnavailable when it could not be stored.
         """
         parsed = msg.parse(data)
+        if len(data) - len(parsed.body) > MAX_HEADER_SIZE:
+            raise Refused(552, "5.3.4", f"Message refused: header larger than {MAX_HEADER_SIZE} octets")
         await self.check_sender_domains(sender.account_id, sender_domains(parsed.fields))
         header_options, header_tags = options_from_headers(parsed.fields)
         merged = {**sender.defaults, **(options or {}), **header_options}

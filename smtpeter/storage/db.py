@@ -9,6 +9,7 @@ round trips on PostgreSQL, and neither blocks the reactor.
 from __future__ import annotations
 
 import abc
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -64,8 +65,8 @@ class BulkUpdate:
 Statement = SQL | Insert | BulkUpdate
 Rows = list[tuple]
 
-# SQLite's default limit on bound parameters per statement (since 3.32).
-MAX_PARAMETERS = 32766
+# SQLite's default limit on bound parameters per statement: 32766 since 3.32, 999 before.
+MAX_PARAMETERS = 32766 if sqlite3.sqlite_version_info >= (3, 32) else 999
 
 
 def render(statement: Statement) -> list[SQL]:

@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Sequence
 
 import psycopg2
+import psycopg2.errors
 import psycopg2.extensions
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -61,19 +62,30 @@ class _Connection(txpostgres.Connection):
 def _translate(exc: Exception) -> StorageError | Exception:
     if isinstance(exc, psycopg2.IntegrityError):
         return Conflict(str(exc).strip())
-    if isinstance(exc, _CONNECTION_ERRORS):
+    if isinstance(exc, (*_CONNECTION_ERRORS, psycopg2.errors.QueryCanceled)):
         return StorageUnavailable(f"postgresql: {str(exc).strip()}")
+    if isinstance(exc, psycopg2.DataError | ValueError):
+        # Data PostgreSQL cannot hold (a NUL in text, say): refuse it, keep the connection.
+        return StorageError(f"postgresql refused the data: {str(exc).strip()}")
     return exc
 
 
 class PostgresDatabase(Database):
     dialect = "postgresql"
 
-    def __init__(self, dsn: str, reactor: object, size: int = 4, connect_timeout: int = 5) -> None:
+    def __init__(self, dsn: str, reactor: object, size: int = 4, connect_timeout: int = 5,
+                 statement_timeout: int = 60) -> None:
         self._dsn = dsn
         self._reactor = reactor
         self._size = size
         self._connect_timeout = connect_timeout
+        # libpq ignores connect_timeout on asynchronous connections, so we time
+        # connecting ourselves; keepalives notice a server that vanished, and a
+        # statement timeout bounds a query that hangs.
+        self._connect_options = {
+            "keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3,
+            "options": f"-c statement_timeout={statement_timeout * 1000}",
+        }
         self._idle: deque[txpostgres.Connection] = deque()
         self._busy: set[txpostgres.Connection] = set()
         self._opening = 0
@@ -92,9 +104,13 @@ class PostgresDatabase(Database):
     async def _open(self) -> txpostgres.Connection:
         connection = _Connection(reactor=self._reactor)
         try:
-            await connection.connect(self._dsn, connect_timeout=self._connect_timeout)
+            await connection.connect(self._dsn, **self._connect_options).addTimeout(
+                self._connect_timeout, self._reactor)
         except Exception as exc:
-            raise StorageUnavailable(f"postgresql: cannot connect: {str(exc).strip()}") from exc
+            if connection._connection is not None:
+                self._discard(connection)
+            reason = "timed out" if isinstance(exc, defer.TimeoutError) else str(exc).strip()
+            raise StorageUnavailable(f"postgresql: cannot connect: {reason}") from exc
         return connection
 
     async def _acquire(self) -> txpostgres.Connection:
@@ -109,8 +125,11 @@ class PostgresDatabase(Database):
             self._opening += 1
             try:
                 connection = await self._open()
-            finally:
+            except StorageUnavailable:
                 self._opening -= 1
+                self._slot_freed()
+                raise
+            self._opening -= 1
             self._busy.add(connection)
             return connection
         waiter: defer.Deferred = defer.Deferred()
@@ -122,16 +141,24 @@ class PostgresDatabase(Database):
         if broken or self._closed:
             self._discard(connection)
             connection = None
+        if connection is None:
+            self._slot_freed()
+        elif self._waiters:
+            self._busy.add(connection)
+            self._waiters.popleft().callback(connection)
+        else:
+            self._idle.append(connection)
+
+    def _slot_freed(self) -> None:
+        """A connection slot became free: the next waiter opens its own connection.
+
+        If that fails too, its own failure frees the slot for the next one, so
+        during an outage every waiter hears StorageUnavailable instead of
+        waiting for ever.
+        """
         if self._waiters:
             waiter = self._waiters.popleft()
-            if connection is not None:
-                self._busy.add(connection)
-                waiter.callback(connection)
-            else:
-                # A slot freed up: let the waiter open its own connection.
-                defer.Deferred.fromCoroutine(self._acquire()).chainDeferred(waiter)
-        elif connection is not None:
-            self._idle.append(connection)
+            defer.Deferred.fromCoroutine(self._acquire()).chainDeferred(waiter)
 
     @staticmethod
     def _discard(connection: txpostgres.Connection) -> None:

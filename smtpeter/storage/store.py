@@ -71,10 +71,14 @@ class _Batcher:
     """
 
     def __init__(self, storage: Storage, build: Callable[[list[Any]], list[Statement]],
-                 max_batch: int = 500) -> None:
+                 size: Callable[[Any], int], max_batch: int = 500, max_bytes: int = 16 * 1024 * 1024) -> None:
         self._storage = storage
         self._build = build
+        self._size = size
         self._max_batch = max_batch
+        # A few big messages make a transaction big enough: PostgreSQL gets each
+        # batch as one query text, bytes hex-encoded.
+        self._max_bytes = max_bytes
         self._pending: list[tuple[Any, Any, defer.Deferred]] = []
         self._in_flight = 0
         self._scheduled = False
@@ -100,7 +104,13 @@ class _Batcher:
 
     def _flush(self) -> None:
         self._scheduled = False
-        batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
+        count, total = 0, 0
+        for item, _, _ in self._pending[: self._max_batch]:
+            total += self._size(item)
+            if count and total > self._max_bytes:
+                break
+            count += 1
+        batch, self._pending = self._pending[:count], self._pending[count:]
         if not batch:
             return
         self._in_flight += 1
@@ -151,8 +161,9 @@ class Storage:
     def __init__(self, db: Database, clock: Any) -> None:
         self.db = db
         self.clock = clock
-        self._group_commit = _Batcher(self, self._enqueue_statements)
-        self._outcomes = _Batcher(self, self._outcome_statements)
+        self._group_commit = _Batcher(self, self._enqueue_statements, lambda item: len(item[0].mime))
+        self._outcomes = _Batcher(self, self._outcome_statements,
+                                  lambda item: sum(len(notice.mime) for notice, _ in item[2]))
 
     async def migrate(self) -> int:
         return await migrate(self.db)

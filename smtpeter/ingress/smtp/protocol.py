@@ -43,6 +43,11 @@ log = Logger()
 
 # A wrong password waits this long before its 535, to slow down guessing.
 AUTH_FAILURE_DELAY = 1.0
+# The longest we let a client wait for an AUTH check or a commit before a 4xx.
+STORAGE_DEADLINE = 60.0
+# Unprocessed input we hold while a client is not reading our replies (or waits
+# for a commit) before we stop reading its socket.
+INPUT_LIMIT = 256 * 1024
 
 
 def queued_reply(ids: Sequence[str], recipients: Sequence[str]) -> bytes:
@@ -60,6 +65,10 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
         self.session: SMTPSession | None = None
         self._reader: DataReader | None = None
         self._peer = ""
+        self._busy = False  # an AUTH check or a commit is in progress
+        self._output_full = False  # the client is not reading our replies
+        self._socket_paused = False
+        self._gone = False
 
     # -- connection ---------------------------------------------------------
 
@@ -71,6 +80,9 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
         self.session = SMTPSession(factory.policy, self._peer, tls=factory.implicit_tls, trusted=trusted)
         if hasattr(self.transport, "setTcpNoDelay"):
             self.transport.setTcpNoDelay(True)
+        # A client that does not read our replies is not read either: its
+        # pipelined commands cannot pile up replies in our memory.
+        self.transport.registerProducer(self, True)
         refusal = factory.admit(self._peer, trusted)
         factory.connections[self._peer] += 1
         if refusal is not None:
@@ -82,6 +94,7 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
         self._run(self.session.greeting())
 
     def connectionLost(self, reason: Any = None) -> None:
+        self._gone = True
         self.setTimeout(None)
         factory = self.factory
         factory.connections[self._peer] -= 1
@@ -91,6 +104,42 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
     def timeoutConnection(self) -> None:
         if self.session is not None:
             self._run(self.session.timed_out())
+
+    # -- flow control: IPushProducer for the transport, and our own waits ------
+
+    def pauseProducing(self) -> None:
+        self._output_full = True
+        self._update_reading()
+
+    def resumeProducing(self) -> None:
+        self._output_full = False
+        self._update_reading()
+
+    def stopProducing(self) -> None:
+        self._gone = True
+
+    def _update_reading(self) -> None:
+        """Handle input while neither a wait nor a full output buffer holds us back.
+
+        While held, input only piles up in our buffer, up to INPUT_LIMIT; past
+        that we stop reading the socket. (Stopping it at once would also stop a
+        TLS handshake that our buffered greeting is waiting for.)
+        """
+        hold = self._busy or self._output_full
+        if hold:
+            self.paused = True
+        elif self.paused and not self._gone:
+            self.paused = False
+            if self._socket_paused:
+                self._socket_paused = False
+                self.transport.resumeProducing()
+            self.dataReceived(b"")  # the lines that arrived meanwhile
+
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        if self.paused and not self._socket_paused and len(self._buffer) > INPUT_LIMIT:
+            self._socket_paused = True
+            self.transport.pauseProducing()
 
     # -- input --------------------------------------------------------------
 
@@ -134,24 +183,45 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
                 self.setTimeout(None)
                 self.transport.loseConnection()
             elif isinstance(output, Authenticate):
-                self._wait(self._authenticate(output))
+                self._wait(self._authenticate(output),
+                           lambda: self.session.authenticated(None, temporary_failure=True))
             elif isinstance(output, Deliver):
-                self._wait(self._deliver(output))
+                self._wait(self._deliver(output), lambda: self.session.stored(reply(
+                    451, "4.3.0", "Storage too slow, message not accepted; try again later")))
 
-    def _wait(self, work: Any) -> None:
-        """Stop reading until ``work`` is done, so later replies keep their order."""
-        self.pauseProducing()
+    def _wait(self, work: Any, too_slow: Any) -> None:
+        """Stop reading until ``work`` is done, so later replies keep their order.
+
+        ``work`` gets STORAGE_DEADLINE seconds; past that the client hears
+        ``too_slow()`` (a 4xx) and whatever ``work`` still does is ignored.
+        """
+        self._busy = True
+        self._update_reading()
         self.setTimeout(None)
+        settled = False
 
-        def resume(outputs: list) -> None:
-            if not self.transport.disconnecting:
-                self.setTimeout(self.factory.timeout)
-                self._run(outputs)
-                self.resumeProducing()
+        def finish(outputs: list) -> None:
+            nonlocal settled
+            if settled:
+                return
+            settled = True
+            if deadline.active():
+                deadline.cancel()
+            self._busy = False
+            if self._gone:
+                return
+            self.setTimeout(self.factory.timeout)
+            self._run(outputs)
+            self._update_reading()
 
-        defer.Deferred.fromCoroutine(work).addCallback(resume).addErrback(
-            lambda f: log.failure("SMTP session step failed", f)
-        )
+        def failed(failure: Any) -> None:
+            log.failure("SMTP session step failed", failure)
+            if self.session is not None:
+                self.session.closed = True
+            finish([reply(421, "4.3.0", f"{self.factory.policy.hostname} Internal error, closing"), Close()])
+
+        deadline = self.factory.clock.callLater(STORAGE_DEADLINE, lambda: finish(too_slow()))
+        defer.Deferred.fromCoroutine(work).addCallbacks(finish, failed)
 
     async def _authenticate(self, request: Authenticate) -> list:
         session = self.session
@@ -160,8 +230,8 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
         except UnauthorizedLogin:
             await _sleep(self.factory.clock, AUTH_FAILURE_DELAY)
             return session.authenticated(None)
-        except StorageError as exc:
-            log.warn("SMTP AUTH could not reach storage: {exc}", exc=exc)
+        except Exception as exc:
+            log.warn("SMTP AUTH could not be checked: {exc!r}", exc=exc)
             return session.authenticated(None, temporary_failure=True)
         return session.authenticated(login)
 
@@ -176,9 +246,10 @@ async def _sleep(clock: Any, seconds: float) -> None:
     await d
 
 
-def received_header(hostname: str, client: Client, recipients: list[str]) -> bytes:
-    """The trace field of RFC 5321 §4.4, with the protocol names of RFC 3848."""
-    protocol = "ESMTP" + ("S" if client.tls else "") + ("A" if client.login else "")
+def received_header(hostname: str, client: Client, recipients: list[str], smtputf8: bool = False) -> bytes:
+    """The trace field of RFC 5321 §4.4, with the protocol names of RFC 3848 and RFC 6531."""
+    protocol = ("UTF8SMTP" if smtputf8 else "ESMTP") + ("S" if client.tls else "") + (
+        "A" if client.login else "")
     recipient = f"\r\n\tfor <{recipients[0]}>" if len(recipients) == 1 else ""
     when = message.date_now()
     helo = "".join(c for c in client.helo if c.isprintable() and c not in "()\\")[:255]
@@ -259,7 +330,7 @@ class SMTPFactory(ServerFactory):
                 envelope.mail_from,
                 [NewRecipient(r.address, r.orcpt, r.notify) for r in envelope.recipients],
                 data,
-                trace=received_header(self.policy.hostname, client, addresses),
+                trace=received_header(self.policy.hostname, client, addresses, envelope.smtputf8),
                 body=envelope.body,
                 smtputf8=envelope.smtputf8,
                 dsn_ret=envelope.ret,

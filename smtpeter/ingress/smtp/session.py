@@ -110,6 +110,8 @@ _MAIL_PARAMS = {"SIZE", "BODY", "SMTPUTF8", "RET", "ENVID", "AUTH"}
 _RCPT_PARAMS = {"NOTIFY", "ORCPT"}
 _NOTIFY = {"SUCCESS", "FAILURE", "DELAY"}
 _SASL_MAX = 12288  # RFC 4954 §4
+_JUNK = {"EHLO", "HELO", "NOOP", "RSET", "VRFY", "HELP", "EXPN"}
+JUNK_COMMAND_LIMIT = 100
 # RFC 5321 allows 512 octets; SMTPUTF8 addresses and parameters need more room.
 MAX_COMMAND_LENGTH = 2048
 MAX_LINE_LENGTH = _SASL_MAX
@@ -129,6 +131,7 @@ class SMTPSession:
         self.envelope: Envelope | None = None
         self.closed = False
         self._errors = 0
+        self._junk = 0
         self._sasl: IChallengeResponse | None = None
         self._in_data = False
 
@@ -150,9 +153,18 @@ class SMTPSession:
             return self._fatal(500, "5.5.2", "Error: bare <CR>, <LF> or NUL in command")
         if self._sasl is not None:
             return self._sasl_response(line)
-        if len(line) > MAX_COMMAND_LENGTH:
-            return self._fatal(500, "5.5.2", "Error: command line too long")
         verb, args = syntax.split_command(line)
+        # AUTH may carry an initial response of up to 12288 octets (RFC 4954 §4).
+        if len(line) > (MAX_LINE_LENGTH if verb == "AUTH" else MAX_COMMAND_LENGTH):
+            return self._fatal(500, "5.5.2", "Error: command line too long")
+        if verb in _JUNK:
+            self._junk += 1
+            if self._junk > JUNK_COMMAND_LIMIT:
+                # Like Postfix's smtpd_junk_command_limit: endless NOOP/RSET/EHLO
+                # costs us replies and counts as errors from here on.
+                self._errors += 1
+                if self._errors > self.policy.max_errors:
+                    return self._fatal(421, "4.7.0", "Too many commands without mail, closing")
         handler = getattr(self, f"_cmd_{verb}", None) if verb.isalpha() else None
         if handler is None:
             return self._error(500, "5.5.2", "Error: command not recognized")
@@ -184,6 +196,7 @@ class SMTPSession:
     def stored(self, answer: bytes) -> list[Output]:
         """The adapter finished storing (or refusing) the message; ``answer`` is the reply."""
         self.envelope = None
+        self._junk = 0
         if answer[:1] in (b"4", b"5"):
             self._errors += 1
         return [answer]
@@ -313,6 +326,8 @@ class SMTPSession:
         if credentials.moreChallenges():
             return [b"334 " + base64.b64encode(credentials.getChallenge()) + b"\r\n"]
         self._sasl = None
+        if b"\0" in credentials.username or b"\0" in credentials.password:
+            return self._error(501, "5.5.2", "Error: NUL in authentication response")
         # PLAIN's first field is the identity to act as; we support only oneself.
         authzid = response.split(b"\0", 1)[0] if isinstance(credentials, PLAINCredentials) else b""
         if authzid and authzid != credentials.username:

@@ -6,7 +6,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,22 +16,9 @@ from pathlib import Path
 from twisted.trial import unittest
 
 from tests.support import postgres
-from tests.support.harness import RawClient
+from tests.support.harness import RawClient, wait_for_port
 
 BIN = Path(sys.executable).parent
-
-
-def wait_for_port(port: int, process: subprocess.Popen, seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"twistd exited early: {process.stdout.read() if process.stdout else ''}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError("twistd did not start listening")
 
 
 class KillNineTests(unittest.TestCase):
@@ -56,7 +42,7 @@ class KillNineTests(unittest.TestCase):
 
         server = subprocess.Popen(twistd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.addCleanup(lambda: server.poll() is None and server.kill())
-        wait_for_port(port, server)
+        wait_for_port(port, process=server)
 
         acknowledged: list[str] = []
         stop = threading.Event()
@@ -92,7 +78,7 @@ class KillNineTests(unittest.TestCase):
 
         restarted = subprocess.Popen(twistd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.addCleanup(lambda: restarted.poll() is None and restarted.kill())
-        wait_for_port(port, restarted)
+        wait_for_port(port, process=restarted)
         listing = subprocess.run([*cli, "queue", "list", "--json", "--state", "all", "--limit", "1000000"],
                                  check=True, capture_output=True, text=True)
         restarted.terminate()

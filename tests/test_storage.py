@@ -128,9 +128,9 @@ class StorageSuite:
         commits = []
         original = storage.db.transaction
 
-        async def counting(statements):  # type: ignore[no-untyped-def]
+        async def counting(statements, durable=True):  # type: ignore[no-untyped-def]
             commits.append(len(statements))
-            return await original(statements)
+            return await original(statements, durable)
 
         storage.db.transaction = counting
         results = await defer.gatherResults(

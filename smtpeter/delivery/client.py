@@ -119,8 +119,11 @@ class SMTPClientProtocol(LineReceiver):
 
     MAX_LENGTH = 65536
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Any) -> None:
+        self.clock = clock
         self._parser = ReplyParser()
+        self._deadline: Any = None
+        self._timeouts: deque[float] = deque()  # for the waiters behind the first
         self._waiting: deque[defer.Deferred] = deque()
         self._ready: deque[Reply] = deque()
         self._lost: Exception | None = None
@@ -143,7 +146,9 @@ class SMTPClientProtocol(LineReceiver):
         if reply is None:
             return
         if self._waiting:
-            self._waiting.popleft().callback(reply)
+            waiter = self._waiting.popleft()
+            self._next_deadline()
+            waiter.callback(reply)
         else:
             self._ready.append(reply)
 
@@ -156,18 +161,50 @@ class SMTPClientProtocol(LineReceiver):
 
     def _fail(self, exc: Exception) -> None:
         self._lost = self._lost or exc
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+        self._timeouts.clear()
         while self._waiting:
             self._waiting.popleft().errback(exc)
 
-    def next_reply(self) -> defer.Deferred:
-        """The next reply from the server (replies are matched to commands in order)."""
+    def next_reply(self, timeout: float) -> defer.Deferred:
+        """The next reply from the server (replies are matched to commands in order).
+
+        Fails with TimeoutError if it takes longer than ``timeout``. One timer
+        per connection, moved along, rather than one per reply: a busy session
+        waits for five replies per message.
+        """
         if self._ready:
             return defer.succeed(self._ready.popleft())
         if self._lost is not None:
             return defer.fail(self._lost)
         d: defer.Deferred = defer.Deferred()
         self._waiting.append(d)
+        if len(self._waiting) == 1:
+            self._arm(timeout)
+        else:
+            self._timeouts.append(timeout)
         return d
+
+    def _arm(self, timeout: float) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.reset(timeout)
+        else:
+            self._deadline = self.clock.callLater(timeout, self._timed_out)
+
+    def _timed_out(self) -> None:
+        self._deadline = None
+        if self._waiting:
+            self._fail(defer.TimeoutError())
+
+    def _next_deadline(self) -> None:
+        """The head waiter was answered: time the next one, or stop the timer."""
+        if self._waiting:
+            self._arm(self._timeouts.popleft() if self._timeouts else 300.0)
+        elif self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+            self._deadline = None
 
     def write_lines(self, *lines: bytes) -> None:
         self.transport.write(b"".join(line + b"\r\n" for line in lines))
@@ -182,12 +219,14 @@ class SMTPClientProtocol(LineReceiver):
 
 class _ClientFactory(protocol.ClientFactory):
     protocol = SMTPClientProtocol
+    noisy = False  # one per connection: "Starting factory" lines would flood the log
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Any) -> None:
+        self.clock = clock
         self.result: defer.Deferred = defer.Deferred()
 
     def buildProtocol(self, addr: Any) -> SMTPClientProtocol:
-        proto = SMTPClientProtocol()
+        proto = SMTPClientProtocol(self.clock)
         proto.factory = self
         proto.connected_deferred.chainDeferred(self.result)
         return proto
@@ -195,10 +234,6 @@ class _ClientFactory(protocol.ClientFactory):
     def clientConnectionFailed(self, connector: Any, reason: Any) -> None:
         if not self.result.called:
             self.result.errback(reason)
-
-
-def _with_timeout(d: defer.Deferred, seconds: float, clock: Any) -> defer.Deferred:
-    return d.addTimeout(seconds, clock)
 
 
 class SMTPSession:
@@ -220,7 +255,7 @@ class SMTPSession:
 
     async def _reply(self, state: str, timeout: float) -> Reply:
         try:
-            return await _with_timeout(self.proto.next_reply(), timeout, self.clock)
+            return await self.proto.next_reply(timeout)
         except defer.TimeoutError:
             self.abort()
             raise SessionError(state, f"timeout after {timeout:g}s waiting for the {state} reply") from None
@@ -408,7 +443,7 @@ def _describe(exc: BaseException) -> str:
 
 async def connect(reactor: Any, mx: str, ip: str, port: int, timeouts: Timeouts) -> SMTPClientProtocol:
     """Open a TCP connection; raises SessionError("connect", ...)."""
-    factory = _ClientFactory()
+    factory = _ClientFactory(reactor)
     connector = reactor.connectTCP(ip, port, factory, timeout=timeouts.connect)
     try:
         return await factory.result

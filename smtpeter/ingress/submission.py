@@ -8,6 +8,7 @@ enqueue. Nothing is queued unless every check passes.
 from __future__ import annotations
 
 import email.utils
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -72,8 +73,14 @@ def sender_domains(fields: list[msg.Field]) -> list[str]:
     if len(values) > 1:
         # RFC 5322 §3.6 allows one; a second is how a forged sender hides behind an approved one.
         raise Refused(550, "5.6.0", "Message refused: more than one From header")
+    return list(_from_domains(values[0]))
+
+
+@functools.lru_cache(maxsize=4096)
+def _from_domains(value: str) -> tuple[str, ...]:
+    """The domains in one From value; cached, as applications send the same From again and again."""
     try:
-        addresses = email.utils.getaddresses(values)
+        addresses = email.utils.getaddresses([value])
     except RecursionError:
         raise Refused(550, "5.6.0", "Message refused: the From header cannot be parsed") from None
     domains = []
@@ -84,7 +91,7 @@ def sender_domains(fields: list[msg.Field]) -> list[str]:
         domains.append(domain.lower().rstrip("."))
     if not domains:
         raise Refused(550, "5.6.0", "Message refused: the From header holds no valid address")
-    return domains
+    return tuple(domains)
 
 
 @dataclass(frozen=True)

@@ -115,8 +115,13 @@ class Database(abc.ABC):
     dialect: str
 
     @abc.abstractmethod
-    async def transaction(self, statements: Sequence[Statement]) -> list[Rows]:
-        """Run ``statements`` atomically; return the rows each produced (empty for none)."""
+    async def transaction(self, statements: Sequence[Statement], durable: bool = True) -> Rows:
+        """Run ``statements`` atomically; return the rows the last one produced.
+
+        ``durable=False`` skips the flush to disk at commit, for writes whose
+        loss on a power failure costs nothing but a repeat: leases, delivery
+        outcomes. The next durable commit flushes them too (WAL order).
+        """
 
     @abc.abstractmethod
     async def query(self, sql: str, params: Sequence[object] = ()) -> Rows:

@@ -188,14 +188,14 @@ class PostgresDatabase(Database):
         finally:
             self._release(connection, broken)
 
-    async def transaction(self, statements: Sequence[Statement]) -> Rows:
-        texts: list[str] = []
+    async def transaction(self, statements: Sequence[Statement], durable: bool = True) -> Rows:
+        texts: list[str] = [] if durable else ["SET LOCAL synchronous_commit TO off"]
         params: list[object] = []
         for statement in statements:
             for sql in render(statement):
                 texts.append(_placeholders(sql.text))
                 params.extend(sql.params)
-        if not texts:
+        if len(texts) == (0 if durable else 1):
             return []
         return await self._with_connection(";\n".join(texts), params, fetch=True)
 

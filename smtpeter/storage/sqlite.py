@@ -62,6 +62,7 @@ class SQLiteDatabase(Database):
         self._closed = False
         # Open the writer now so a bad path fails at start-up, not at the first message.
         self._writer = _connect(path)
+        self._durable = True
         self._connections.append(self._writer)
         if path != ":memory:":
             os.chmod(path, 0o600)
@@ -84,13 +85,18 @@ class SQLiteDatabase(Database):
                 self._connections.append(con)
         return con
 
-    async def transaction(self, statements: Sequence[Statement]) -> Rows:
-        return await self._in(self._writer_pool, lambda: self._run(statements))
+    async def transaction(self, statements: Sequence[Statement], durable: bool = True) -> Rows:
+        return await self._in(self._writer_pool, lambda: self._run(statements, durable))
 
-    def _run(self, statements: Sequence[Statement]) -> Rows:
+    def _run(self, statements: Sequence[Statement], durable: bool) -> Rows:
         con = self._writer
         rows: Rows = []
         try:
+            if durable != self._durable:
+                # In WAL mode NORMAL commits without fsync; a later FULL commit
+                # fsyncs the log, theirs included.
+                con.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+                self._durable = durable
             con.execute("BEGIN IMMEDIATE")
             try:
                 for statement in statements:

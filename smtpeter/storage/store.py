@@ -71,8 +71,10 @@ class _Batcher:
     """
 
     def __init__(self, storage: Storage, build: Callable[[list[Any]], list[Statement]],
-                 size: Callable[[Any], int], max_batch: int = 500, max_bytes: int = 16 * 1024 * 1024) -> None:
+                 size: Callable[[Any], int], max_batch: int = 500, max_bytes: int = 16 * 1024 * 1024,
+                 durable: Callable[[list[Any]], bool] = lambda batch: True) -> None:
         self._storage = storage
+        self._durable = durable
         self._build = build
         self._size = size
         self._max_batch = max_batch
@@ -136,7 +138,8 @@ class _Batcher:
 
     async def _commit(self, batch: list[tuple[Any, Any, defer.Deferred]]) -> None:
         try:
-            await self._storage.db.transaction(self._build([item for item, _, _ in batch]))
+            items = [item for item, _, _ in batch]
+            await self._storage.db.transaction(self._build(items), durable=self._durable(items))
         except Conflict:
             if len(batch) == 1:
                 batch[0][2].errback()
@@ -162,8 +165,11 @@ class Storage:
         self.db = db
         self.clock = clock
         self._group_commit = _Batcher(self, self._enqueue_statements, lambda item: len(item[0].mime))
+        # Outcomes need no fsync of their own (a lost one means a repeated delivery,
+        # never a lost message), unless they carry a DSN, which is a new message.
         self._outcomes = _Batcher(self, self._outcome_statements,
-                                  lambda item: sum(len(notice.mime) for notice, _ in item[2]))
+                                  lambda item: sum(len(notice.mime) for notice, _ in item[2]),
+                                  durable=lambda items: any(item[2] for item in items))
 
     async def migrate(self) -> int:
         return await migrate(self.db)
@@ -417,7 +423,7 @@ class Storage:
             "RETURNING id, message_id, account_id, address, domain, orcpt, notify, attempts, "
             "delay_notified, created",
             (owner, now + lease, now, *exclude_domains, limit),
-        )])
+        )], durable=False)  # a lease lost in a crash only means the work is due again
         return [Lease(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], bool(r[8]), r[9]) for r in rows]
 
     async def release_all(self, owner: str) -> None:
@@ -434,7 +440,7 @@ class Storage:
             "recipients", "id", (("lease_owner", "TEXT"), ("next_attempt", "DOUBLE PRECISION")),
             [(rid, None, next_attempt) for rid in recipient_ids],
             where="recipients.lease_owner = ?", where_params=(owner,),
-        )])
+        )], durable=False)
 
     async def messages(self, message_ids: Sequence[str]) -> dict[str, StoredMessage]:
         found: dict[str, StoredMessage] = {}

@@ -8,6 +8,7 @@ import shutil
 import socket
 import ssl
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,6 +117,20 @@ class Harness:
             env={"PATH": os.environ.get("PATH", "")},
         )
         return code, (out + err).decode("utf-8", "replace")
+
+
+def wait_for_port(port: int, host: str = "127.0.0.1", process: Any = None, seconds: float = 30) -> None:
+    """Block until something accepts connections on host:port (or ``process`` dies)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{process.args[0]} exited early")
+        try:
+            socket.create_connection((host, port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {host}:{port}")
 
 
 class RawClient:

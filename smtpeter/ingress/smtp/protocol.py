@@ -347,7 +347,6 @@ class SMTPFactory(ServerFactory):
         except Exception:
             log.failure("Unexpected error while accepting a message")
             return reply(451, "4.3.0", "Temporary local problem, message not accepted; try again later")
-        log.info("queued {ids} from=<{sender}> size={size} client={client} account={account}",
-                 ids=",".join(ids), sender=envelope.mail_from, size=len(data), client=client.address,
-                 account=sender.account_id)
+        log.info("{line}", line=f"queued {','.join(ids)} from=<{envelope.mail_from}> size={len(data)} "
+                                f"client={client.address} account={sender.account_id}")
         return queued_reply(ids, addresses)

@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.peers import Postfix, Smtpeter, free_port, require, smtp_source  # noqa: E402
-from tests.support.harness import wait_for_port  # noqa: E402
+from bench.peers import Postfix, Smtpeter, free_port, require, smtp_source
+from tests.support.harness import wait_for_port
 
 SINK_HOST = "127.0.0.5"
 
@@ -121,8 +121,10 @@ def main() -> None:
         "postfix_msgs_per_s": round(n / postfix_total, 1),
         "smtpeter_msgs_per_s": round(n / smtpeter_total, 1),
         "ratio": round(postfix_total / smtpeter_total, 2),
-        "postfix_injection_s": round(postfix_injection, 2), "smtpeter_injection_s": round(smtpeter_injection, 2),
-        "postfix_end_to_end_s": round(postfix_total, 2), "smtpeter_end_to_end_s": round(smtpeter_total, 2),
+        "postfix_injection_s": round(postfix_injection, 2),
+        "smtpeter_injection_s": round(smtpeter_injection, 2),
+        "postfix_end_to_end_s": round(postfix_total, 2),
+        "smtpeter_end_to_end_s": round(smtpeter_total, 2),
         "smtpeter_cpu_ms_per_msg": round(1000 * cpu / n, 3),
         "smtpeter_rss_mib": memory["VmHWM"] // 1024,
     }
@@ -132,8 +134,9 @@ def main() -> None:
     print(f"relay: {n} messages of {args.size} bytes, {args.sessions} sessions, smtp-source -> relay -> "
           f"smtp-sink, smtpeter on {result['storage']}")
     print(f"{'':10} {'injection s':>12} {'end-to-end s':>13} {'msg/s':>9}")
-    print(f"{'postfix':10} {postfix_injection:>12.2f} {postfix_total:>13.2f} {result['postfix_msgs_per_s']:>9}")
-    print(f"{'smtpeter':10} {smtpeter_injection:>12.2f} {smtpeter_total:>13.2f} {result['smtpeter_msgs_per_s']:>9}")
+    for name, injection, total in (("postfix", postfix_injection, postfix_total),
+                                   ("smtpeter", smtpeter_injection, smtpeter_total)):
+        print(f"{name:10} {injection:>12.2f} {total:>13.2f} {result[name + '_msgs_per_s']:>9}")
     print(f"ratio {result['ratio']}; smtpeter CPU {result['smtpeter_cpu_ms_per_msg']} ms/msg "
           f"(ingress + delivery, one core), peak RSS {result['smtpeter_rss_mib']} MiB")
 

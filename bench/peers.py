@@ -124,7 +124,7 @@ class Smtpeter:
                               check=True, capture_output=True, text=True).stdout
 
     def start(self) -> Smtpeter:
-        self.log = open(self.dir / "twistd.log", "w")
+        self.log = open(self.dir / "twistd.log", "a")
         self.process = subprocess.Popen(
             [str(BIN / "twistd"), "-n", "--pidfile=", "smtpeter", "--config", str(self.config)],
             stdout=self.log, stderr=subprocess.STDOUT,
@@ -142,14 +142,18 @@ class Smtpeter:
         return {line.split(":")[0]: int(line.split()[1]) for line in status
                 if line.startswith(("VmRSS", "VmHWM"))}
 
-    def stop(self) -> str:
-        """Stop it; returns its log."""
-        text = ""
+    def stop_process(self) -> None:
         if self.process is not None:
             self.process.terminate()
-            self.process.wait(30)
+            self.process.wait(60)
             self.log.close()
-            text = (self.dir / "twistd.log").read_text()
+            self.process = None
+
+    def stop(self) -> str:
+        """Stop it and remove its files; returns its log."""
+        self.stop_process()
+        log = self.dir / "twistd.log"
+        text = log.read_text() if log.exists() else ""
         shutil.rmtree(self.dir, ignore_errors=True)
         return text
 

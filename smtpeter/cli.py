@@ -120,6 +120,30 @@ async def queue_show(storage: Storage, args: argparse.Namespace, config: Config)
     return entry
 
 
+async def queue_retry(storage: Storage, args: argparse.Namespace, config: Config) -> dict:
+    count = await storage.retry_now(None if args.id == "all" else args.id)
+    return {"due_now": count}
+
+
+async def events_list(storage: Storage, args: argparse.Namespace, config: Config) -> list:
+    account = await storage.account(args.account)
+    until = _parse_time(args.until) if args.until else storage.now()
+    since = _parse_time(args.since) if args.since else until - 86400
+    events = await storage.account_events(account.id, since, until, types=args.type or ())
+    return [{"time": _time(e.time), "type": e.type, "id": e.message_id, "recipient": e.recipient,
+             **{k: v for k, v in e.data.items() if k not in ("recipient",)}} for e in events]
+
+
+def _parse_time(text: str) -> float:
+    try:
+        value = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise CommandError(f"not a date/time: {text!r} (use YYYY-MM-DD or YYYY-MM-DD HH:MM:SS)") from None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=datetime.UTC)
+    return value.timestamp()
+
+
 async def queue_delete(storage: Storage, args: argparse.Namespace, config: Config) -> dict:
     await storage.delete_recipient(args.id)
     return {"deleted": args.id}
@@ -160,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="smtpeter", parents=[common],
                                      description="Administer an smtpeter installation.")
-    groups = parser.add_subparsers(dest="group", required=True, metavar="{account,login,token,domain,queue}")
+    groups = parser.add_subparsers(dest="group", required=True,
+                                   metavar="{account,login,token,domain,queue,events}")
 
     def command(group: Any, name: str, fn: Command, help: str) -> argparse.ArgumentParser:
         p = group.add_parser(name, parents=[common], help=help)
@@ -205,6 +230,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id")
     p = command(queue, "delete", queue_delete, "delete one message (by message id) from the queue")
     p.add_argument("id")
+    p = command(queue, "retry", queue_retry, "make a waiting message due now (ID, or 'all')")
+    p.add_argument("id")
+
+    events = groups.add_parser("events", help="delivery events").add_subparsers(dest="action", required=True)
+    p = command(events, "list", events_list, "an account's events (UTC times; default: the last day)")
+    p.add_argument("account")
+    p.add_argument("--since", help="YYYY-MM-DD[ HH:MM:SS]")
+    p.add_argument("--until", help="YYYY-MM-DD[ HH:MM:SS]")
+    p.add_argument("--type", action="append",
+                   choices=["attempt", "delivery", "deferred", "failure", "bounce", "click", "open"])
     return parser
 
 

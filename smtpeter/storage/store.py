@@ -389,6 +389,20 @@ class Storage:
             "expires": r[11], "source": r[12],
         }
 
+    async def retry_now(self, recipient_id: str | None = None) -> int:
+        """Make one waiting recipient (or every one) due now; returns how many.
+
+        Recipients under a lease are left alone: a node is delivering them.
+        """
+        clause, params = ("AND id = ?", (recipient_id,)) if recipient_id else ("", ())
+        rows = await self.db.transaction([SQL(
+            "UPDATE recipients SET next_attempt = ? "  # noqa: S608 - clause is a constant
+            f"WHERE state = 'queued' AND lease_owner IS NULL {clause} RETURNING id",
+            (self.now(), *params))])
+        if recipient_id and not rows:
+            await self.recipient(recipient_id)  # NotFound if there is no such message
+        return len(rows)
+
     async def delete_recipient(self, recipient_id: str) -> None:
         """Remove one recipient from the queue; the message goes when its last recipient does."""
         rows = await self.db.transaction([

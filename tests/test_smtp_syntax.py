@@ -13,8 +13,8 @@ from smtpeter.ingress.smtp.syntax import (
     parse_path,
     split_command,
     xtext_decode,
-    xtext_encode,
 )
+from smtpeter.xtext import encode as xtext_encode
 
 
 class CommandTests(unittest.TestCase):

@@ -22,8 +22,8 @@ from zope.interface import implementer
 
 from smtpeter.config import Timeouts
 from smtpeter.delivery.protocol import Capabilities, ProtocolError, Reply, ReplyParser, data_payload
-from smtpeter.ingress.smtp.syntax import xtext_encode
 from smtpeter.transforms import wire
+from smtpeter.xtext import encode as xtext_encode
 
 log = Logger()
 

@@ -16,8 +16,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from smtpeter.ingress.smtp.syntax import xtext_encode
 from smtpeter.message import make_field, parse
+from smtpeter.xtext import encode as xtext_encode
 
 ACTIONS = ("failed", "delayed", "delivered", "relayed", "expanded")
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from smtpeter import xtext
+
 
 class SyntaxProblem(Exception):
     """A command could not be parsed; ``code``/``status``/``text`` form the reply."""
@@ -138,35 +140,8 @@ def check_mailbox(address: str, utf8: bool) -> str:
 
 
 def xtext_decode(value: str) -> str:
-    """Decode RFC 3461 xtext (``+XX`` hex escapes)."""
-    out = bytearray()
-    index = 0
-    raw = value.encode("ascii", "strict")
-    while index < len(raw):
-        char = raw[index]
-        if char == 0x2B:  # '+'
-            hex_digits = raw[index + 1:index + 3]
-            if len(hex_digits) != 2 or not re.fullmatch(rb"[0-9A-F]{2}", hex_digits):
-                raise SyntaxProblem(501, "5.5.4", "Invalid xtext encoding")
-            out.append(int(hex_digits, 16))
-            index += 3
-        else:
-            if char < 0x21 or char > 0x7E or char == 0x3D:
-                raise SyntaxProblem(501, "5.5.4", "Invalid character in xtext")
-            out.append(char)
-            index += 1
+    """RFC 3461 xtext decoding, with the SMTP reply for malformed input."""
     try:
-        return out.decode("utf-8")
-    except UnicodeDecodeError:
-        raise SyntaxProblem(501, "5.5.4", "xtext does not decode to UTF-8") from None
-
-
-def xtext_encode(value: str) -> str:
-    """Encode as RFC 3461 xtext: ``+``, ``=``, controls and non-ASCII become ``+XX``."""
-    out = []
-    for byte in value.encode("utf-8"):
-        if 0x21 <= byte <= 0x7E and byte not in (0x2B, 0x3D):
-            out.append(chr(byte))
-        else:
-            out.append(f"+{byte:02X}")
-    return "".join(out)
+        return xtext.decode(value)
+    except ValueError as exc:
+        raise SyntaxProblem(501, "5.5.4", str(exc)) from None

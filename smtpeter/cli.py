@@ -67,6 +67,18 @@ async def token_create(storage: Storage, args: argparse.Namespace, config: Confi
     return {"account": account.name, "token_id": token_id, "api_token": token}
 
 
+async def token_list(storage: Storage, args: argparse.Namespace, config: Config) -> list:
+    account = await storage.account(args.account)
+    return [{"token_id": t["id"], "description": t["description"], "created": _time(t["created"]),
+             "revoked": _time(t["revoked"])} for t in await storage.api_tokens(account.id)]
+
+
+async def token_revoke(storage: Storage, args: argparse.Namespace, config: Config) -> dict:
+    account = await storage.account(args.account)
+    await storage.revoke_api_token(account.id, args.token_id)
+    return {"account": account.name, "revoked": args.token_id}
+
+
 # -- sender domains ------------------------------------------------------------
 
 
@@ -209,6 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(token, "create", token_create, "create an API token")
     p.add_argument("account")
     p.add_argument("--description", default="")
+    p = command(token, "list", token_list, "list an account's API tokens (never their secrets)")
+    p.add_argument("account")
+    p = command(token, "revoke", token_revoke, "revoke an API token by its id")
+    p.add_argument("account")
+    p.add_argument("token_id")
 
     domain = groups.add_parser("domain", help="sender domains").add_subparsers(dest="action", required=True)
     p = command(domain, "add", domain_add, "register a sender domain")

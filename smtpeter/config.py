@@ -66,7 +66,13 @@ class MXConfig:
 @dataclass
 class HTTPConfig:
     listen: list[str] = field(default_factory=lambda: ["tcp:8080"])
+    # HTTPS listeners (a tcp: endpoint is wrapped in TLS with our certificate).
+    listen_tls: list[str] = field(default_factory=list)
     public_url: str = ""
+    max_body_size: int = 64 * 1024 * 1024
+    max_recipients: int = 1000
+    # Bearer token that opens /metrics to other hosts than localhost.
+    metrics_token: str = ""
 
 
 @dataclass
@@ -135,8 +141,9 @@ class DeliveryConfig:
         default_factory=lambda: [600.0, 600.0, 1800.0, 1800.0, 3600.0, 3600.0, 7200.0]
     )
     max_deliver_time: float = 86400.0
-    # Recipients held in memory at once; the rest of the queue stays on disk.
+    # Recipients (and message bytes) held in memory at once; the rest of the queue stays on disk.
     window: int = 2000
+    window_bytes: int = 256 * 1024 * 1024
     lease: float = 1800.0
     max_recipients_per_transaction: int = 100
     delay_warning: float = 14400.0

@@ -47,5 +47,10 @@ def verify_password(password: str, encoded: str) -> bool:
     return hmac.compare_digest(actual, expected)
 
 
+def equal(offered: str, expected: str) -> bool:
+    """Compare secrets in constant time."""
+    return hmac.compare_digest(offered.encode("utf-8"), expected.encode("utf-8"))
+
+
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()

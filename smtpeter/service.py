@@ -15,6 +15,8 @@ from smtpeter.config import Config
 from smtpeter.delivery import dns
 from smtpeter.delivery.dispatcher import Dispatcher
 from smtpeter.delivery.pool import Context
+from smtpeter.events.metrics import Metrics
+from smtpeter.ingress.http.app import API
 from smtpeter.ingress.smtp.auth import login_portal
 from smtpeter.ingress.smtp.protocol import SMTPFactory
 from smtpeter.ingress.smtp.session import SessionPolicy
@@ -53,6 +55,8 @@ class SmtpeterService(service.Service):
         self.scheduler: Scheduler | None = None
         self.dispatcher: Dispatcher | None = None
         self.submission: Submission | None = None
+        self.api: API | None = None
+        self.metrics = Metrics()
         self.ports: list[Any] = []
         self.ready: defer.Deferred = defer.Deferred()
 
@@ -84,7 +88,7 @@ class SmtpeterService(service.Service):
                     f"[smtp] trusted_account {config.smtp.trusted_account!r} does not exist; "
                     "create it with: smtpeter account create NAME"
                 ) from None
-        submission = self.submission = Submission(self.storage, config.hostname)
+        submission = self.submission = Submission(self.storage, config.hostname, self.metrics)
         await self._start_delivery(submission)
         policy = SessionPolicy(
             hostname=config.hostname,
@@ -109,17 +113,30 @@ class SmtpeterService(service.Service):
 
         if config.mx.listen:
             log.warn("[mx] listen is set, but the bounce receiver is not part of this version yet")
-        for description in config.smtp.listen:
-            self.ports.append(await listen(self.reactor, description, factory(False), "SMTP submission"))
-        for description in config.smtp.listen_tls:
-            tls_factory: Any = factory(True)
+
+        async def listen_tls(description: str, plain: Any, what: str) -> Any:
             if not description.startswith("ssl:"):
-                tls_factory = TLSMemoryBIOFactory(context, False, tls_factory)
+                plain = TLSMemoryBIOFactory(context, False, plain)
             elif "privateKey=" not in description:
                 description += f":privateKey={key_path}:certKey={cert_path}"
-            self.ports.append(
-                await listen(self.reactor, description, tls_factory, "SMTP submission (implicit TLS)")
-            )
+            return await listen(self.reactor, description, plain, what)
+
+        starttls_ports, implicit_ports = [], []
+        for description in config.smtp.listen:
+            port = await listen(self.reactor, description, factory(False), "SMTP submission")
+            self.ports.append(port)
+            starttls_ports.append(port.getHost().port)
+        for description in config.smtp.listen_tls:
+            port = await listen_tls(description, factory(True), "SMTP submission (implicit TLS)")
+            self.ports.append(port)
+            implicit_ports.append(port.getHost().port)
+        self.api = API(self.storage, submission, config, self.clock, self.metrics,
+                       stats=self.dispatcher.stats, smtp_ports=(starttls_ports, implicit_ports))
+        site = self.api.site()
+        for description in config.http.listen:
+            self.ports.append(await listen(self.reactor, description, site, "HTTP API"))
+        for description in config.http.listen_tls:
+            self.ports.append(await listen_tls(description, site, "HTTPS API"))
         return self
 
     async def _start_delivery(self, submission: Submission) -> None:
@@ -127,10 +144,12 @@ class SmtpeterService(service.Service):
         nameservers = [dns.parse_nameserver(n) for n in config.dns.nameservers] or None
         resolver = dns.Resolver(self.reactor, nameservers, timeout=config.dns.timeout, clock=self.clock)
         context = Context(self.reactor, self.clock, resolver, config.delivery.timeouts,
-                          config.delivery.helo_name or config.hostname)
-        self.dispatcher = Dispatcher(config.delivery, context)
+                          config.delivery.helo_name or config.hostname,
+                          max_backlog=max(10, config.delivery.window // 4),
+                          max_wait=config.delivery.lease / 2)
+        self.dispatcher = Dispatcher(config.delivery, context, config.hostname)
         self.scheduler = Scheduler(self.storage, self.dispatcher, config.delivery, config.hostname,
-                                   self.clock, config.delivery.node or None)
+                                   self.clock, config.delivery.node or None, self.metrics)
         if config.delivery.hold:
             log.info("delivery is on hold ([delivery] hold = true): mail stays queued")
             return

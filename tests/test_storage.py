@@ -249,6 +249,8 @@ class DeliveryStorageSuite:
         await storage.record("node-a", [Outcome(lease.id, lease.account_id, lease.address, "delivered", 1,
                                                 clock.seconds(), "delivery", {})])
         self.assertEqual((await storage.recipient(lease.id)).state, "queued")
+        # Nor does it report an outcome that did not take.
+        self.assertEqual([e.type for e in await storage.events(lease.id)], ["attempt"])
 
     async def test_release_and_release_all(self) -> None:
         storage, clock, _, _ = await self.setup()

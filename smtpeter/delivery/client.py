@@ -73,8 +73,8 @@ class RecipientResult:
     @classmethod
     def from_reply(cls, address: str, state: str, reply: Reply) -> RecipientResult:
         status = reply.status or (f"{str(reply.code)[0]}.0.0" if reply.code >= 400 else "2.0.0")
-        return cls(address, state, reply.code, status, str(reply), delivered=reply.ok and state == "message",
-                   permanent=reply.code >= 500)
+        return cls(address, state, reply.code, status, str(reply),
+                   delivered=reply.positive and state == "message", permanent=reply.code >= 500)
 
 
 @dataclass
@@ -247,11 +247,16 @@ class SMTPSession:
         self.timeouts = timeouts
         self.clock = clock
         self.transactions = 0
-        self.usable = True
+        self._usable = True
 
     @property
     def capabilities(self) -> Capabilities:
         return self.peer.capabilities
+
+    @property
+    def usable(self) -> bool:
+        """Whether another transaction may start (the server may have gone while we idled)."""
+        return self._usable and self.proto._lost is None
 
     async def _reply(self, state: str, timeout: float) -> Reply:
         try:
@@ -260,10 +265,10 @@ class SMTPSession:
             self.abort()
             raise SessionError(state, f"timeout after {timeout:g}s waiting for the {state} reply") from None
         except ProtocolError as exc:
-            self.usable = False
+            self._usable = False
             raise SessionError(state, f"protocol error: {exc}") from None
         except Exception as exc:
-            self.usable = False
+            self._usable = False
             raise SessionError(state, f"connection lost during {state}: {_describe(exc)}") from None
 
     async def command(self, state: str, line: bytes, timeout: float) -> Reply:
@@ -338,28 +343,28 @@ class SMTPSession:
             self.proto.write_lines(*([b"RSET"] if reset else []), mail, *rcpts, b"DATA")
             if reset:
                 await self._check_rset()
-            mail_reply = await self._reply("mailfrom", self.timeouts.mail)
-            rcpt_replies = [await self._reply("rcptto", self.timeouts.rcpt) for _ in rcpts]
-            data_reply = await self._reply("data", self.timeouts.data)
+            mail_reply = await self._step("mailfrom", self.timeouts.mail)
+            rcpt_replies = [await self._step("rcptto", self.timeouts.rcpt) for _ in rcpts]
+            data_reply = await self._step("data", self.timeouts.data)
         else:
             if reset:
                 self.proto.write_lines(b"RSET")
                 await self._check_rset()
-            mail_reply = await self.command("mailfrom", mail, self.timeouts.mail)
+            mail_reply = await self._step("mailfrom", self.timeouts.mail, mail)
             rcpt_replies, data_reply = [], None
-            if mail_reply.ok:
+            if mail_reply.positive:
                 for line in rcpts:
-                    rcpt_replies.append(await self.command("rcptto", line, self.timeouts.rcpt))
-                if any(r.ok for r in rcpt_replies):
-                    data_reply = await self.command("data", b"DATA", self.timeouts.data)
-        if not mail_reply.ok:
+                    rcpt_replies.append(await self._step("rcptto", self.timeouts.rcpt, line))
+                if any(r.positive for r in rcpt_replies):
+                    data_reply = await self._step("data", self.timeouts.data, b"DATA")
+        if not mail_reply.positive:
             if data_reply is not None and data_reply.code == 354:
                 await self._send(b".\r\n")  # a server that still says 354 gets an empty message
             return [RecipientResult.from_reply(r.address, "mailfrom", mail_reply) for r in tx.recipients]
         results: dict[str, RecipientResult] = {}
         accepted = []
         for recipient, reply in zip(tx.recipients, rcpt_replies, strict=False):
-            if reply.ok:
+            if reply.positive:
                 accepted.append(recipient.address)
             else:
                 results[recipient.address] = RecipientResult.from_reply(recipient.address, "rcptto", reply)
@@ -376,20 +381,36 @@ class SMTPSession:
             await self._send(b".\r\n")
         return [results[r.address] for r in tx.recipients]
 
+    async def _step(self, state: str, timeout: float, line: bytes | None = None) -> Reply:
+        """The reply for one step of a transaction (sending ``line`` first, without pipelining).
+
+        A 421 means the server is closing the session: nothing after it will be
+        answered, so the whole transaction gets that reply (and its text, which
+        the backoff rules need) instead of a "connection lost".
+        """
+        if line is not None:
+            self.proto.write_lines(line)
+        reply = await self._reply(state, timeout)
+        if reply.code == 421:
+            self._usable = False
+            raise SessionError(state, str(reply), reply)
+        return reply
+
     async def _check_rset(self) -> None:
         reply = await self._reply("rset", self.timeouts.rset)
-        if not reply.ok:
-            self.usable = False
+        if not reply.positive:
+            self._usable = False
             raise SessionError("rset", str(reply), reply)
 
     async def _send(self, payload: bytes) -> Reply:
         self.proto.transport.write(payload)
-        return await self._reply("message", self.timeouts.data_done)
+        # The timer covers the transfer too: allow a slow link 16 KB/s on top.
+        return await self._step("message", self.timeouts.data_done + len(payload) / 16384)
 
     def _refuse_locally(self, tx: Transaction, caps: Capabilities, size: int) -> tuple[str, str, str] | None:
         if caps.size is not None and size > caps.size:
             return "mailfrom", "5.3.4", f"message of {size} bytes exceeds the peer's limit of {caps.size}"
-        if tx.smtputf8 and not caps.smtputf8:
+        if tx.smtputf8 and not caps.smtputf8 and needs_smtputf8(tx):
             return "mailfrom", "5.6.7", "the message needs SMTPUTF8, which the receiving server lacks"
         return None
 
@@ -400,7 +421,7 @@ class SMTPSession:
             params.append(f"SIZE={len(message)}")
         if caps.eightbitmime and not message.isascii():
             params.append("BODY=8BITMIME")
-        if tx.smtputf8:
+        if tx.smtputf8 and caps.smtputf8:
             params.append("SMTPUTF8")
         if caps.dsn:
             if tx.ret:
@@ -429,7 +450,7 @@ class SMTPSession:
         self.proto.transport.loseConnection()
 
     def abort(self) -> None:
-        self.usable = False
+        self._usable = False
         self.proto.transport.abortConnection()
 
 
@@ -439,6 +460,18 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, error.TimeoutError | defer.TimeoutError):
         return "connection timed out"
     return str(exc) or type(exc).__name__
+
+
+def needs_smtputf8(tx: Transaction) -> bool:
+    """Whether the message really needs SMTPUTF8 (RFC 6531): a non-ASCII address or header.
+
+    A client may ask for SMTPUTF8 on mail that needs none; such mail still goes
+    to a server without it.
+    """
+    if not tx.mail_from.isascii() or any(not r.address.isascii() for r in tx.recipients):
+        return True
+    end = tx.message.find(b"\r\n\r\n")
+    return not (tx.message if end < 0 else tx.message[:end]).isascii()
 
 
 async def connect(reactor: Any, mx: str, ip: str, port: int, timeouts: Timeouts) -> SMTPClientProtocol:

@@ -10,27 +10,43 @@ from twisted.logger import Logger
 from smtpeter.config import DeliveryConfig
 from smtpeter.delivery import dns
 from smtpeter.delivery.client import RecipientResult, Transaction
-from smtpeter.delivery.pool import Context, Destination, profiles, shaping_for
+from smtpeter.delivery.pool import Context, Destination, HandBack, profiles, shaping_for
 
 log = Logger()
+
+
+class Loop(Exception):
+    """The domain's MX is this very host."""
+
+
+# A destination with nothing to do is forgotten after this long.
+FORGET_IDLE = 600.0
 
 
 class Dispatcher:
     """Resolves domains (static route or MX) and hands transactions to destination pools."""
 
-    def __init__(self, config: DeliveryConfig, context: Context) -> None:
+    def __init__(self, config: DeliveryConfig, context: Context, hostname: str = "") -> None:
         self.config = config
         self.context = context
+        self.hostname = hostname.lower()
         self.destinations: dict[str, Destination] = {}
         self._profiles = profiles(config)
-        self._domain_keys: dict[str, str] = {}
+        self._domains: dict[str, set[str]] = {}  # destination key -> domains seen for it
+        self._closing = False
+        self._last_prune = 0.0
 
     async def deliver(self, domain: str, transaction: Transaction) -> list[RecipientResult]:
-        """Deliver to ``domain``; one result per recipient. May raise DestinationPaused."""
+        """Deliver to ``domain``; one result per recipient. May raise HandBack."""
+        if self._closing:
+            raise HandBack(self.context.clock.seconds(), "shutting down")
         try:
             destination = await self.destination(domain)
         except dns.DNSError as exc:
             return self._dns_failure(transaction, domain, exc)
+        except Loop as loop:
+            return [RecipientResult(r.address, "dns", None, "5.4.6", str(loop), permanent=True)
+                    for r in transaction.recipients]
         return await destination.submit(transaction)
 
     async def destination(self, domain: str) -> Destination:
@@ -42,11 +58,14 @@ class Dispatcher:
         else:
             result = await self.context.resolver.mx(domain)
             mx_names = sorted(h.host for h in result.hosts)
+            if self.hostname and self.hostname in mx_names:
+                raise Loop(f"mail for {domain} loops back to myself ({self.hostname} is its MX)")
             # MX rollup: every domain served by the same MX hosts shares one pool.
             key = "mx:" + ",".join(mx_names)
             hosts = [(h.host, self.config.port) for h in result.hosts]
             implicit = result.implicit
-        self._domain_keys[domain] = key
+        self._prune()
+        self._domains.setdefault(key, set()).add(domain)
         destination = self.destinations.get(key)
         if destination is None:
             shaping = shaping_for(mx_names, self.config, self._profiles)
@@ -58,18 +77,29 @@ class Dispatcher:
             destination.hosts = hosts
         return destination
 
+    def _prune(self) -> None:
+        """Forget destinations that have been idle a while, so memory follows the traffic."""
+        now = self.context.clock.seconds()
+        if now - self._last_prune < 60:
+            return
+        self._last_prune = now
+        for key in [k for k, d in self.destinations.items() if d.idle_for > FORGET_IDLE]:
+            self.destinations.pop(key).close()  # nothing runs there; this ends its timers
+            self._domains.pop(key, None)
+
     def close(self) -> defer.Deferred:
         """End every destination's sessions (idle ones QUIT at once)."""
+        self._closing = True
         return defer.DeferredList([d.close() for d in self.destinations.values()])
 
     def abort(self) -> None:
         for destination in self.destinations.values():
             destination.abort()
 
-    def paused_domains(self) -> list[str]:
-        """Domains whose destination is paused now, so the scheduler does not claim them."""
-        return [domain for domain, key in self._domain_keys.items()
-                if key in self.destinations and self.destinations[key].paused]
+    def held_domains(self) -> list[str]:
+        """Domains whose destination is paused or full now: the scheduler leaves them queued."""
+        return [domain for key, destination in self.destinations.items()
+                if destination.paused or destination.busy for domain in self._domains.get(key, ())]
 
     @staticmethod
     def _dns_failure(transaction: Transaction, domain: str, exc: dns.DNSError) -> list[RecipientResult]:

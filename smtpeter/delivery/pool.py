@@ -123,9 +123,13 @@ class RateLimiter:
     """Evenly spaced events at ``per_minute``, with a burst of one second's worth (GCRA)."""
 
     def __init__(self, per_minute: float) -> None:
+        self._tat = 0.0
+        self.set_rate(per_minute)
+
+    def set_rate(self, per_minute: float) -> None:
+        """Change the rate, keeping the schedule (a reset would let a burst through)."""
         self.interval = 60.0 / per_minute
         self.burst = max(1.0, per_minute / 60.0)
-        self._tat = 0.0
 
     def delay(self, now: float) -> float:
         """Seconds to wait before the next event; 0 means go now (and it is counted)."""
@@ -137,8 +141,12 @@ class RateLimiter:
         return 0.0
 
 
-class DestinationPaused(Exception):
-    """A backoff rule paused the destination; hand the recipients back until ``until``."""
+class HandBack(Exception):
+    """Not attempted: return these recipients to the queue, due at ``until``.
+
+    For a paused or overloaded destination and at shutdown. It does not count
+    as a delivery attempt.
+    """
 
     def __init__(self, until: float, reason: str) -> None:
         super().__init__(reason)
@@ -149,6 +157,7 @@ class DestinationPaused(Exception):
 @dataclass
 class Job:
     transaction: Transaction
+    queued_at: float
     result: defer.Deferred = field(default_factory=defer.Deferred)
 
 
@@ -161,6 +170,15 @@ class Context:
     resolver: dns.Resolver
     timeouts: Timeouts
     helo_name: str
+    # Work held for one destination, at most (so one slow destination cannot
+    # fill the scheduler's whole window), and how long it may wait in the pool
+    # (well inside the lease, so nobody else takes it meanwhile).
+    max_backlog: int = 500
+    max_wait: float = 900.0
+
+
+# A destination no host of which answers rests this long, doubling up to DOWN_MAX.
+DOWN_MIN, DOWN_MAX = 60.0, 600.0
 
 
 class Destination:
@@ -173,19 +191,26 @@ class Destination:
         self.implicit_mx = implicit_mx
         self.queue: deque[Job] = deque()
         self.sessions = 0  # connecting or connected
+        self.connected = 0
         self.idle: deque[defer.Deferred] = deque()  # sessions waiting for a job
         self.paused_until = 0.0
         self.pause_reason = ""
+        self.down_until = 0.0
+        self._down_error: SessionError | None = None
+        self._failures = 0  # connection attempts in a row that reached no host
         self._override: tuple[float, Rule] | None = None
         self._connect_rate = RateLimiter(shaping.connections_per_minute)
         self._message_rate = RateLimiter(shaping.messages_per_minute)
         self._no_tls_until: dict[str, float] = {}
-        self._timers: set[Any] = set()  # pending pumps and rate waits, cancelled on close
+        self._timers: set[Any] = set()  # pending pumps, rate waits and sweeps, cancelled on close
+        self._pump_timer = False
+        self._sweep_timer = False
         self._live: set[SMTPSession] = set()
         self._closing = False
         self._ended: list[defer.Deferred] = []
         self.delivered = 0
         self.connections_opened = 0
+        self.last_used = self._now()
 
     # -- limits, possibly lowered by a backoff rule -------------------------------
 
@@ -197,7 +222,7 @@ class Destination:
             return self._override[1]
         if self._override is not None:
             self._override = None
-            self._message_rate = RateLimiter(self.shaping.messages_per_minute)
+            self._message_rate.set_rate(self.shaping.messages_per_minute)
         return None
 
     @property
@@ -211,20 +236,42 @@ class Destination:
     def paused(self) -> bool:
         return self.paused_until > self._now()
 
+    @property
+    def down(self) -> bool:
+        return self.down_until > self._now()
+
+    @property
+    def busy(self) -> bool:
+        """Holding as much work as it may; the scheduler leaves its domains alone meanwhile."""
+        return sum(len(job.transaction.recipients) for job in self.queue) >= self.context.max_backlog
+
+    @property
+    def idle_for(self) -> float:
+        if self.sessions or self.queue or self.paused or self.down:
+            return 0.0
+        return self._now() - self.last_used
+
     # -- the queue -------------------------------------------------------------------
 
     def submit(self, transaction: Transaction) -> defer.Deferred:
-        """Deliver ``transaction``; fires with one RecipientResult per recipient,
-        or fails with DestinationPaused."""
-        job = Job(transaction)
+        """Deliver ``transaction``: fires with one RecipientResult per recipient, or
+        fails with HandBack when it was not attempted."""
+        now = self._now()
+        self.last_used = now
+        job = Job(transaction, now)
         if self._closing:
-            job.result.errback(DestinationPaused(self._now(), "shutting down"))
-            return job.result
-        if self.paused:
-            job.result.errback(DestinationPaused(self.paused_until, self.pause_reason))
-            return job.result
-        self.queue.append(job)
-        self._pump()
+            job.result.errback(HandBack(now, "shutting down"))
+        elif self.paused:
+            job.result.errback(HandBack(self.paused_until, self.pause_reason))
+        elif self.down and self._down_error is not None:
+            # No host answered a moment ago: fail at once (a retry on the schedule).
+            job.result.callback(self._session_results(transaction, self._down_error, None))
+        elif self.busy:
+            job.result.errback(HandBack(now + 60, "destination backlog is full"))
+        else:
+            self.queue.append(job)
+            self._pump()
+            self._schedule_sweep()
         return job.result
 
     def _pump(self) -> None:
@@ -233,20 +280,40 @@ class Destination:
             return
         while self.queue and self.idle:
             self.idle.popleft().callback(self.queue.popleft())
-        if not self.queue or self.paused or self.sessions >= self.max_connections:
+        if not self.queue or self.paused or self.down or self.sessions >= self.max_connections:
             return
         if self.sessions >= len(self.queue) and self.sessions > 0:
             return  # sessions that are busy now will take the waiting jobs
         wait = self._connect_rate.delay(self._now())
         if wait > 0:
-            if not self._timers:
-                self._sleep(wait).addCallback(lambda _: self._pump())
+            if not self._pump_timer:
+                self._pump_timer = True
+                self._sleep(wait).addCallback(self._scheduled_pump)
             return
         self.sessions += 1
         defer.Deferred.fromCoroutine(self._session()).addErrback(
             lambda f: log.failure("delivery session to {key} crashed", f, key=self.key))
         if self.queue:
             self._pump()
+
+    def _scheduled_pump(self, _: object) -> None:
+        self._pump_timer = False
+        self._pump()
+
+    def _schedule_sweep(self) -> None:
+        if not self._sweep_timer and self.queue:
+            self._sweep_timer = True
+            self._sleep(min(30.0, self.context.max_wait / 2)).addCallback(self._sweep)
+
+    def _sweep(self, _: object) -> None:
+        """Hand back work that waited too long here: its lease must not run out with us."""
+        self._sweep_timer = False
+        if self._closing:
+            return
+        now = self._now()
+        while self.queue and now - self.queue[0].queued_at > self.context.max_wait:
+            self.queue.popleft().result.errback(HandBack(now, "waited too long for a connection"))
+        self._schedule_sweep()
 
     def _sleep(self, seconds: float) -> defer.Deferred:
         """A Deferred that fires after ``seconds``, or at once when the destination closes."""
@@ -265,9 +332,7 @@ class Destination:
         self._closing = True
         for timer in list(self._timers):
             timer.reset(0)
-        shutting_down = DestinationPaused(self._now(), "shutting down")
-        while self.queue:
-            self.queue.popleft().result.errback(shutting_down)
+        self._hand_back_all(HandBack(self._now(), "shutting down"))
         while self.idle:
             self.idle.popleft().callback(None)
         if self.sessions == 0:
@@ -280,6 +345,10 @@ class Destination:
         """Cut the sessions that are still busy (after the shutdown grace period)."""
         for session in list(self._live):
             session.abort()
+
+    def _hand_back_all(self, reason: HandBack) -> None:
+        while self.queue:
+            self.queue.popleft().result.errback(reason)
 
     def _next_job(self) -> defer.Deferred:
         if self.queue:
@@ -301,28 +370,44 @@ class Destination:
 
         return waiter.addBoth(stop_timer)
 
+    def _requeue(self, job: Job) -> None:
+        """Put a job that never started back in front (or hand it back when closing)."""
+        if self._closing:
+            job.result.errback(HandBack(self._now(), "shutting down"))
+        else:
+            self.queue.appendleft(job)
+
     # -- sessions ---------------------------------------------------------------------
 
     async def _session(self) -> None:
         try:
             session = await self._open()
-        except SessionError as exc:
+        except Exception as exc:
+            if not isinstance(exc, SessionError):
+                log.failure("connecting to {key} failed unexpectedly", key=self.key)
+                exc = SessionError("connect", f"internal error while connecting: {exc!r}")
             self._connection_failed(exc)
             self._session_ended()
             return
+        self._failures = 0
+        self.connected += 1
         self.connections_opened += 1
         self._live.add(session)
         try:
             await self._deliver_over(session)
+        except Exception:
+            log.failure("delivery session to {key} failed", key=self.key)
         finally:
             self._live.discard(session)
             # The slot stays taken until the connection is really closed, so the
             # connection limit holds as the receiving server counts it.
             await session.quit()
+            self.connected -= 1
             self._session_ended()
 
     def _session_ended(self) -> None:
         self.sessions -= 1
+        self.last_used = self._now()
         if self._closing:
             if self.sessions == 0:
                 ended, self._ended = self._ended, []
@@ -333,33 +418,58 @@ class Destination:
 
     async def _deliver_over(self, session: SMTPSession) -> None:
         sent = 0
-        while (sent < self.shaping.max_messages_per_connection and session.usable and not self.paused
-               and not self._closing):
+        while sent < self.shaping.max_messages_per_connection:
+            if self.paused or self._closing or self.sessions > self.max_connections:
+                return  # a backoff rule lowered the limit: this session makes room
             job = await self._next_job()
             if job is None:
                 return
+            if not session.usable:  # it died while idle; the job has not started
+                self._requeue(job)
+                return
             await self._wait_for_rate()
             if self.paused or self._closing:
-                job.result.errback(DestinationPaused(max(self.paused_until, self._now()),
-                                                     self.pause_reason or "shutting down"))
+                job.result.errback(HandBack(max(self.paused_until, self._now()),
+                                            self.pause_reason or "shutting down"))
                 return
             try:
-                results = await session.deliver(job.transaction)
+                results = await self._run(session, job.transaction)
             except SessionError as exc:
                 if exc.state == "rset":
                     # The reused session died before this message began: give it a fresh one.
-                    self.queue.appendleft(job)
+                    self._requeue(job)
                 else:
                     job.result.callback(self._session_results(job.transaction, exc, session.peer))
                 self._apply_rules(exc.description)
                 return
+            except Exception as exc:
+                log.failure("delivering to {key} failed unexpectedly", key=self.key)
+                job.result.callback(self._session_results(
+                    job.transaction, SessionError("internal", f"internal error: {exc!r}"), session.peer))
+                session.abort()
+                return
             sent += 1
             self.delivered += sum(1 for r in results if r.delivered)
-            for result in results:
-                result.peer = session.peer
             job.result.callback(results)
             for text in {r.description for r in results if not r.delivered}:
                 self._apply_rules(text)
+            if not session.usable:
+                return
+
+    async def _run(self, session: SMTPSession, transaction: Transaction) -> list[RecipientResult]:
+        """One transaction; recipients refused with "too many recipients" (452, RFC 5321
+        §4.5.3.1.10) go again at once in a next transaction, as long as each makes progress."""
+        results = {r.address: r for r in await session.deliver(transaction)}
+        while session.usable:
+            rest = [r for r in transaction.recipients if _too_many(results[r.address])]
+            if not rest or len(rest) == len(transaction.recipients):
+                break
+            transaction = replace(transaction, recipients=rest)
+            for result in await session.deliver(transaction):
+                results[result.address] = result
+        for result in results.values():
+            result.peer = session.peer
+        return list(results.values())
 
     async def _wait_for_rate(self) -> None:
         while not self._closing:
@@ -373,11 +483,13 @@ class Destination:
         context = self.context
         last: SessionError | None = None
         tried = 0
+        lookups_failed = False  # temporarily: a later attempt may find an address
         any_address = False
         for host, port in self.hosts:
             try:
                 addresses = await context.resolver.addresses(host)
             except dns.DNSError as exc:
+                lookups_failed = lookups_failed or exc.temporary
                 last = SessionError("dns", f"cannot resolve {host}: {exc}")
                 continue
             any_address = any_address or bool(addresses)
@@ -389,7 +501,7 @@ class Destination:
                     return await self._handshake(host, ip, port)
                 except SessionError as exc:
                     last = exc
-        if self.implicit_mx and not any_address:
+        if self.implicit_mx and not any_address and not lookups_failed:
             raise SessionError("dns", f"{self.hosts[0][0]} has no MX and no address records",
                                permanent=True)
         raise last or SessionError("connect", "no reachable mail exchanger")
@@ -417,19 +529,28 @@ class Destination:
     def _session_results(self, transaction: Transaction, exc: SessionError,
                          peer: Peer | None) -> list[RecipientResult]:
         reply = exc.reply
-        status = reply.status if reply and reply.status else ("5.0.0" if exc.permanent else "4.0.0")
+        permanent = exc.permanent or bool(reply and reply.code >= 500 and exc.state not in _TEMPORARY_STATES)
+        status = reply.status if reply and reply.status else ("5.0.0" if permanent else "4.0.0")
+        if not permanent and status.startswith("5"):
+            status = "4" + status[1:]
         return [RecipientResult(r.address, exc.state, reply.code if reply else None, status,
-                                exc.description, permanent=exc.permanent or bool(reply and reply.code >= 500),
-                                peer=peer) for r in transaction.recipients]
+                                exc.description, permanent=permanent, peer=peer)
+                for r in transaction.recipients]
 
     def _connection_failed(self, exc: SessionError) -> None:
-        """No host took the connection: everything waiting for this destination fails now."""
+        """No host took a connection. If no session is connected either, nothing can take
+        the waiting jobs: they fail now (to be retried), and the destination rests."""
         log.info("cannot deliver to {key}: {error}", key=self.key, error=exc.description)
         self._apply_rules(exc.description)
-        if self.sessions == 1:  # this one; else the sessions that work take the waiting jobs
-            while self.queue:
-                job = self.queue.popleft()
-                job.result.callback(self._session_results(job.transaction, exc, None))
+        self._failures += 1
+        if self.connected:
+            return
+        if not exc.permanent:
+            self.down_until = self._now() + min(DOWN_MIN * 2 ** (self._failures - 1), DOWN_MAX)
+            self._down_error = exc
+        while self.queue:
+            job = self.queue.popleft()
+            job.result.callback(self._session_results(job.transaction, exc, None))
 
     # -- response-driven backoff ---------------------------------------------------
 
@@ -443,13 +564,21 @@ class Destination:
                 self.pause_reason = f"paused by backoff rule /{rule.pattern.pattern}/: {text}"
                 log.warn("pausing deliveries to {key} for {seconds:g}s: {text}", key=self.key,
                          seconds=rule.pause, text=text)
-                paused = DestinationPaused(self.paused_until, self.pause_reason)
-                while self.queue:
-                    self.queue.popleft().result.errback(paused)
-            if rule.messages_per_minute or rule.max_connections:
+                self._hand_back_all(HandBack(self.paused_until, self.pause_reason))
+            if (rule.messages_per_minute or rule.max_connections) and self._active_override() is None:
                 self._override = (now + rule.duration, rule)
                 if rule.messages_per_minute:
-                    self._message_rate = RateLimiter(min(rule.messages_per_minute,
-                                                         self.shaping.messages_per_minute))
+                    self._message_rate.set_rate(min(rule.messages_per_minute,
+                                                    self.shaping.messages_per_minute))
                 log.warn("slowing deliveries to {key} for {seconds:g}s: {text}", key=self.key,
                          seconds=rule.duration, text=text)
+
+
+# A 5xx at these steps says nothing about the recipients: an RBL listing of our
+# address, a broken EHLO. Postfix treats them as temporary (smtp_skip_5xx_greeting).
+_TEMPORARY_STATES = {"greeting", "ehlo", "helo", "starttls", "connect", "dns", "rset"}
+
+
+def _too_many(result: RecipientResult) -> bool:
+    return result.code == 452 and (result.status == "4.5.3" or "too many recipients"
+                                   in result.description.lower())

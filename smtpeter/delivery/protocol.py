@@ -34,7 +34,13 @@ class Reply:
 
     @property
     def ok(self) -> bool:
+        """Positive completion or intermediate (2xx, 3xx), as for EHLO or DATA's 354."""
         return 200 <= self.code < 400
+
+    @property
+    def positive(self) -> bool:
+        """Positive completion (2xx): what MAIL, RCPT and the final dot must get."""
+        return 200 <= self.code < 300
 
     @property
     def temporary(self) -> bool:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from smtpeter import message as msg
+from smtpeter.events.metrics import Metrics
 from smtpeter.ids import new_id
 from smtpeter.storage import Storage
 from smtpeter.storage.models import NewMessage, NewRecipient
@@ -103,9 +104,10 @@ class Sender:
 
 
 class Submission:
-    def __init__(self, storage: Storage, hostname: str) -> None:
+    def __init__(self, storage: Storage, hostname: str, metrics: Metrics | None = None) -> None:
         self.storage = storage
         self.hostname = hostname
+        self.metrics = metrics or Metrics()
         self._domains: dict[str, tuple[float, set[str]]] = {}
         # Told after each message is stored, so delivery starts without polling delay.
         self.queued: Callable[[], None] = lambda: None
@@ -137,6 +139,20 @@ class Submission:
         if msg.first(fields, "date") is None:
             added += msg.make_field("Date", msg.date_now())
         return added
+
+    async def resubmit(self, account_id: str, content: dict[str, Any], address: str) -> list[str]:
+        """The stored message again, to one of its recipients, as a new message (``/v1/resend``)."""
+        await self.check_sender_domains(account_id, sender_domains(msg.parse(content["mime"]).fields))
+        message = NewMessage(
+            account_id=account_id, source="api", envelope=content["envelope"], mime=content["mime"],
+            recipients=[NewRecipient(address)], options=content["options"], tags=content["tags"],
+            body=content["body"], smtputf8=content["smtputf8"], dsn_ret=content["dsn_ret"],
+            dsn_envid=content["dsn_envid"],
+        )
+        ids = await self.storage.enqueue(message)
+        self.metrics.count("smtpeter_accepted_total", len(ids))
+        self.queued()
+        return ids
 
     async def submit(
         self,
@@ -175,5 +191,6 @@ class Submission:
             **extra,
         )
         ids = await self.storage.enqueue(message)
+        self.metrics.count("smtpeter_accepted_total", len(ids))
         self.queued()
         return ids

@@ -19,8 +19,9 @@ from twisted.logger import Logger
 from smtpeter.config import DeliveryConfig
 from smtpeter.delivery.client import RecipientResult, Transaction, TransactionRecipient
 from smtpeter.delivery.dispatcher import Dispatcher
-from smtpeter.delivery.pool import DestinationPaused
+from smtpeter.delivery.pool import HandBack
 from smtpeter.events.dsn import RecipientStatus, build_dsn
+from smtpeter.events.metrics import Metrics
 from smtpeter.ids import new_id
 from smtpeter.storage import Storage, StorageError
 from smtpeter.storage.models import Lease, NewMessage, NewRecipient, Outcome, StoredMessage
@@ -30,9 +31,13 @@ from smtpeter.transforms import pipeline
 log = Logger()
 
 CLAIM_BATCH = 500
+# Recording an outcome is retried this often (1, 2, 4... s apart) before the lease is left to run out.
+RECORD_ATTEMPTS = 6
 POLL_INTERVAL = 1.0
 # A wake-up waits this long so the messages queued meanwhile share one claim.
 WAKE_DELAY = 0.02
+# The last attempt before a message expires comes this long before the end.
+FINAL_ATTEMPT_MARGIN = 30.0
 # A server's "try again in N minutes" is honoured within these bounds.
 _HINT_RANGE = (30.0, 86400.0)
 _HINT = re.compile(
@@ -52,6 +57,12 @@ def retry_hint(text: str) -> float | None:
     return min(max(float(seconds), _HINT_RANGE[0]), _HINT_RANGE[1])
 
 
+async def _sleep(clock: Any, seconds: float) -> None:
+    d: defer.Deferred = defer.Deferred()
+    clock.callLater(seconds, d.callback, None)
+    await d
+
+
 def retry_delay(schedule: list[float], attempts: int) -> float:
     """The wait after the ``attempts``-th failed attempt; the last value repeats."""
     return schedule[min(attempts, len(schedule)) - 1]
@@ -59,15 +70,18 @@ def retry_delay(schedule: list[float], attempts: int) -> float:
 
 class Scheduler:
     def __init__(self, storage: Storage, dispatcher: Dispatcher, config: DeliveryConfig, hostname: str,
-                 clock: Any, node: str | None = None) -> None:
+                 clock: Any, node: str | None = None, metrics: Metrics | None = None) -> None:
         self.storage = storage
+        self.metrics = metrics or Metrics()
         self.dispatcher = dispatcher
         self.config = config
         self.hostname = hostname
         self.clock = clock
         self.node = node or f"{hostname}/{socket.gethostname()}"
         self.in_flight = 0
+        self._leased: set[str] = set()  # recipient ids with a job in progress
         self._messages: dict[str, tuple[StoredMessage, int]] = {}
+        self._held_bytes = 0
         self._filling = False
         self._fill_again = False
         self._timer: Any = None
@@ -123,12 +137,12 @@ class Scheduler:
             while self._running:
                 self._fill_again = False
                 room = self.config.window - self.in_flight
-                if room <= 0:
+                if room <= 0 or self._held_bytes >= self.config.window_bytes:
                     return
                 limit = min(room, CLAIM_BATCH)
                 try:
                     leases = await self.storage.claim(self.node, limit, self.config.lease,
-                                                      self.dispatcher.paused_domains())
+                                                      self.dispatcher.held_domains())
                 except StorageError as exc:
                     log.warn("scheduler: cannot claim work: {exc}", exc=exc)
                     return
@@ -142,6 +156,10 @@ class Scheduler:
     # -- jobs ---------------------------------------------------------------------
 
     async def _start_jobs(self, leases: list[Lease]) -> None:
+        # A lease that ran out while its job still waits comes back in a claim:
+        # one job per recipient, the renewed lease is ours anyway.
+        leases = [lease for lease in leases if lease.id not in self._leased]
+        self._leased.update(lease.id for lease in leases)
         self.in_flight += len(leases)
         wanted = {lease.message_id for lease in leases} - set(self._messages)
         try:
@@ -158,6 +176,7 @@ class Scheduler:
             message = fetched.get(message_id) or self._messages.get(message_id, (None, 0))[0]
             if message is None:  # deleted meanwhile
                 self.in_flight -= len(group)
+                self._leased.difference_update(lease.id for lease in group)
                 continue
             size = self.config.max_recipients_per_transaction
             for start in range(0, len(group), size):
@@ -168,18 +187,22 @@ class Scheduler:
                 else:
                     job = defer.Deferred.fromCoroutine(self._deliver(message, domain, chunk))
                 self._jobs.add(job)
-                job.addBoth(self._job_done, job, message.id, len(chunk))
+                job.addBoth(self._job_done, job, message.id, [lease.id for lease in chunk])
 
     def _hold(self, message: StoredMessage) -> None:
         _, count = self._messages.get(message.id, (message, 0))
+        if not count:
+            self._held_bytes += len(message.mime)
         self._messages[message.id] = (message, count + 1)
 
-    def _job_done(self, result: Any, job: defer.Deferred, message_id: str, recipients: int) -> None:
+    def _job_done(self, result: Any, job: defer.Deferred, message_id: str, lease_ids: list[str]) -> None:
         self._jobs.discard(job)
-        self.in_flight -= recipients
+        self.in_flight -= len(lease_ids)
+        self._leased.difference_update(lease_ids)
         message, count = self._messages[message_id]
         if count <= 1:
             del self._messages[message_id]
+            self._held_bytes -= len(message.mime)
         else:
             self._messages[message_id] = (message, count - 1)
         if isinstance(result, defer.Failure) and not result.check(defer.CancelledError):
@@ -197,7 +220,7 @@ class Scheduler:
         )
         try:
             results = await self.dispatcher.deliver(domain, transaction)
-        except DestinationPaused as paused:
+        except HandBack as paused:
             await self._record_release(leases, paused.until)
             return
         except defer.CancelledError:
@@ -224,17 +247,33 @@ class Scheduler:
                       expired: bool = False) -> None:
         outcomes = [self._outcome(message, lease, result, expired) for lease, result
                     in zip(leases, results, strict=True)]
-        notices = self._notices(message, leases, outcomes, results)
+        try:
+            notices = self._notices(message, leases, outcomes, results)
+        except Exception:
+            # The outcome matters more than its report: record it without a DSN.
+            log.failure("scheduler: cannot build the DSN for {id}", id=message.id)
+            notices = []
         for outcome in outcomes:
             # Formatted here: one field is much cheaper for the log observer than five.
             log.info("{line}", line=f"{outcome.recipient_id} to=<{outcome.address}> state={outcome.state} "
                                     f"{outcome.description or ''}")
-        try:
-            await self.storage.record(self.node, outcomes, notices)
-        except StorageError as exc:
-            # The leases run out and the recipients are tried again: a duplicate at
-            # worst, never a loss.
-            log.error("scheduler: cannot record delivery outcomes: {exc}", exc=exc)
+        counted = {DELIVERED: "smtpeter_delivered_total", QUEUED: "smtpeter_deferred_total",
+                   FAILED: "smtpeter_failed_total", EXPIRED: "smtpeter_failed_total"}
+        for outcome in outcomes:
+            self.metrics.count(counted[outcome.state])
+            if outcome.state == EXPIRED:
+                self.metrics.count("smtpeter_expired_total")
+        self.metrics.count("smtpeter_bounced_total", len(notices))
+        for attempt in range(RECORD_ATTEMPTS):
+            try:
+                await self.storage.record(self.node, outcomes, notices)
+                return
+            except StorageError as exc:
+                log.warn("scheduler: cannot record delivery outcomes yet: {exc}", exc=exc)
+                await _sleep(self.clock, 2.0**attempt)
+        # The leases run out and the recipients are tried again: a duplicate at
+        # worst, never a loss.
+        log.error("scheduler: gave up recording {n} outcomes", n=len(outcomes))
 
     # -- outcomes ---------------------------------------------------------------------
 
@@ -259,6 +298,9 @@ class Scheduler:
         else:
             hint = retry_hint(result.description)
             delay = hint if hint is not None else retry_delay(self.config.retry_schedule, attempts)
+            if now + delay >= message.expires and message.expires - now > 2 * FINAL_ATTEMPT_MARGIN:
+                # The retry would come too late: make a last one just before expiry.
+                delay = message.expires - now - FINAL_ATTEMPT_MARGIN
             if expired or now + delay >= message.expires:
                 state, event_type, next_attempt = EXPIRED, "failure", now
                 event.update(type="expired", state="expired", smtp_state=result.state)

@@ -43,6 +43,11 @@ class Insert:
     rows: Sequence[Sequence[object]]
     # Appended verbatim, e.g. "ON CONFLICT DO NOTHING".
     suffix: str = ""
+    # Insert only the rows for which this holds (v.column1, v.column2... name a
+    # row's values); then ``types`` gives each column's SQL type for the casts.
+    where: str = ""
+    where_params: Sequence[object] = ()
+    types: Sequence[str] = ()
 
 
 @dataclass(frozen=True)
@@ -88,7 +93,14 @@ def render(statement: Statement) -> list[SQL]:
         values = ", ".join([row] * len(rows))
         params = [value for r in rows for value in r]
         # Table and column names are constants of our code, never user input.
-        if isinstance(statement, Insert):
+        if isinstance(statement, Insert) and statement.where:
+            casts = ", ".join(f"CAST(v.column{i} AS {t})" for i, t in enumerate(statement.types, start=1))
+            text = (
+                f"INSERT INTO {statement.table} ({', '.join(statement.columns)}) "  # noqa: S608
+                f"SELECT {casts} FROM (VALUES {values}) AS v WHERE {statement.where}"
+            )
+            params.extend(statement.where_params)
+        elif isinstance(statement, Insert):
             text = (
                 f"INSERT INTO {statement.table} ({', '.join(statement.columns)}) "  # noqa: S608
                 f"VALUES {values}" + (" " + statement.suffix if statement.suffix else "")

@@ -105,10 +105,14 @@ MIGRATIONS: list[list[str]] = [
             recipient TEXT,
             type TEXT NOT NULL,
             time {time} NOT NULL,
+            -- UTC day number (time // 86400): the unit of SMTPeter's log files.
+            day INTEGER NOT NULL,
             data TEXT NOT NULL
         )""",
         "CREATE INDEX events_message ON events (message_id)",
         "CREATE INDEX events_account_time ON events (account_id, time)",
+        "CREATE INDEX events_account_day ON events (account_id, day, type)",
+        "CREATE INDEX events_account_recipient ON events (account_id, recipient, time)",
     ],
 ]
 

@@ -33,7 +33,8 @@ log = Logger()
 QUEUED, DELIVERED, FAILED, EXPIRED = "queued", "delivered", "failed", "expired"
 DEFAULT_MAX_DELIVER_TIME = 24 * 3600.0
 
-_EVENT_COLUMNS = ("account_id", "message_id", "recipient", "type", "time", "data")
+_EVENT_COLUMNS = ("account_id", "message_id", "recipient", "type", "time", "day", "data")
+DAY = 86400
 _OUTCOME_COLUMNS = (
     ("state", "TEXT"), ("attempts", "INTEGER"), ("next_attempt", "DOUBLE PRECISION"),
     ("lease_owner", "TEXT"), ("delay_notified", "INTEGER"), ("last_code", "INTEGER"),
@@ -222,6 +223,19 @@ class Storage:
         )
         return token_id, token
 
+    async def api_tokens(self, account_id: str) -> list[dict[str, Any]]:
+        rows = await self.db.query(
+            "SELECT id, description, created, revoked FROM api_tokens WHERE account_id = ? ORDER BY created",
+            (account_id,))
+        return [{"id": r[0], "description": r[1], "created": r[2], "revoked": r[3]} for r in rows]
+
+    async def revoke_api_token(self, account_id: str, token_id: str) -> None:
+        rows = await self.db.transaction([SQL(
+            "UPDATE api_tokens SET revoked = ? WHERE id = ? AND account_id = ? AND revoked IS NULL "
+            "RETURNING id", (self.now(), token_id, account_id))])
+        if not rows:
+            raise NotFound(f"no active token {token_id!r} for this account")
+
     async def account_for_token(self, token: str) -> str | None:
         rows = await self.db.query(
             "SELECT account_id FROM api_tokens WHERE token_hash = ? AND revoked IS NULL",
@@ -326,7 +340,7 @@ class Storage:
                     QUEUED, now, now, now,
                 ))
                 events.append((
-                    message.account_id, rid, rcpt.address, "attempt", now,
+                    message.account_id, rid, rcpt.address, "attempt", now, int(now // DAY),
                     json.dumps({"envelope": message.envelope or "", "recipient": rcpt.address,
                                 "properties": properties, "tags": message.tags}),
                 ))
@@ -498,9 +512,16 @@ class Storage:
                   o.code, o.status, o.description, o.smtp_state, now) for o in outcomes],
                 where="recipients.lease_owner = ?", where_params=(owner,),
             ))
-            events += [(o.account_id, o.recipient_id, o.address, o.event_type, now, json.dumps(o.event))
-                       for o in outcomes]
-        statements.append(Insert("events", _EVENT_COLUMNS, events))
+            events += [(o.account_id, o.recipient_id, o.address, o.event_type, now, int(now // DAY),
+                        json.dumps(o.event)) for o in outcomes]
+        # An event only for an outcome that took: a node whose lease ran out (and
+        # whose work went to another) must not report it twice.
+        statements.append(Insert(
+            "events", _EVENT_COLUMNS, events,
+            where="EXISTS (SELECT 1 FROM recipients r WHERE r.id = v.column2 AND r.updated = ?)",
+            where_params=(now,),
+            types=("TEXT", "TEXT", "TEXT", "TEXT", "DOUBLE PRECISION", "INTEGER", "TEXT"),
+        ))
         if notices:
             statements += self._enqueue_statements(notices)
         return statements
@@ -522,13 +543,38 @@ class Storage:
         return [_event(r) for r in rows]
 
     async def account_events(self, account_id: str, since: float, until: float,
-                             types: Sequence[str] = (), limit: int = 10000) -> list[Event]:
-        """An account's events in [since, until), oldest first."""
+                             types: Sequence[str] = (), recipient: str | None = None,
+                             limit: int = 10000) -> list[Event]:
+        """An account's events in [since, until), oldest first; optionally one type set or address."""
         clause = f" AND type IN ({', '.join('?' * len(types))})" if types else ""
+        params: list[object] = [account_id, since, until, *types]
+        if recipient is not None:
+            clause += " AND recipient = ?"
+            params.append(recipient)
         rows = await self.db.query(
-            f"SELECT {_EVENT_SELECT} FROM events "  # noqa: S608
+            f"SELECT {_EVENT_SELECT} FROM events "  # noqa: S608 - clause holds placeholders only
             f"WHERE account_id = ? AND time >= ? AND time < ?{clause} ORDER BY time, id LIMIT ?",
-            (account_id, since, until, *types, limit),
+            (*params, limit),
+        )
+        return [_event(r) for r in rows]
+
+    async def event_days(self, account_id: str) -> list[int]:
+        """UTC days (time // 86400) on which the account has events."""
+        rows = await self.db.query(
+            "SELECT DISTINCT day FROM events WHERE account_id = ? ORDER BY day", (account_id,))
+        return [row[0] for row in rows]
+
+    async def event_types_on(self, account_id: str, day: int) -> list[str]:
+        rows = await self.db.query(
+            "SELECT DISTINCT type FROM events WHERE account_id = ? AND day = ?", (account_id, day))
+        return sorted(row[0] for row in rows)
+
+    async def events_on(self, account_id: str, day: int, types: Sequence[str],
+                        limit: int = 1_000_000) -> list[Event]:
+        rows = await self.db.query(
+            f"SELECT {_EVENT_SELECT} FROM events WHERE account_id = ? AND day = ? "  # noqa: S608
+            f"AND type IN ({', '.join('?' * len(types))}) ORDER BY time, id LIMIT ?",
+            (account_id, day, *types, limit),
         )
         return [_event(r) for r in rows]
 

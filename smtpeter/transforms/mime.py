@@ -355,7 +355,9 @@ def _join_rfc2231(parts: dict[int, tuple[bool, str]]) -> str:
         else:
             data += text.encode("utf-8", "surrogateescape")
     try:
-        codecs.lookup(charset or "us-ascii")
-    except LookupError:
-        charset = "utf-8"
-    return data.decode(charset or "us-ascii", "replace")
+        # Only text encodings: "base64" or "rot13" as a charset would not decode to text.
+        if not codecs.lookup(charset or "us-ascii")._is_text_encoding:
+            charset = "utf-8"
+        return data.decode(charset or "us-ascii", "replace")
+    except (LookupError, UnicodeError, ValueError):
+        return data.decode("utf-8", "replace")

@@ -30,6 +30,7 @@ class Login:
     account_id: str
     username: str
     password: str
+    token: str = ""
 
 
 class Harness:
@@ -54,6 +55,7 @@ class Harness:
             "server": {"hostname": "mx.test", "data_dir": str(self.data_dir)},
             "storage": {"url": self.url},
             "smtp": {"listen": [LOOPBACK], "listen_tls": [LOOPBACK]},
+            "http": {"listen": [LOOPBACK]},
             # No test ever delivers off the machine: without a DNS server of
             # its own a test keeps its mail queued.
             "delivery": {"hold": True},
@@ -75,7 +77,8 @@ class Harness:
         for domain in domains:
             await storage.add_domain(account.id, domain, approved=True)
         password = await storage.create_smtp_login(account.id, name, options or {})
-        return Login(name, account.id, name, password)
+        _, token = await storage.create_api_token(account.id)
+        return Login(name, account.id, name, password, token)
 
     async def start(self) -> Harness:
         self.service = SmtpeterService(self.config(), reactor, self.clock)
@@ -104,6 +107,10 @@ class Harness:
     @property
     def smtps_port(self) -> int:
         return self.service.ports[1].getHost().port
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.service.ports[2].getHost().port}"
 
     async def swaks(self, *args: str, port: int | None = None) -> tuple[int, str]:
         """Run the real swaks client against us; returns (exit status, transcript)."""

@@ -1,0 +1,33 @@
+"""Mozilla autoconfig (config-v1.1.xml): Thunderbird finds our submission service by itself.
+
+Thunderbird asks ``/.well-known/autoconfig/mail/config-v1.1.xml`` (and
+``/mail/config-v1.1.xml``) on the mail domain with ``?emailaddress=``. We
+describe outgoing SMTP only; the login name is the address, so SMTP logins
+meant for Thunderbird users are best named after their address.
+"""
+
+from __future__ import annotations
+
+from xml.sax.saxutils import escape
+
+
+def config_xml(hostname: str, domain: str, implicit_tls_ports: list[int], starttls_ports: list[int]) -> bytes:
+    servers = [(port, "SSL") for port in implicit_tls_ports] + [(port, "STARTTLS") for port in starttls_ports]
+    outgoing = "".join(
+        f"""    <outgoingServer type="smtp">
+      <hostname>{escape(hostname)}</hostname>
+      <port>{port}</port>
+      <socketType>{socket_type}</socketType>
+      <authentication>password-cleartext</authentication>
+      <username>%EMAILADDRESS%</username>
+    </outgoingServer>
+""" for port, socket_type in servers)
+    return f"""<?xml version="1.0" encoding="UTF-8"?>
+<clientConfig version="1.1">
+  <emailProvider id="{escape(hostname, {'"': "&quot;"})}">
+    <domain>{escape(domain or hostname)}</domain>
+    <displayName>smtpeter ({escape(hostname)})</displayName>
+    <displayShortName>smtpeter</displayShortName>
+{outgoing}  </emailProvider>
+</clientConfig>
+""".encode()

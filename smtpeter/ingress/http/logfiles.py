@@ -1,0 +1,106 @@
+"""SMTPeter's log files and event records: the same columns, in SMTPeter's order.
+
+An event as the API returns it (``{"event": ..., "data": {...}}``) and a log
+file row are one record in two shapes, so both are built here from a stored
+event.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import io
+import json
+import re
+from collections.abc import Iterable
+from typing import Any
+from xml.sax.saxutils import escape
+
+from smtpeter.storage.models import Event
+
+DAY = 86400
+COLUMNS: dict[str, list[str]] = {
+    "abuses": ["id", "time", "envelope", "recipient", "tags", "templateid"],
+    "attempts": ["id", "time", "envelope", "recipient", "properties", "tags", "templateid"],
+    "bounces": ["id", "time", "envelope", "recipient", "mime", "tags", "templateid"],
+    "clicks": ["id", "time", "headers", "ip", "url", "destination", "tags", "recipient", "city",
+               "countryname", "countrycode", "regioncode", "templateid"],
+    "deliveries": ["id", "time", "envelope", "recipient", "from", "to", "attempt", "tags", "templateid"],
+    "failures": ["id", "time", "envelope", "recipient", "attempt", "from", "to", "type", "code", "status",
+                 "description", "state", "tags", "templateid"],
+    "opens": ["id", "time", "headers", "ip", "protocol", "tags", "recipient", "city", "countryname",
+              "countrycode", "regioncode", "templateid"],
+    "responses": ["id", "time", "envelope", "recipient", "mime", "tags", "templateid"],
+}
+# Stored event types behind each log; a deferred attempt is a failure that will be retried.
+LOG_EVENTS: dict[str, tuple[str, ...]] = {
+    "attempts": ("attempt",), "deliveries": ("delivery",), "failures": ("failure", "deferred"),
+    "bounces": ("bounce",), "clicks": ("click",), "opens": ("open",), "responses": ("response",),
+    "abuses": ("abuse",),
+}
+EVENT_LOG = {event: log for log, events in LOG_EVENTS.items() for event in events}
+# The API names: a deferral is reported as a failure with action "failure"
+# (SMTPeter's webhooks use "failed" for the final one).
+API_EVENT = {"attempt": "attempt", "delivery": "delivery", "failure": "failure", "deferred": "failure",
+             "bounce": "bounce", "click": "click", "open": "open", "response": "response", "abuse": "abuse"}
+FILE_NAME = re.compile(r"([a-z]+)\.(\d{4}-\d{2}-\d{2})\.log")
+
+
+def day_text(day: int) -> str:
+    return datetime.datetime.fromtimestamp(day * DAY, datetime.UTC).strftime("%Y-%m-%d")
+
+
+def parse_day(text: str) -> int | None:
+    try:
+        value = datetime.datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=datetime.UTC)
+    except ValueError:
+        return None
+    return int(value.timestamp()) // DAY
+
+
+def time_text(timestamp: float) -> str:
+    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def record(event: Event) -> dict[str, Any]:
+    """One event with every column of its log, in order (absent values empty)."""
+    data = event.data
+    values: dict[str, Any] = {
+        "id": event.message_id or "", "time": time_text(event.time), "templateid": 0,
+        "recipient": event.recipient or data.get("recipient", ""),
+    }
+    tags = data.get("tags") or []
+    values["tags"] = ";".join(tags) if isinstance(tags, list) else str(tags)
+    if event.type == "deferred":
+        values["type"] = "deferred"
+    columns = COLUMNS[EVENT_LOG[event.type]]
+    row = {column: values.get(column, data.get(column, "")) for column in columns}
+    if event.type in ("failure", "deferred"):
+        row["action"] = "failure" if event.type == "deferred" else "failed"
+    return row
+
+
+def api_event(event: Event) -> dict[str, Any]:
+    return {"event": API_EVENT[event.type], "data": record(event)}
+
+
+def render(log: str, events: Iterable[Event], form: str) -> tuple[bytes, str]:
+    """A log file as CSV (``csv``, ``header``), ``json`` or ``xml``: (body, content type)."""
+    columns = COLUMNS[log]
+    rows = [{c: record(e).get(c, "") for c in columns} for e in events]
+    if form == "json":
+        return json.dumps(rows, ensure_ascii=False).encode(), "application/json"
+    if form == "xml":
+        parts = ["<records>"]
+        for row in rows:
+            parts.append("<record>" + "".join(f"<{c}>{escape(str(row[c]))}</{c}>" for c in columns)
+                         + "</record>")
+        parts.append("</records>")
+        return "".join(parts).encode(), "application/xml"
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    if form == "header":
+        writer.writerow(columns)
+    for row in rows:
+        writer.writerow([row[c] for c in columns])
+    return out.getvalue().encode(), "text/csv; charset=utf-8"

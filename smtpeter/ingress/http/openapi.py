@@ -1,0 +1,179 @@
+"""The OpenAPI 3.0 document served at /v1/openapi.json, describing exactly what app.py answers.
+
+The test suite runs schemathesis against it over a real socket, so a route,
+parameter or response shape that drifts from this document fails CI.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_ERROR = {"$ref": "#/components/responses/Error"}
+_TEXT = {"text/plain": {"schema": {"type": "string"}}}
+_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1},
+       "description": "A message id, as /v1/send answered it (one per recipient)."}
+_WINDOW = [
+    {"name": "start", "in": "query", "schema": {"type": "string", "format": "date"},
+     "description": "First day (UTC, yyyy-mm-dd); the window is a month at most."},
+    {"name": "end", "in": "query", "schema": {"type": "string", "format": "date"},
+     "description": "Day after the last (UTC, yyyy-mm-dd)."},
+    {"name": "tags", "in": "query", "schema": {"type": "string"},
+     "description": "Only events of messages with all these tags, separated by ';'."},
+]
+_ADDRESSES = {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
+_BOOLEAN = {"type": "boolean"}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    return {str(code): _ERROR for code in codes}
+
+
+def _get(summary: str, parameters: list, ok: dict[str, Any], *errors: int, secure: bool = True) -> dict:
+    operation: dict[str, Any] = {
+        "summary": summary,
+        "parameters": parameters,
+        "responses": {"200": ok, **_errors(*errors)},
+    }
+    if not secure:
+        operation["security"] = []
+    return {"get": operation}
+
+
+SEND_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "recipient": {**_ADDRESSES, "description": "RCPT TO address (or several)."},
+        "recipients": {"oneOf": [{"type": "array", "items": {"type": "string"}},
+                                 {"type": "object", "additionalProperties": {"type": "object"}}]},
+        "envelope": {"type": "string", "description": "MAIL FROM address; without it, no bounces come back."},
+        "mime": {"type": "string", "description": "The whole message (RFC 5322)."},
+        "from": {"type": "string"},
+        "to": _ADDRESSES, "cc": _ADDRESSES, "replyto": _ADDRESSES,
+        "subject": {"type": "string"}, "text": {"type": "string"}, "html": {"type": "string"},
+        "unsubscribe": {"type": "object", "properties": {
+            "email": {"type": "string"}, "url": {"type": "string"}, "oneclick": _BOOLEAN}},
+        "extra": {"type": "object", "additionalProperties": {"type": "string"},
+                  "description": "x-* headers to add."},
+        "attachments": {"type": "array", "items": {"type": "object", "properties": {
+            "data": {"type": "string", "format": "byte"}, "name": {"type": "string"},
+            "type": {"type": "string"}}}},
+        "inlinecss": _BOOLEAN, "trackclicks": _BOOLEAN, "trackopens": _BOOLEAN, "trackbounces": _BOOLEAN,
+        "preventscam": _BOOLEAN,
+        "images": {"type": "string", "enum": ["hosted", "default"]},
+        "tags": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
+        "maxdelivertime": {"type": "string", "description": "YYYY-MM-DD hh:mm:ss, UTC."},
+        "dsn": {"type": "object", "properties": {
+            "notify": {"type": "string"}, "ret": {"type": "string", "enum": ["FULL", "HDRS"]},
+            "envid": {"type": "string"}, "orcpt": {"type": "string"}}},
+    },
+}
+
+_EVENT = {"type": "object", "required": ["event", "data"], "properties": {
+    "event": {"type": "string", "enum": ["attempt", "delivery", "failure", "bounce", "click", "open",
+                                         "response", "abuse"]},
+    "data": {"type": "object"}}}
+_EVENTS = {"description": "Events, oldest first.",
+           "content": {"application/json": {"schema": {"type": "array", "items": _EVENT}}}}
+_STRINGS = {"content": {"application/json": {"schema": {"type": "array", "items": {"type": "string"}}}}}
+_PART_LIST = {"description": "Parts by rank (from 0)", "content": {"application/json": {"schema": {
+    "type": "array", "items": {"type": "object", "properties": {
+        "name": {"type": "string"}, "rank": {"type": "integer"}, "type": {"type": "string"},
+        "size": {"type": "integer"}}}}}}}
+
+
+def document(server_url: str) -> dict[str, Any]:
+    text_view = {"description": "Text", "content": _TEXT}
+    paths: dict[str, Any] = {
+        "/v1/send": {"post": {
+            "summary": "Send a message to one or more recipients",
+            "requestBody": {"required": True, "content": {
+                "application/json": {"schema": SEND_SCHEMA},
+                "application/x-www-form-urlencoded": {"schema": SEND_SCHEMA}}},
+            "responses": {
+                "200": {"description": "Stored: one message id per recipient", "content": {
+                    "application/json": {"schema": {"type": "object",
+                                                    "additionalProperties": {"type": "string"}}}}},
+                **_errors(400, 401, 403, 413, 415, 503)}}},
+        "/v1/resend": {"post": {
+            "summary": "Send an earlier message again, under a new id",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["message"],
+                "properties": {"message": {"type": "string"}}}}}},
+            "responses": {"200": {"description": "The new id", "content": {"application/json": {
+                "schema": {"type": "object", "additionalProperties": {"type": "string"}}}}},
+                **_errors(400, 401, 403, 404, 413, 415, 503)}}},
+        "/v1/events/messageid/{id}": _get("Events of one message", [_ID, *_WINDOW], _EVENTS,
+                                          400, 401, 404),
+        "/v1/events/email/{address}": _get("Events of one recipient address", [
+            {"name": "address", "in": "path", "required": True, "schema": {"type": "string"}}, *_WINDOW],
+            _EVENTS, 400, 401, 404),
+        "/v1/events/tags/{tags}": _get("Events of messages with all these tags (';'-separated)", [
+            {"name": "tags", "in": "path", "required": True, "schema": {"type": "string"}}, *_WINDOW],
+            _EVENTS, 400, 401, 404),
+        "/v1/logfiles": _get("Days (UTC) with log files", [], {**_STRINGS, "description": "Days"}, 401),
+        "/v1/logfiles/{item}": _get(
+            "A day's log file names (item = yyyy-mm-dd), or a log file as CSV (item = NAME.DATE.log)",
+            [{"name": "item", "in": "path", "required": True, "schema": {"type": "string"}}],
+            {"description": "A list of file names, or CSV without a header line", "content": {
+                "application/json": {"schema": {"type": "array", "items": {"type": "string"}}},
+                "text/csv": {"schema": {"type": "string"}}}}, 401, 404),
+        "/v1/logfiles/{item}/{format}": _get(
+            "A log file as CSV with a header line, JSON or XML",
+            [{"name": "item", "in": "path", "required": True, "schema": {"type": "string"}},
+             {"name": "format", "in": "path", "required": True,
+              "schema": {"type": "string", "enum": ["header", "json", "xml", "csv"]}}],
+            {"description": "The log file", "content": {
+                "text/csv": {"schema": {"type": "string"}},
+                "application/json": {"schema": {"type": "array", "items": {"type": "object"}}},
+                "application/xml": {"schema": {"type": "string"}}}}, 401, 404),
+        "/v1/recipient/{id}": _get("The recipient address", [_ID], text_view, 401, 404),
+        "/v1/envelope/{id}": _get("The envelope sender ('' if none)", [_ID], text_view, 401, 404),
+        "/v1/headers/{id}": _get("The message header", [_ID], text_view, 401, 404),
+        "/v1/header/{id}": _get("The message header (older name)", [_ID], text_view, 401, 404),
+        "/v1/text/{id}": _get("The text/plain body", [_ID], text_view, 401, 404),
+        "/v1/html/{id}": _get("The text/html body", [_ID], text_view, 401, 404),
+        "/v1/attachments/{id}": _get("The attachments", [_ID], _PART_LIST, 401, 404),
+        "/v1/embeds/{id}": _get("The embedded (cid:) parts", [_ID], _PART_LIST, 401, 404),
+        "/v1/attachments/{id}/{item}": _get("One attachment, by rank or name", [_ID, {
+            "name": "item", "in": "path", "required": True, "schema": {"type": "string"}}],
+            {"description": "The attachment", "content": {"*/*": {"schema": {"type": "string",
+                                                                               "format": "binary"}}}},
+            401, 404),
+        "/v1/embeds/{id}/{item}": _get("One embedded part, by rank or name", [_ID, {
+            "name": "item", "in": "path", "required": True, "schema": {"type": "string"}}],
+            {"description": "The part", "content": {"*/*": {"schema": {"type": "string",
+                                                                         "format": "binary"}}}},
+            401, 404),
+        "/v1/openapi.json": _get("This document", [], {"description": "OpenAPI 3.0",
+                                                        "content": {"application/json": {}}}, secure=False),
+        "/.well-known/autoconfig/mail/config-v1.1.xml": _get(
+            "Thunderbird autoconfig for SMTP submission",
+            [{"name": "emailaddress", "in": "query", "schema": {"type": "string"}}],
+            {"description": "Mozilla autoconfig XML", "content": {"application/xml": {}}}, secure=False),
+        "/mail/config-v1.1.xml": _get(
+            "Thunderbird autoconfig (on the mail domain)",
+            [{"name": "emailaddress", "in": "query", "schema": {"type": "string"}}],
+            {"description": "Mozilla autoconfig XML", "content": {"application/xml": {}}}, secure=False),
+        "/metrics": _get("Prometheus metrics (localhost, or with the metrics token)", [],
+                         {"description": "Prometheus text format", "content": {"text/plain": {}}}, 403,
+                         secure=False),
+    }
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "smtpeter REST API", "version": "1",
+                 "description": "SMTPeter v1 compatible. Authenticate with ?access_token=TOKEN "
+                                "or Authorization: Bearer TOKEN."},
+        "servers": [{"url": server_url}],
+        "security": [{"token": []}, {"bearer": []}],
+        "paths": paths,
+        "components": {
+            "securitySchemes": {
+                "token": {"type": "apiKey", "in": "query", "name": "access_token"},
+                "bearer": {"type": "http", "scheme": "bearer"},
+            },
+            "responses": {"Error": {"description": "An error", "content": {"application/json": {
+                "schema": {"type": "object", "required": ["error"], "properties": {"error": {
+                    "type": "object", "required": ["message"],
+                    "properties": {"message": {"type": "string"}}}}}}}}},
+        },
+    }

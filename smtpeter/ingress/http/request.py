@@ -1,0 +1,292 @@
+"""Parsing and validating REST API requests, without any HTTP machinery.
+
+Bodies arrive as JSON or as ``application/x-www-form-urlencoded`` (with
+PHP-style brackets for nested values, as ``http_build_query`` writes them);
+both become the same dictionary. ``parse_send`` then checks every field of a
+``/v1/send`` call and says precisely what is wrong with the first bad one.
+"""
+
+from __future__ import annotations
+
+import calendar
+import json
+import re
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from typing import Any
+
+from smtpeter.ingress.smtp.syntax import SyntaxProblem, check_mailbox
+from smtpeter.ingress.submission import BOOLEAN_OPTIONS, IMAGES_VALUES, Refused, check_tag
+
+
+class BadRequest(Exception):
+    """The request is malformed; ``status`` and the message go back to the client."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+_BRACKETS = re.compile(r"\[([^\]]*)\]")
+_LEGACY = {"clicktracking": "trackclicks", "bouncetracking": "trackbounces",
+           "openstracking": "trackopens", "inlinizecss": "inlinecss"}
+_CONTENT_FIELDS = ("from", "to", "cc", "replyto", "subject", "text", "html", "unsubscribe", "extra",
+                   "attachments")
+_UNSUPPORTED = {"template": "templates", "patch": "template patches", "data": "personalization data"}
+_KNOWN = {"recipient", "recipients", "envelope", "mime", "tags", "maxdelivertime", "dsn", "images",
+          "access_token", "headers", "replyTo", *_CONTENT_FIELDS, *BOOLEAN_OPTIONS, *_LEGACY}
+_DATETIME = re.compile(r"(\d{4})-(\d{2})-(\d{2}) (\d{2}):(\d{2}):(\d{2})")
+_NOTIFY = {"SUCCESS", "FAILURE", "DELAY"}
+
+
+def decode_body(content_type: str, body: bytes) -> dict[str, Any]:
+    """A request body as a dictionary; BadRequest for anything we cannot read."""
+    kind = content_type.split(";")[0].strip().lower()
+    if not body.strip():
+        return {}
+    if kind == "application/json" or (not kind and body.lstrip()[:1] == b"{"):
+        try:
+            value = json.loads(body)
+        except (ValueError, RecursionError) as exc:
+            raise BadRequest(f"invalid JSON: {exc}") from None
+        if not isinstance(value, dict):
+            raise BadRequest("the JSON body must be an object")
+        return value
+    if kind in ("application/x-www-form-urlencoded", ""):
+        try:
+            pairs = urllib.parse.parse_qsl(body.decode("utf-8"), keep_blank_values=True,
+                                           strict_parsing=False, errors="strict")
+        except UnicodeDecodeError:
+            raise BadRequest("the form body is not valid UTF-8") from None
+        return _unflatten(pairs)
+    raise BadRequest(f"unsupported content type {kind!r}: send application/json or a form", 415)
+
+
+def _unflatten(pairs: list[tuple[str, str]]) -> dict[str, Any]:
+    """``a[b][]=1`` style keys into nested values; repeated plain keys into lists."""
+    root: dict[str, Any] = {}
+    for key, value in pairs:
+        head, _, _ = key.partition("[")
+        path = [head, *_BRACKETS.findall(key[len(head):])]
+        node: Any = root
+        for index, part in enumerate(path):
+            last = index == len(path) - 1
+            if isinstance(node, list):  # an "[]" step: append
+                if last:
+                    node.append(value)
+                    break
+                child: Any = [] if path[index + 1] == "" else {}
+                node.append(child)
+                node = child
+                continue
+            if last:
+                if part in node and not isinstance(node[part], dict):
+                    existing = node[part]
+                    node[part] = [*existing, value] if isinstance(existing, list) else [existing, value]
+                else:
+                    node[part] = value
+            else:
+                default: Any = [] if path[index + 1] == "" else {}
+                node = node.setdefault(part, default)
+    return _lists(root)
+
+
+def _lists(value: Any) -> Any:
+    """Dicts keyed 0, 1, 2... (PHP's numbered brackets) become lists."""
+    if isinstance(value, dict):
+        converted = {k: _lists(v) for k, v in value.items()}
+        if converted and all(k.isdigit() for k in converted):
+            return [converted[k] for k in sorted(converted, key=int)]
+        return converted
+    if isinstance(value, list):
+        return [_lists(v) for v in value]
+    return value
+
+
+def text_field(name: str, value: Any, *, allow_empty: bool = False, one_line: bool = True) -> str:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        raise BadRequest(f"'{name}' must be a string")
+    if one_line and ("\r" in value or "\n" in value):
+        raise BadRequest(f"'{name}' must not contain line breaks")
+    if "\x00" in value:
+        raise BadRequest(f"'{name}' must not contain NUL")
+    if not value and not allow_empty:
+        raise BadRequest(f"'{name}' must not be empty")
+    return value
+
+
+def _boolean(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+        return value.lower() in ("true", "1", "yes", "on")
+    raise BadRequest(f"'{name}' must be true or false")
+
+
+def mailbox(name: str, value: Any) -> str:
+    """A pure address (no display name), validated like an SMTP path."""
+    text = text_field(name, value).strip()
+    if text.startswith("<") and text.endswith(">"):
+        text = text[1:-1]
+    try:
+        return check_mailbox(text, utf8=True)
+    except SyntaxProblem:
+        raise BadRequest(f"'{name}': {value!r} is not a valid email address") from None
+
+
+@dataclass
+class DSNOptions:
+    notify: str | None = None
+    ret: str | None = None
+    envid: str | None = None
+    orcpt: str | None = None
+
+
+@dataclass
+class SendRequest:
+    recipients: list[str]
+    envelope: str | None
+    mime: bytes | None  # raw content, or None when composed from fields
+    fields: dict[str, Any]  # the composition fields, when there is no mime
+    options: dict[str, Any] = field(default_factory=dict)
+    tags: list[str] = field(default_factory=list)
+    expires: float | None = None
+    dsn: DSNOptions = field(default_factory=DSNOptions)
+
+
+def parse_send(body: dict[str, Any], max_recipients: int, now: float | None = None) -> SendRequest:
+    unknown = sorted(set(body) - _KNOWN - set(_UNSUPPORTED))
+    if unknown:
+        raise BadRequest(f"unknown field '{unknown[0]}'")
+    for name, what in _UNSUPPORTED.items():
+        if name in body:
+            raise BadRequest(f"'{name}': {what} are not supported by this server")
+    recipients = _recipients(body, max_recipients)
+    envelope = None
+    if "envelope" in body and body["envelope"] not in (None, ""):
+        envelope = mailbox("envelope", body["envelope"])
+    options = _options(body)
+    tags = _tags(body.get("tags"))
+    expires = _maxdelivertime(body["maxdelivertime"], now) if body.get("maxdelivertime") else None
+    dsn = _dsn(body.get("dsn"))
+    content_given = [name for name in _CONTENT_FIELDS if name in body]
+    if "mime" in body:
+        if content_given:
+            raise BadRequest(f"give either 'mime' or the message fields, not both ('{content_given[0]}')")
+        mime = text_field("mime", body["mime"], one_line=False).encode("utf-8")
+        return SendRequest(recipients, envelope, mime, {}, options, tags, expires, dsn)
+    fields = {name: body[name] for name in content_given}
+    if "replyTo" in body:
+        fields.setdefault("replyto", body["replyTo"])
+    if "headers" in body:
+        fields.setdefault("extra", body["headers"])
+    if "from" not in fields:
+        raise BadRequest("'from' is required (or give the whole message as 'mime')")
+    if not (fields.get("text") or fields.get("html")):
+        raise BadRequest("'text' or 'html' is required (or give the whole message as 'mime')")
+    return SendRequest(recipients, envelope, None, fields, options, tags, expires, dsn)
+
+
+def _recipients(body: dict[str, Any], limit: int) -> list[str]:
+    collected: list[str] = []
+    for name in ("recipient", "recipients"):
+        if name not in body:
+            continue
+        value = body[name]
+        if isinstance(value, dict):  # address -> personal data
+            value = list(value)
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            raise BadRequest(f"'{name}' must be an address, a list of them or an object keyed by them")
+        for item in value:
+            # The 2015 documentation allowed "a@x, b@y" inside one array element.
+            for part in text_field(name, item).split(","):
+                if part.strip():
+                    collected.append(mailbox(name, part.strip()))
+    if not collected:
+        raise BadRequest("'recipient' or 'recipients' is required")
+    unique = list(dict.fromkeys(collected))
+    if len(unique) > limit:
+        raise BadRequest(f"too many recipients: {len(unique)} (at most {limit} per call)", 413)
+    return unique
+
+
+def _options(body: dict[str, Any]) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for legacy, name in _LEGACY.items():
+        if legacy in body:
+            options[name] = _boolean(legacy, body[legacy])
+    for name in BOOLEAN_OPTIONS:
+        if name in body:
+            options[name] = _boolean(name, body[name])
+    if "images" in body:
+        images = text_field("images", body["images"]).lower()
+        if images not in IMAGES_VALUES:
+            raise BadRequest("'images' must be 'hosted' or 'default'")
+        options["images"] = images
+    return options
+
+
+def _tags(value: Any) -> list[str]:
+    if value in (None, "", []):
+        return []
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list):
+        raise BadRequest("'tags' must be a list of strings")
+    try:
+        return [check_tag(text_field("tags", tag)) for tag in items]
+    except Refused:
+        raise BadRequest("'tags': a tag has no white space or semicolons") from None
+
+
+def _maxdelivertime(value: Any, now: float | None) -> float:
+    text = text_field("maxdelivertime", value)
+    match = _DATETIME.fullmatch(text)
+    if not match:
+        raise BadRequest("'maxdelivertime' must be 'YYYY-MM-DD hh:mm:ss' (UTC)")
+    try:
+        parts = tuple(int(x) for x in match.groups())
+        time.strptime(text, "%Y-%m-%d %H:%M:%S")
+    except ValueError:
+        raise BadRequest("'maxdelivertime' is not a valid date and time") from None
+    expires = float(calendar.timegm((*parts, 0, 0, 0)))
+    if now is not None and expires <= now:
+        raise BadRequest("'maxdelivertime' is in the past")
+    return expires
+
+
+def _dsn(value: Any) -> DSNOptions:
+    if value in (None, ""):
+        return DSNOptions()
+    if not isinstance(value, dict):
+        raise BadRequest("'dsn' must be an object with notify, ret, envid and/or orcpt")
+    unknown = sorted(set(value) - {"notify", "ret", "envid", "orcpt"})
+    if unknown:
+        raise BadRequest(f"unknown field 'dsn.{unknown[0]}'")
+    options = DSNOptions()
+    if value.get("notify"):
+        notify = text_field("dsn.notify", value["notify"]).upper().replace(" ", "")
+        items = notify.split(",")
+        if items != ["NEVER"] and not set(items) <= _NOTIFY:
+            raise BadRequest("'dsn.notify' must be NEVER or a list of SUCCESS, FAILURE, DELAY")
+        options.notify = ",".join(items)
+    if value.get("ret"):
+        ret = text_field("dsn.ret", value["ret"]).upper()
+        if ret not in ("FULL", "HDRS"):
+            raise BadRequest("'dsn.ret' must be FULL or HDRS")
+        options.ret = ret
+    if value.get("envid"):
+        envid = text_field("dsn.envid", value["envid"])
+        if len(envid) > 100 or not envid.isprintable():
+            raise BadRequest("'dsn.envid' must be at most 100 printable characters")
+        options.envid = envid
+    if value.get("orcpt"):
+        options.orcpt = "rfc822;" + mailbox("dsn.orcpt", value["orcpt"])
+    return options

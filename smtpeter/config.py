@@ -73,6 +73,8 @@ class HTTPConfig:
     max_recipients: int = 1000
     # Bearer token that opens /metrics to other hosts than localhost.
     metrics_token: str = ""
+    # Access log (combined format); default: http-access.log in the data directory.
+    access_log: str = ""
 
 
 @dataclass

@@ -47,6 +47,24 @@ class CLITests(unittest.TestCase):
         self.assertEqual(code, 1)
         self.assertIn("already exists", json.loads(out)["error"]["message"])
 
+    async def test_tokens(self) -> None:
+        await self.run_cli("account", "create", "acme")
+        code, out, err = await self.run_cli("token", "create", "acme", "--description", "ci", "--json")
+        self.assertEqual(code, 0, err)
+        created = json.loads(out)
+        code, out, err = await self.run_cli("token", "list", "acme", "--json")
+        tokens = json.loads(out)
+        self.assertEqual(len(tokens), 2)
+        self.assertNotIn(created["api_token"], out)  # secrets are never shown again
+        code, out, err = await self.run_cli("token", "revoke", "acme", created["token_id"], "--json")
+        self.assertEqual(code, 0, err)
+        code, out, err = await self.run_cli("token", "list", "acme", "--json")
+        revoked = [t for t in json.loads(out) if t["token_id"] == created["token_id"]]
+        self.assertTrue(revoked[0]["revoked"])
+        code, _, err = await self.run_cli("token", "revoke", "acme", created["token_id"])
+        self.assertEqual(code, 1)
+        self.assertIn("no active token", err)
+
     async def test_domains(self) -> None:
         await self.run_cli("account", "create", "acme")
         code, out, err = await self.run_cli("domain", "add", "acme", "News.Example.com", "--json")

@@ -40,7 +40,10 @@ class KillNineTests(unittest.TestCase):
                        capture_output=True)
         twistd = [str(BIN / "twistd"), "-n", "--pidfile=", "smtpeter", "--config", str(config)]
 
-        server = subprocess.Popen(twistd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        # Logs go to a file: a pipe nobody reads would fill up and stop the server.
+        log = open(directory / "twistd.log", "w")
+        self.addCleanup(log.close)
+        server = subprocess.Popen(twistd, stdout=log, stderr=subprocess.STDOUT)
         self.addCleanup(lambda: server.poll() is None and server.kill())
         wait_for_port(port, process=server)
 
@@ -76,7 +79,7 @@ class KillNineTests(unittest.TestCase):
             thread.join(30)
         self.assertGreater(len(acknowledged), 50, "the clients should have had many messages accepted")
 
-        restarted = subprocess.Popen(twistd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        restarted = subprocess.Popen(twistd, stdout=log, stderr=subprocess.STDOUT)
         self.addCleanup(lambda: restarted.poll() is None and restarted.kill())
         wait_for_port(port, process=restarted)
         listing = subprocess.run([*cli, "queue", "list", "--json", "--state", "all", "--limit", "1000000"],

@@ -68,6 +68,19 @@ SEND_SCHEMA: dict[str, Any] = {
     },
 }
 
+SEND_EXAMPLES: dict[str, Any] = {
+    "mime": {"summary": "A whole message", "value": {
+        "recipient": "john@doe.example",
+        "mime": "MIME-Version: 1.0\r\nFrom: <info@example.com>\r\nSubject: Hi\r\n\r\nHello John.\r\n"}},
+    "fields": {"summary": "Built from fields", "value": {
+        "recipient": "john@doe.example", "from": "info@example.com", "to": "john@doe.example",
+        "subject": "This is the subject", "text": "This is example content"}},
+    "options": {"summary": "With options", "value": {
+        "recipients": ["one@example.net", "two@example.net"], "from": "info@example.com",
+        "html": "<p>Hi</p>", "trackclicks": True, "trackopens": False, "tags": ["tag1", "tag2"],
+        "maxdelivertime": "2099-01-01 00:00:00", "dsn": {"notify": "FAILURE", "ret": "HDRS"}}},
+}
+
 _EVENT = {"type": "object", "required": ["event", "data"], "properties": {
     "event": {"type": "string", "enum": ["attempt", "delivery", "failure", "bounce", "click", "open",
                                          "response", "abuse"]},
@@ -87,7 +100,7 @@ def document(server_url: str) -> dict[str, Any]:
         "/v1/send": {"post": {
             "summary": "Send a message to one or more recipients",
             "requestBody": {"required": True, "content": {
-                "application/json": {"schema": SEND_SCHEMA},
+                "application/json": {"schema": SEND_SCHEMA, "examples": SEND_EXAMPLES},
                 "application/x-www-form-urlencoded": {"schema": SEND_SCHEMA}}},
             "responses": {
                 "200": {"description": "Stored: one message id per recipient", "content": {

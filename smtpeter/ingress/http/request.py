@@ -186,6 +186,8 @@ def parse_send(body: dict[str, Any], max_recipients: int, now: float | None = No
         fields.setdefault("replyto", body["replyTo"])
     if "headers" in body:
         fields.setdefault("extra", body["headers"])
+    if "from" not in fields and envelope:
+        fields["from"] = envelope  # SMTPeter's 2015 examples send no 'from': the envelope is it
     if "from" not in fields:
         raise BadRequest("'from' is required (or give the whole message as 'mime')")
     if not (fields.get("text") or fields.get("html")):

@@ -1,0 +1,423 @@
+"""The REST API through a real listening server and a real HTTP client (treq)."""
+
+from __future__ import annotations
+
+import base64
+import email
+import email.policy
+import json
+import time
+import urllib.parse
+from types import SimpleNamespace
+
+from twisted.trial import unittest
+
+from smtpeter.ingress.http.app import API
+from smtpeter.ingress.http.openapi import document
+from tests.support.harness import Harness, Login
+from tests.support.http import Client
+
+# Request shapes as SMTPeter's own documentation and client libraries send them (smtpeter-api.md §2.3).
+SMTPETER_MIME = {"recipient": "john@doe.example", "mime": "MIME-Version: 1.0\r\nFrom: <info@example.com>\r\n"
+                 "To: <john@doe.example>\r\nSubject: Hello\r\n\r\nHello John.\r\n"}
+SMTPETER_FIELDS = {"recipient": "john@doe.example", "from": "info@example.com", "to": "john@doe.example",
+                   "subject": "This is the subject", "text": "This is example content"}
+SMTPETER_ADVANCED = {"recipient": "john@doe.example", "mime": SMTPETER_MIME["mime"], "inlinecss": True,
+                     "trackclicks": True, "trackopens": False, "trackbounces": True, "preventscam": True,
+                     "tags": ["tag1", "tag2"], "maxdelivertime": "2099-01-01 00:00:00", "images": "hosted"}
+SMTPETER_MULTI = {"recipients": ["one@example.net", "two@example.net"], "from": "info@example.com",
+                  "to": ["one@example.net", "two@example.net", '"Number three" <three@example.net>, '
+                                                               "info@example.com"],
+                  "cc": "John Doe <johndoe@example.org>", "subject": "Hi", "html": "<p>Hi</p>"}
+SMTPETER_FORM = ("envelope=info%40example.com&recipient=john%40doe.example&subject=this+is+the+subject"
+                 "&html=%3Cp%3Ehello%3C%2Fp%3E")
+
+
+class APITests(unittest.TestCase):
+    async def start(self, **http: object) -> None:
+        self.harness = Harness(self, http={"listen": ["tcp:0:interface=127.0.0.1"], **http})
+        self.acme: Login = await self.harness.login("acme", domains=("example.com",))
+        self.other: Login = await self.harness.login("other", domains=("other.example",))
+        await self.harness.start()
+        self.api = Client(self.harness.http_url, self.acme.token)
+        self.storage = self.harness.storage
+
+    async def send(self, body: dict, **kwargs: object) -> dict:
+        response = await self.api.post("/v1/send", json_body=body, **kwargs)
+        self.assertEqual(response.code, 200, response.body)
+        return response.json
+
+    async def stored(self, message_id: str) -> email.message.EmailMessage:
+        content = await self.storage.message_content(message_id)
+        return email.message_from_bytes(content["mime"], policy=email.policy.default)
+
+    # -- authentication -------------------------------------------------------------
+
+    async def test_tokens(self) -> None:
+        await self.start()
+        for token, auth in ((None, "query"), ("wrong", "query"), ("wrong", "bearer")):
+            response = await self.api.get("/v1/logfiles", token=token, auth=auth)
+            self.assertEqual(response.code, 401)
+            self.assertEqual(response.json, {"error": {"message": "Invalid access token"}})
+        self.assertEqual((await self.api.get("/v1/logfiles")).code, 200)
+        self.assertEqual((await self.api.get("/v1/logfiles", auth="bearer")).code, 200)
+        token_id = (await self.storage.api_tokens(self.acme.account_id))[0]["id"]
+        _, fresh = await self.storage.create_api_token(self.acme.account_id)
+        await self.storage.revoke_api_token(self.acme.account_id, token_id)
+        self.assertEqual((await self.api.get("/v1/logfiles", token=fresh)).code, 200)
+        other_fresh = (await self.storage.create_api_token(self.acme.account_id))[1]
+        await self.storage.revoke_api_token(
+            self.acme.account_id, (await self.storage.api_tokens(self.acme.account_id))[-1]["id"])
+        self.assertEqual((await self.api.get("/v1/logfiles", token=other_fresh)).code, 401)
+
+    # -- sending -------------------------------------------------------------------------
+
+    async def test_send_raw_mime(self) -> None:
+        await self.start()
+        body = dict(SMTPETER_MIME, mime=SMTPETER_MIME["mime"].replace("\r\n", "\n"))
+        answer = await self.send(body)
+        ((message_id, recipient),) = answer.items()
+        self.assertEqual(recipient, "john@doe.example")
+        entry = await self.storage.recipient(message_id)
+        self.assertEqual(entry.account_id, self.acme.account_id)
+        content = await self.storage.message_content(message_id)
+        self.assertIn(b"Subject: Hello\r\n", content["mime"])
+        self.assertNotIn(b"\n\n", content["mime"].replace(b"\r\n", b""))
+        self.assertIn(b"Message-ID: <", content["mime"])
+        self.assertEqual(content["envelope"], None)
+        self.assertEqual(content["source"], "api")
+        self.assertEqual(content["options"], {"trackclicks": True, "trackopens": True, "trackbounces": True,
+                                              "inlinecss": False, "preventscam": False})
+
+    async def test_send_builds_correct_mime_from_fields(self) -> None:
+        await self.start()
+        pdf = b"%PDF-1.4 fake\x00\xff"
+        answer = await self.send({
+            "recipient": "jan@dest.example", "from": "Jörg Müller <news@example.com>",
+            "to": ["jan@dest.example", '"Ann, B." <ann@dest.example>'], "cc": "c@dest.example",
+            "replyto": "reply@example.com", "subject": "Grüße — ✓ test",
+            "text": "Hallo Jan,\nä ö ü\n", "html": "<p>Hallo <b>Jan</b> ✓</p>",
+            "unsubscribe": {"email": "unsub@example.com", "url": "https://example.com/u?x=1",
+                            "oneclick": True},
+            "extra": {"x-campaign": "nov-2026"},
+            "attachments": [{"data": base64.b64encode(pdf).decode(), "name": "Rechnung Ä.pdf"}],
+        })
+        (message_id,) = answer
+        parsed = await self.stored(message_id)
+        self.assertEqual(parsed["From"].addresses[0].display_name, "Jörg Müller")
+        self.assertEqual([a.addr_spec for a in parsed["To"].addresses],
+                         ["jan@dest.example", "ann@dest.example"])
+        self.assertEqual(parsed["To"].addresses[1].display_name, "Ann, B.")
+        self.assertEqual(str(parsed["Subject"]), "Grüße — ✓ test")
+        self.assertEqual(parsed["Reply-To"].addresses[0].addr_spec, "reply@example.com")
+        self.assertEqual(parsed["List-Unsubscribe"],
+                         "<mailto:unsub@example.com>, <https://example.com/u?x=1>")
+        self.assertEqual(parsed["List-Unsubscribe-Post"], "List-Unsubscribe=One-Click")
+        self.assertEqual(parsed["X-Campaign"], "nov-2026")
+        self.assertTrue(parsed["Message-ID"] and parsed["Date"])
+        self.assertEqual(parsed.get_content_type(), "multipart/mixed")
+        text = parsed.get_body(("plain",)).get_content()
+        self.assertEqual(text.replace("\r\n", "\n"), "Hallo Jan,\nä ö ü\n")
+        self.assertEqual(parsed.get_body(("html",)).get_content().strip(), "<p>Hallo <b>Jan</b> ✓</p>")
+        (attachment,) = list(parsed.iter_attachments())
+        self.assertEqual(attachment.get_filename(), "Rechnung Ä.pdf")
+        self.assertEqual(attachment.get_content_type(), "application/pdf")
+        self.assertEqual(attachment.get_content(), pdf)
+        raw = (await self.storage.message_content(message_id))["mime"]
+        self.assertTrue(raw.isascii(), "ASCII addresses: the message is 7-bit clean")
+        self.assertTrue(all(len(line) <= 998 for line in raw.split(b"\r\n")))
+
+    async def test_smtpeter_request_shapes(self) -> None:
+        await self.start()
+        self.assertEqual(list((await self.send(SMTPETER_FIELDS)).values()), ["john@doe.example"])
+        advanced = await self.send(SMTPETER_ADVANCED)
+        content = await self.storage.message_content(next(iter(advanced)))
+        self.assertEqual(content["options"]["trackopens"], False)
+        self.assertEqual(content["options"]["images"], "hosted")
+        self.assertEqual(content["tags"], ["tag1", "tag2"])
+        self.assertEqual(content["expires"], 4070908800.0)
+        multi = await self.send(SMTPETER_MULTI)
+        self.assertEqual(sorted(multi.values()), ["one@example.net", "two@example.net"])
+        self.assertEqual(len(set(multi)), 2)  # each recipient has its own message id
+        form = await self.api.post("/v1/send", form=SMTPETER_FORM)
+        self.assertEqual(form.code, 200, form.body)
+        (form_id,) = form.json
+        parsed = await self.stored(form_id)
+        self.assertEqual(parsed["From"].addresses[0].addr_spec, "info@example.com")
+        self.assertEqual((await self.storage.message_content(form_id))["envelope"], "info@example.com")
+        # PHP's http_build_query brackets, and the object form of recipients.
+        php = ("recipients%5B0%5D=a%40dest.example&recipients%5B1%5D=b%40dest.example&from=info%40example.com"
+               "&text=hi&dsn%5Bret%5D=FULL&dsn%5Bnotify%5D=FAILURE%2CDELAY&extra%5Bx-id%5D=7&trackclicks=false")
+        response = await self.api.post("/v1/send", form=php)
+        self.assertEqual(response.code, 200, response.body)
+        self.assertEqual(sorted(response.json.values()), ["a@dest.example", "b@dest.example"])
+        content = await self.storage.message_content(next(iter(response.json)))
+        self.assertEqual((content["dsn_ret"], content["options"]["trackclicks"]), ("FULL", False))
+        keyed = await self.send({"recipients": {"x@dest.example": {"name": "X"}, "y@dest.example": {}},
+                                 "from": "info@example.com", "text": "hi"})
+        self.assertEqual(sorted(keyed.values()), ["x@dest.example", "y@dest.example"])
+
+    async def test_dsn_and_legacy_option_names(self) -> None:
+        await self.start()
+        answer = await self.send({"recipient": "a@dest.example", "envelope": "bounces@example.com",
+                                  "from": "info@example.com", "text": "x", "clicktracking": False,
+                                  "dsn": {"notify": "success,failure", "ret": "hdrs", "envid": "ENV 1",
+                                          "orcpt": "a@dest.example"}})
+        (message_id,) = answer
+        content = await self.storage.message_content(message_id)
+        self.assertEqual((content["dsn_ret"], content["dsn_envid"], content["envelope"]),
+                         ("HDRS", "ENV 1", "bounces@example.com"))
+        self.assertFalse(content["options"]["trackclicks"])
+        rows = await self.storage.db.query("SELECT notify, orcpt FROM recipients WHERE id = ?", (message_id,))
+        self.assertEqual(rows, [("SUCCESS,FAILURE", "rfc822;a@dest.example")])
+
+    async def test_fields_can_never_inject_headers(self) -> None:
+        await self.start()
+        base = {"recipient": "a@dest.example", "from": "info@example.com", "text": "x"}
+        for field, value in (("subject", "hi\r\nBcc: victim@x.example"), ("subject", "hi\nX-Evil: 1"),
+                             ("from", "info@example.com\r\nBcc: v@x.example"),
+                             ("to", "a@dest.example\nBcc: v@x.example"),
+                             ("extra", {"x-ok": "fine\r\nBcc: v@x.example"}),
+                             ("extra", {"Bcc": "v@x.example"}), ("extra", {"x-a\r\nb": "1"}),
+                             ("replyto", "r@example.com\r\nX: y"),
+                             ("attachments", [{"data": "eA==", "name": "a\r\nb.txt"}]),
+                             ("dsn", {"envid": "a\r\nb"})):
+            response = await self.api.post("/v1/send", json_body={**base, field: value})
+            self.assertEqual(response.code, 400, (field, value, response.body))
+            self.assertIn("error", response.json)
+        self.assertEqual(await self.storage.queue(), [])
+
+    async def test_every_malformed_field_gets_a_clear_4xx(self) -> None:
+        await self.start(max_recipients=3)
+        base = {"recipient": "a@dest.example", "from": "info@example.com", "text": "x"}
+        cases = [
+            (b"{not json", 400, "invalid JSON"),
+            (b"[1, 2]", 400, "must be an object"),
+            ({"from": "info@example.com", "text": "x"}, 400, "'recipient' or 'recipients' is required"),
+            ({**base, "recipient": "not an address"}, 400, "'recipient'"),
+            ({**base, "recipient": ["a@d.example", "b@d.example", "c@d.example", "d@d.example"]}, 413,
+             "too many recipients"),
+            ({**base, "envelope": "@@"}, 400, "'envelope'"),
+            ({**base, "tags": ["has space"]}, 400, "'tags'"),
+            ({**base, "tags": "semi;colon"}, 400, "'tags'"),
+            ({**base, "maxdelivertime": "tomorrow"}, 400, "'maxdelivertime'"),
+            ({**base, "maxdelivertime": "2001-01-01 00:00:00"}, 400, "in the past"),
+            ({**base, "maxdelivertime": "2099-02-30 00:00:00"}, 400, "'maxdelivertime'"),
+            ({**base, "trackclicks": "maybe"}, 400, "'trackclicks'"),
+            ({**base, "images": "inline"}, 400, "'images'"),
+            ({**base, "dsn": {"ret": "ALL"}}, 400, "'dsn.ret'"),
+            ({**base, "dsn": {"notify": "SOMETIMES"}}, 400, "'dsn.notify'"),
+            ({**base, "dsn": {"what": 1}}, 400, "dsn.what"),
+            ({**base, "mime": "From: x\r\n\r\nx"}, 400, "either 'mime' or the message fields"),
+            ({"recipient": "a@dest.example", "from": "info@example.com"}, 400, "'text' or 'html'"),
+            ({"recipient": "a@dest.example", "text": "x"}, 400, "'from' is required"),
+            ({**base, "from": "a@example.com, b@example.com"}, 400, "exactly one"),
+            ({**base, "attachments": [{"data": "!!", "name": "x"}]}, 400, "base64"),
+            ({**base, "attachments": [{"url": "http://169.254.169.254/", "name": "x"}]}, 400, "not fetched"),
+            ({**base, "attachments": "x"}, 400, "'attachments'"),
+            ({**base, "unsubscribe": {"url": "javascript:x"}}, 400, "'unsubscribe.url'"),
+            ({**base, "unsubscribe": {"url": "http://x.example", "oneclick": True}}, 400, "https"),
+            ({**base, "template": 12}, 400, "templates are not supported"),
+            ({**base, "colour": "red"}, 400, "unknown field 'colour'"),
+            ({**base, "subject": {"a": 1}}, 400, "'subject' must be a string"),
+        ]
+        for body, status, text in cases:
+            if isinstance(body, bytes):
+                response = await self.api.post("/v1/send", raw=body, content_type="application/json")
+            else:
+                response = await self.api.post("/v1/send", json_body=body)
+            self.assertEqual(response.code, status, (body, response.body))
+            self.assertIn(text, response.json["error"]["message"], body)
+        response = await self.api.post("/v1/send", raw=b"<xml/>", content_type="application/xml")
+        self.assertEqual(response.code, 415)
+        self.assertEqual(await self.storage.queue(), [])
+
+    async def test_size_limits(self) -> None:
+        await self.start(max_body_size=20000)
+        response = await self.api.post("/v1/send", json_body={
+            "recipient": "a@dest.example", "from": "info@example.com", "text": "x" * 30000})
+        self.assertEqual(response.code, 413)
+        self.assertIn("larger than", response.json["error"]["message"])
+        self.assertEqual(await self.storage.queue(), [])
+
+    async def test_sender_domain_rule_and_account_scope(self) -> None:
+        await self.start()
+        response = await self.api.post("/v1/send", json_body={
+            "recipient": "a@dest.example", "from": "ceo@other.example", "text": "x"})
+        self.assertEqual(response.code, 403)
+        self.assertIn("not an approved sender domain", response.json["error"]["message"])
+        (mine,) = await self.send({"recipient": "a@dest.example", "from": "info@example.com", "text": "x"})
+        other = Client(self.harness.http_url, self.other.token)
+        for path in (f"/v1/events/messageid/{mine}", f"/v1/text/{mine}", f"/v1/recipient/{mine}",
+                     f"/v1/envelope/{mine}", f"/v1/headers/{mine}", f"/v1/attachments/{mine}",
+                     f"/v1/attachments/{mine}/0"):
+            response = await other.get(path)
+            self.assertEqual(response.code, 404, path)
+            self.assertEqual(response.json, {"error": {"message": "Not found"}})
+        response = await other.post("/v1/resend", json_body={"message": mine})
+        self.assertEqual(response.code, 404)
+        self.assertEqual((await other.get("/v1/logfiles")).json, [])
+
+    # -- events, log files, the archive -----------------------------------------------
+
+    async def test_events(self) -> None:
+        await self.start()
+        (first,) = await self.send({"recipient": "a@dest.example", "from": "info@example.com", "text": "x",
+                                    "tags": ["nov", "promo"], "envelope": "b@example.com"})
+        await self.send({"recipient": "b@dest.example", "from": "info@example.com", "text": "x",
+                         "tags": ["nov"]})
+        response = await self.api.get(f"/v1/events/messageid/{first}")
+        self.assertEqual(response.code, 200)
+        ((event),) = response.json
+        self.assertEqual(event["event"], "attempt")
+        self.assertEqual(list(event["data"]), ["id", "time", "envelope", "recipient", "properties", "tags",
+                                               "templateid"])
+        self.assertEqual((event["data"]["id"], event["data"]["envelope"], event["data"]["tags"]),
+                         (first, "b@example.com", "nov;promo"))
+        self.assertEqual(event["data"]["properties"], "trackbounces;trackclicks;trackopens")
+        by_address = (await self.api.get("/v1/events/email/A@dest.example")).json
+        self.assertEqual([e["data"]["id"] for e in by_address], [first])
+        self.assertEqual(len((await self.api.get("/v1/events/tags/nov")).json), 2)
+        self.assertEqual(len((await self.api.get("/v1/events/tags/nov;promo")).json), 1)
+        self.assertEqual(len((await self.api.get("/v1/events/tags/nov?tags=promo")).json), 1)
+        today = time.strftime("%Y-%m-%d", time.gmtime())
+        self.assertEqual(len((await self.api.get(f"/v1/events/tags/nov?start={today}")).json), 2)
+        self.assertEqual((await self.api.get("/v1/events/tags/nov?start=2001-01-01")).json, [])
+        for query, text in (("start=yesterday", "'start'"), (f"start={today}&end={today}", "'end'")):
+            response = await self.api.get(f"/v1/events/tags/nov?{query}")
+            self.assertEqual(response.code, 400)
+            self.assertIn(text, response.json["error"]["message"])
+        self.assertEqual((await self.api.get("/v1/events/messageid/doesnotexist")).code, 404)
+
+    async def test_logfiles(self) -> None:
+        await self.start()
+        (message_id,) = await self.send({"recipient": "a@dest.example", "from": "info@example.com",
+                                         "text": "x", "tags": ["t1"]})
+        today = time.strftime("%Y-%m-%d", time.gmtime())
+        self.assertEqual((await self.api.get("/v1/logfiles")).json, [today])
+        self.assertEqual((await self.api.get(f"/v1/logfiles/{today}")).json, [f"attempts.{today}.log"])
+        plain = await self.api.get(f"/v1/logfiles/attempts.{today}.log")
+        self.assertEqual(plain.code, 200)
+        self.assertTrue(plain.content_type.startswith("text/csv"))
+        fields = plain.text.strip().split(",")
+        self.assertEqual((fields[0], fields[3], fields[5], fields[6]),
+                         (message_id, "a@dest.example", "t1", "0"))
+        header = await self.api.get(f"/v1/logfiles/attempts.{today}.log/header")
+        self.assertEqual(header.text.splitlines()[0], "id,time,envelope,recipient,properties,tags,templateid")
+        as_json = await self.api.get(f"/v1/logfiles/attempts.{today}.log/json")
+        self.assertEqual(as_json.json[0]["id"], message_id)
+        as_xml = await self.api.get(f"/v1/logfiles/attempts.{today}.log/xml")
+        self.assertIn(f"<record><id>{message_id}</id>".encode(), as_xml.body)
+        self.assertEqual((await self.api.get(f"/v1/logfiles/deliveries.{today}.log")).text, "")
+        for path in ("/v1/logfiles/nonsense", f"/v1/logfiles/passwords.{today}.log",
+                     f"/v1/logfiles/attempts.{today}.log/pdf"):
+            self.assertEqual((await self.api.get(path)).code, 404, path)
+
+    async def test_archive_and_resend(self) -> None:
+        await self.start()
+        logo = b"\x89PNG fake"
+        mime = (
+            "MIME-Version: 1.0\r\nFrom: <info@example.com>\r\nSubject: parts\r\n"
+            'Content-Type: multipart/mixed; boundary="b1"\r\n\r\n'
+            '--b1\r\nContent-Type: multipart/related; boundary="b2"\r\n\r\n'
+            '--b2\r\nContent-Type: multipart/alternative; boundary="b3"\r\n\r\n'
+            "--b3\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nplain text ä\r\n"
+            '--b3\r\nContent-Type: text/html; charset=utf-8\r\n\r\n<img src="cid:logo1">\r\n--b3--\r\n'
+            "--b2\r\nContent-Type: image/png\r\nContent-ID: <logo1>\r\n"
+            "Content-Transfer-Encoding: base64\r\n\r\n"
+            f"{base64.b64encode(logo).decode()}\r\n--b2--\r\n"
+            '--b1\r\nContent-Type: text/csv; name="data.csv"\r\n'
+            'Content-Disposition: attachment; filename="data.csv"\r\n\r\na,b\r\n1,2\r\n--b1--\r\n'
+        )
+        (message_id,) = await self.send({"recipient": "a@dest.example", "mime": mime,
+                                         "envelope": "bounce@example.com"})
+        self.assertEqual((await self.api.get(f"/v1/recipient/{message_id}")).text, "a@dest.example")
+        self.assertEqual((await self.api.get(f"/v1/envelope/{message_id}")).text, "bounce@example.com")
+        self.assertEqual((await self.api.get(f"/v1/text/{message_id}")).text.strip(), "plain text ä")
+        self.assertEqual((await self.api.get(f"/v1/html/{message_id}")).text.strip(), '<img src="cid:logo1">')
+        headers = (await self.api.get(f"/v1/headers/{message_id}")).text
+        self.assertIn("Subject: parts", headers)
+        self.assertEqual((await self.api.get(f"/v1/header/{message_id}")).text, headers)
+        listing = (await self.api.get(f"/v1/attachments/{message_id}")).json
+        # The CRLF before a boundary belongs to the boundary (RFC 2046 §5.1.1).
+        self.assertEqual(listing, [{"name": "data.csv", "rank": 0, "type": "text/csv", "size": 8}])
+        for item in ("0", "data.csv"):
+            download = await self.api.get(f"/v1/attachments/{message_id}/{item}")
+            self.assertEqual((download.code, download.body), (200, b"a,b\r\n1,2"))
+        self.assertEqual((await self.api.get(f"/v1/attachments/{message_id}/5")).code, 404)
+        embeds = (await self.api.get(f"/v1/embeds/{message_id}")).json
+        self.assertEqual(embeds, [{"name": "logo1", "rank": 0, "type": "image/png", "size": len(logo)}])
+        self.assertEqual((await self.api.get(f"/v1/embeds/{message_id}/logo1")).body, logo)
+        (plain_id,) = await self.send({"recipient": "a@dest.example", "from": "info@example.com",
+                                       "text": "x"})
+        self.assertEqual((await self.api.get(f"/v1/html/{plain_id}")).code, 404)
+        resent = await self.api.post("/v1/resend", json_body={"message": message_id})
+        self.assertEqual(resent.code, 200, resent.body)
+        ((new_id, address),) = resent.json.items()
+        self.assertNotEqual(new_id, message_id)
+        self.assertEqual(address, "a@dest.example")
+        self.assertEqual((await self.storage.message_content(new_id))["mime"],
+                         (await self.storage.message_content(message_id))["mime"])
+        self.assertEqual((await self.api.post("/v1/resend", json_body={})).code, 400)
+
+    # -- documents without a token ---------------------------------------------------
+
+    async def test_openapi_document_matches_the_routes(self) -> None:
+        await self.start()
+        response = await self.api.get("/v1/openapi.json", token=None)
+        self.assertEqual(response.code, 200)
+        served = response.json
+        self.assertEqual(served["openapi"], "3.0.3")
+        documented = {(path, method) for path, item in served["paths"].items() for method in item}
+        routed = set()
+        for rule in API.app.url_map.iter_rules():
+            path = rule.rule
+            for converter in ("<path:", "<"):
+                path = path.replace(converter, "{")
+            path = path.replace(">", "}")
+            for name in ("{message_id}",):
+                path = path.replace(name, "{id}")
+            path = path.replace("{form}", "{format}")
+            for method in rule.methods - {"HEAD", "OPTIONS"}:
+                routed.add((path, method.lower()))
+        self.assertEqual(routed, documented)
+        self.assertEqual(served, json.loads(json.dumps(document(self.harness.service.config.public_url))))
+
+    async def test_metrics(self) -> None:
+        await self.start()
+        await self.send({"recipient": "a@dest.example", "from": "info@example.com", "text": "x"})
+        response = await self.api.get("/metrics", token=None)
+        self.assertEqual(response.code, 200)
+        self.assertIn("smtpeter_accepted_total 1\n", response.text)
+        self.assertIn('smtpeter_queue_depth{state="queued"} 1\n', response.text)
+        self.assertIn("# TYPE smtpeter_delivered_total counter", response.text)
+        api = self.harness.service.api
+
+        def remote(header: bytes | None) -> SimpleNamespace:
+            return SimpleNamespace(getClientAddress=lambda: SimpleNamespace(host="203.0.113.9"),
+                                   getHeader=lambda name: header)
+
+        self.assertFalse(api._may_see_metrics(remote(None)))
+        api.config.http.metrics_token = "s3cret"
+        self.assertFalse(api._may_see_metrics(remote(b"Bearer wrong")))
+        self.assertTrue(api._may_see_metrics(remote(b"Bearer s3cret")))
+
+    async def test_thunderbird_autoconfig(self) -> None:
+        await self.start()
+        for path in ("/.well-known/autoconfig/mail/config-v1.1.xml", "/mail/config-v1.1.xml"):
+            response = await self.api.get(path + "?emailaddress=" + urllib.parse.quote("me@example.com"),
+                                          token=None)
+            self.assertEqual(response.code, 200)
+            self.assertIn(b"<domain>example.com</domain>", response.body)
+            self.assertIn(f"<port>{self.harness.smtp_port}</port>".encode(), response.body)
+            self.assertIn(f"<port>{self.harness.smtps_port}</port>".encode(), response.body)
+            self.assertIn(b"<socketType>STARTTLS</socketType>", response.body)
+            self.assertIn(b"<socketType>SSL</socketType>", response.body)
+
+    async def test_unknown_paths_and_methods_are_json(self) -> None:
+        await self.start()
+        response = await self.api.get("/v2/send")
+        self.assertEqual((response.code, response.json), (404, {"error": {"message": "Not found"}}))
+        response = await self.api.get("/v1/send")
+        self.assertEqual(response.code, 405)
+        self.assertIn("error", response.json)

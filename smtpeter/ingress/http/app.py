@@ -479,7 +479,9 @@ class API:
 
 def _crlf(data: bytes) -> bytes:
     """Line ends as they must be stored: CRLF everywhere (JSON clients often send LF)."""
-    data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+    crlf = data.count(b"\r\n")
+    if data.count(b"\n") != crlf or data.count(b"\r") != crlf:
+        data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
     return data if data.endswith(b"\r\n") else data + b"\r\n"
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.peers import Postfix, Smtpeter, smtp_source
+from bench.peers import Postfix, Smtpeter, smtp_source, throwaway_postgres
 
 
 def main() -> None:
@@ -30,15 +30,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
-    cluster = None
-    storage_url = None
-    if args.postgresql:
-        from tests.support.postgres import TemporaryCluster
-
-        cluster = TemporaryCluster()
-        cluster.init()
-        cluster.start()
-        storage_url = cluster.create_database()
+    cluster, storage_url = throwaway_postgres() if args.postgresql else (None, None)
     postfix = Postfix().start()
     smtpeter = Smtpeter(storage_url).start()
     log = ""

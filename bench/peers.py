@@ -10,6 +10,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -156,6 +157,16 @@ class Smtpeter:
         text = log.read_text() if log.exists() else ""
         shutil.rmtree(self.dir, ignore_errors=True)
         return text
+
+
+def throwaway_postgres() -> tuple[Any, str]:
+    """A PostgreSQL cluster in a temp dir (tests/support/postgres.py) and a fresh database's URL."""
+    from tests.support.postgres import TemporaryCluster
+
+    cluster = TemporaryCluster()
+    cluster.init()
+    cluster.start()
+    return cluster, cluster.create_database()
 
 
 def smtp_source(port: int, messages: int, sessions: int, size: int, reuse: bool = False,

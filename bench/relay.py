@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.peers import Postfix, Smtpeter, free_port, require, smtp_source
+from bench.peers import Postfix, Smtpeter, free_port, require, smtp_source, throwaway_postgres
 from tests.support.harness import wait_for_port
 
 SINK_HOST = "127.0.0.5"
@@ -85,15 +85,7 @@ def main() -> None:
 
     sink = SmtpSink()
     route = f"{SINK_HOST}:{sink.port}"
-    cluster = None
-    storage_url = None
-    if args.postgresql:
-        from tests.support.postgres import TemporaryCluster
-
-        cluster = TemporaryCluster()
-        cluster.init()
-        cluster.start()
-        storage_url = cluster.create_database()
+    cluster, storage_url = throwaway_postgres() if args.postgresql else (None, None)
     postfix = Postfix(relay_to=route).start()
     smtpeter = Smtpeter(storage_url, extra_toml=(
         f'[delivery]\nroutes = {{ "*" = "{route}" }}\n'

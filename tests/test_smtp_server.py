@@ -51,12 +51,7 @@ class SubmissionServerTests(unittest.TestCase):
 
         # The same conversation without the fake end is accepted: the test can fail.
         def clean() -> list:
-            client = RawClient(harness.smtp_port)
-            client.reply()
-            client.command(b"EHLO client.test")
-            client.command(b"MAIL FROM:<app@example.com>")
-            client.command(b"RCPT TO:<user@example.net>")
-            client.command(b"DATA")
+            client = RawClient.ready_for_data(harness.smtp_port)
             client.send(BODY + b"line\r\n.\r\n")
             return client.reply()
 
@@ -90,12 +85,7 @@ class SubmissionServerTests(unittest.TestCase):
         harness = await self.start()
 
         def scenario() -> list:
-            client = RawClient(harness.smtp_port)
-            client.reply()
-            client.command(b"EHLO client.test")
-            client.command(b"MAIL FROM:<app@example.com>")
-            client.command(b"RCPT TO:<user@example.net>")
-            client.command(b"DATA")
+            client = RawClient.ready_for_data(harness.smtp_port)
             client.send(BODY + b"x" * 20000 + b"\r\n" + SMUGGLED + b"QUIT\r\n")
             replies = [client.reply(), client.reply()]
             return replies
@@ -216,12 +206,7 @@ class SubmissionServerTests(unittest.TestCase):
         harness = await self.start()
 
         def send(headers: bytes) -> tuple:
-            client = RawClient(harness.smtp_port)
-            client.reply()
-            client.command(b"EHLO client.test")
-            client.command(b"MAIL FROM:<app@example.com>")
-            client.command(b"RCPT TO:<user@example.net>")
-            client.command(b"DATA")
+            client = RawClient.ready_for_data(harness.smtp_port)
             client.send(headers + BODY + b".\r\n")
             return client.reply()
 
@@ -303,12 +288,7 @@ class SubmissionServerTests(unittest.TestCase):
         harness = await self.start(backend="postgresql")
 
         def send() -> tuple:
-            client = RawClient(harness.smtp_port)
-            client.reply()
-            client.command(b"EHLO client.test")
-            client.command(b"MAIL FROM:<app@example.com>")
-            client.command(b"RCPT TO:<user@example.net>")
-            client.command(b"DATA")
+            client = RawClient.ready_for_data(harness.smtp_port)
             client.send(BODY + b".\r\n")
             return client.reply()
 
@@ -381,12 +361,7 @@ class SubmissionServerTests(unittest.TestCase):
         harness.service.submission.submit = stuck
 
         def scenario() -> list:
-            client = RawClient(harness.smtp_port)
-            client.reply()
-            client.command(b"EHLO client.test")
-            client.command(b"MAIL FROM:<app@example.com>")
-            client.command(b"RCPT TO:<user@example.net>")
-            client.command(b"DATA")
+            client = RawClient.ready_for_data(harness.smtp_port)
             client.send(BODY + b".\r\n")
             return [client.reply(), client.command(b"NOOP")]
 
@@ -399,12 +374,7 @@ class SubmissionServerTests(unittest.TestCase):
         harness = await self.start()
 
         def send(header: bytes) -> tuple:
-            client = RawClient(harness.smtp_port)
-            client.reply()
-            client.command(b"EHLO client.test")
-            client.command(b"MAIL FROM:<app@example.com>")
-            client.command(b"RCPT TO:<user@example.net>")
-            client.command(b"DATA")
+            client = RawClient.ready_for_data(harness.smtp_port)
             client.send(header + b"\r\nbody\r\n.\r\n")
             return client.reply()
 

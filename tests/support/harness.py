@@ -174,6 +174,17 @@ class RawClient:
             if len(text) < 4 or text[3] != "-":
                 return int(text[:3]), lines
 
+    @classmethod
+    def ready_for_data(cls, port: int, sender: bytes = b"app@example.com",
+                       recipient: bytes = b"user@example.net") -> RawClient:
+        """Connected, greeted, with one transaction open up to the 354 (a trusted client)."""
+        client = cls(port)
+        for expected, line in ((220, None), (250, b"EHLO client.test"), (250, b"MAIL FROM:<" + sender + b">"),
+                               (250, b"RCPT TO:<" + recipient + b">"), (354, b"DATA")):
+            code, lines = client.command(line) if line else client.reply()
+            assert code == expected, (line, lines)
+        return client
+
     def command(self, line: bytes) -> tuple[int, list[str]]:
         self.send(line + b"\r\n")
         return self.reply()

@@ -8,18 +8,18 @@ replies: per-address refusals, greylisting, stalls, dropped connections, STARTTL
 
 from __future__ import annotations
 
-import datetime
 import socket
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from twisted.internet import defer, protocol, ssl
 from twisted.protocols.basic import LineReceiver
+
+# Certificates only: the sink's SMTP is its own, independent of the code under test.
+from smtpeter.tls import make_self_signed, server_context
 
 STALL_STATES = ("banner", "ehlo", "mail", "rcpt", "data", "dot")
 GREYLISTED = (451, "4.7.1 Greylisted, try again in 5 minutes")
@@ -67,40 +67,19 @@ class Behaviour:
             raise ValueError(f"stall_at must be one of {STALL_STATES}, not {self.stall_at!r}")
 
 
-_self_signed: tuple[Any, Any] | None = None
-
-
-def _self_signed_material() -> tuple[Any, Any]:
-    """A throwaway certificate and key, made once per test process, kept in memory."""
-    global _self_signed
-    if _self_signed is None:
-        key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sink.test")])
-        now = datetime.datetime.now(datetime.UTC)
-        certificate = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=365))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("sink.test")]), critical=False)
-            .sign(key, hashes.SHA256())
-        )
-        _self_signed = (certificate, key)
-    return _self_signed
+_self_signed: tuple[Path, Path] | None = None
 
 
 def _tls_context(behaviour: Behaviour) -> ssl.CertificateOptions:
+    """The given certificate, or a throwaway one made once per test process."""
+    global _self_signed
     if behaviour.tls_cert and behaviour.tls_key:
-        with open(behaviour.tls_cert, "rb") as f:
-            certificate = x509.load_pem_x509_certificate(f.read())
-        with open(behaviour.tls_key, "rb") as f:
-            key = serialization.load_pem_private_key(f.read(), password=None)
-    else:
-        certificate, key = _self_signed_material()
-    return ssl.CertificateOptions(privateKey=key, certificate=certificate)
+        return server_context(Path(behaviour.tls_cert), Path(behaviour.tls_key))
+    if _self_signed is None:
+        directory = Path(tempfile.mkdtemp(prefix="smtpeter-sink-tls-"))
+        _self_signed = (directory / "sink.crt", directory / "sink.key")
+        make_self_signed("sink.test", *_self_signed)
+    return server_context(*_self_signed)
 
 
 def _parse_path(text: str, keyword: str) -> tuple[str, dict[str, str | None]] | None:

@@ -75,6 +75,9 @@ class HTTPConfig:
     metrics_token: str = ""
     # Access log (combined format); default: http-access.log in the data directory.
     access_log: str = ""
+    # Incoming mail servers Thunderbird's autoconfig should name with our SMTP
+    # service, as URLs: imaps://host:993, imap://host:143 (STARTTLS), pop3s://, pop3://.
+    autoconfig_incoming: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -295,7 +298,26 @@ def _validate(config: Config) -> None:
                  "max_connections_per_client", "max_errors"):
         if getattr(config.smtp, name) <= 0:
             raise ConfigError(f"[smtp] {name} must be positive")
+    for url in config.http.autoconfig_incoming:
+        try:
+            incoming_server(url)
+        except ValueError as exc:
+            raise ConfigError(f"[http] autoconfig_incoming: {exc}") from None
     _validate_delivery(config.delivery)
+
+
+_INCOMING = {"imaps": ("imap", "SSL", 993), "imap": ("imap", "STARTTLS", 143),
+             "pop3s": ("pop3", "SSL", 995), "pop3": ("pop3", "STARTTLS", 110)}
+
+
+def incoming_server(url: str) -> tuple[str, str, int, str]:
+    """``imaps://host:993`` as (type, hostname, port, socket type) for autoconfig."""
+    scheme, sep, rest = url.partition("://")
+    host, _, port = rest.rstrip("/").rpartition(":") if ":" in rest else (rest.rstrip("/"), "", "")
+    if not sep or scheme not in _INCOMING or not host or (port and not port.isdigit()):
+        raise ValueError(f"{url!r} is not imaps://, imap://, pop3s:// or pop3://host[:port]")
+    kind, socket_type, default_port = _INCOMING[scheme]
+    return kind, host, int(port) if port else default_port, socket_type
 
 
 def _validate_delivery(delivery: DeliveryConfig) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import random
+import re
 import secrets
 import string
 import time
@@ -12,6 +13,7 @@ import time
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
 _TO_CROCKFORD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _ALPHABET.encode())
 _random = random.Random(secrets.randbits(128))
+_ID = re.compile(f"[{_ALPHABET}]{{18}}")
 
 
 def new_id() -> str:
@@ -23,6 +25,11 @@ def new_id() -> str:
     # the fast generator will do; it only has to avoid collisions.
     value = (time.time_ns() // 1_000_000) << 40 | _random.getrandbits(40)
     return base64.b32encode(value.to_bytes(11, "big"))[:18].translate(_TO_CROCKFORD).decode("ascii")
+
+
+def is_id(text: str) -> bool:
+    """Whether ``text`` could be an id that ``new_id`` made (so it is safe to look up)."""
+    return _ID.fullmatch(text) is not None
 
 
 _SECRET_ALPHABET = string.ascii_letters + string.digits

@@ -75,7 +75,8 @@ class SmtpeterService(service.Service):
     async def _start(self) -> SmtpeterService:
         config = self.config
         config.data_path.mkdir(parents=True, exist_ok=True)
-        self.storage = await open_storage(config.storage_url, self.reactor, config.storage.pool_size)
+        self.storage = await open_storage(config.storage_url, self.reactor, config.storage.pool_size,
+                                          config.delivery.max_deliver_time)
         self.storage.clock = self.clock
         cert_path, key_path = tls.certificate_files(config)
         context = tls.server_context(cert_path, key_path)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import base64
+import calendar
 import email
 import email.policy
 import json
 import time
 import urllib.parse
 from types import SimpleNamespace
+from xml.etree import ElementTree
 
 from twisted.trial import unittest
 
@@ -135,7 +137,12 @@ class APITests(unittest.TestCase):
         self.assertEqual(content["options"]["trackopens"], False)
         self.assertEqual(content["options"]["images"], "hosted")
         self.assertEqual(content["tags"], ["tag1", "tag2"])
-        self.assertEqual(content["expires"], 4070908800.0)
+        # 2099 means "keep trying": capped at 30 days rather than refused.
+        self.assertLess(abs(content["expires"] - (time.time() + 30 * 86400)), 60)
+        soon = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(time.time() + 7200))
+        soon_id = next(iter(await self.send({**SMTPETER_ADVANCED, "maxdelivertime": soon})))
+        self.assertEqual((await self.storage.message_content(soon_id))["expires"],
+                         float(calendar.timegm(time.strptime(soon, "%Y-%m-%d %H:%M:%S"))))
         multi = await self.send(SMTPETER_MULTI)
         self.assertEqual(sorted(multi.values()), ["one@example.net", "two@example.net"])
         self.assertEqual(len(set(multi)), 2)  # each recipient has its own message id
@@ -156,6 +163,68 @@ class APITests(unittest.TestCase):
         keyed = await self.send({"recipients": {"x@dest.example": {"name": "X"}, "y@dest.example": {}},
                                  "from": "info@example.com", "text": "hi"})
         self.assertEqual(sorted(keyed.values()), ["x@dest.example", "y@dest.example"])
+
+    async def test_personalization(self) -> None:
+        await self.start()
+        # The 2017 documentation's shape: per-recipient data in the recipients object.
+        answer = await self.send({
+            "recipients": {"jane@dest.example": {"firstname": "Jane", "orders": [{"id": 7}, {"id": 9}]},
+                           "john@dest.example": {"firstname": "john"}},
+            "data": {"shop": "Acme"}, "from": "{$shop} <info@example.com>", "to": "{$recipient}",
+            "subject": "Hello {$firstname|ucfirst}", "envelope": "bounces@example.com",
+            "text": "Dear {$firstname|ucfirst},\n{foreach $o in $orders}order {$o.id}\n"
+                    "{foreachelse}no orders\n{/foreach}sent by {$envelope}",
+            "html": "<style>p{color:red}</style><p>Hi {$firstname|escape}</p>"})
+        by_address = {address: message_id for message_id, address in answer.items()}
+        self.assertEqual(set(by_address), {"jane@dest.example", "john@dest.example"})
+        jane = await self.stored(by_address["jane@dest.example"])
+        john = await self.stored(by_address["john@dest.example"])
+        self.assertEqual((jane["Subject"], john["Subject"]), ("Hello Jane", "Hello John"))
+        self.assertEqual(jane["To"].addresses[0].addr_spec, "jane@dest.example")
+        self.assertEqual(jane["From"].addresses[0].display_name, "Acme")
+        jane_text = jane.get_body(("plain",)).get_content()
+        self.assertEqual(jane_text.replace("\r\n", "\n").strip(),
+                         "Dear Jane,\norder 7\norder 9\nsent by bounces@example.com")
+        self.assertIn("no orders", john.get_body(("plain",)).get_content())
+        self.assertIn("<style>p{color:red}</style><p>Hi Jane</p>", jane.get_body(("html",)).get_content())
+        # Each message holds only its own recipient.
+        jane_message = (await self.storage.message_content(by_address["jane@dest.example"]))["message_id"]
+        queued = await self.storage.queue(limit=100)
+        self.assertEqual([r.address for r in queued if r.message_id == jane_message], ["jane@dest.example"])
+        # Whole MIME messages are templates too; "data" serves a single recipient.
+        mime = ("From: <info@example.com>\r\nSubject: For {$name}\r\nX-Ref: {$ref}\r\n\r\n"
+                "Hello {$name},\r\n{if $vip}You are a VIP.{/if}\r\n")
+        (mime_id,) = await self.send({"recipient": "a@dest.example", "mime": mime,
+                                      "data": {"name": "Ann", "ref": "R-1", "vip": True}})
+        stored = await self.stored(mime_id)
+        self.assertEqual((stored["Subject"], stored["X-Ref"]), ("For Ann", "R-1"))
+        self.assertIn("You are a VIP.", stored.get_content())
+        # Data never becomes a header of its own, in MIME or in fields.
+        for body in ({"recipient": "a@dest.example", "mime": mime,
+                      "data": {"name": "x\r\nBcc: victim@other.example", "ref": ""}},
+                     {"recipient": "a@dest.example", "from": "info@example.com", "text": "t",
+                      "subject": "{$name}", "data": {"name": "x\nBcc: victim@other.example"}}):
+            response = await self.api.post("/v1/send", json_body=body)
+            self.assertEqual(response.code, 400, response.body)
+        # Nothing to personalize: one message for everyone, as without data.
+        plain = await self.send({"recipients": {"p@dest.example": {}, "q@dest.example": {}},
+                                 "from": "info@example.com", "text": "no tags here {not a tag}"})
+        contents = [await self.storage.message_content(i) for i in plain]
+        self.assertEqual(contents[0]["message_id"], contents[1]["message_id"])
+        # Mistakes are 400s that say what is wrong, and nothing is stored.
+        before = len(await self.storage.queue(limit=1000))
+        for body, message in (
+            ({"text": "{if $x}never closed"}, "missing {/if}"),
+            ({"text": "{$x|nonsense}"}, "unknown modifier"),
+            ({"text": "{$x}", "data": {"1x": 1}}, "not a variable name"),
+            ({"text": "{$x}", "data": ["x"]}, "must be an object"),
+            ({"text": "{$x}", "recipients": {"a@dest.example": "not an object"}}, "must be an object"),
+        ):
+            request = {"recipient": "a@dest.example", "from": "info@example.com", "data": {}, **body}
+            response = await self.api.post("/v1/send", json_body=request)
+            self.assertEqual(response.code, 400, body)
+            self.assertIn(message, response.json["error"]["message"])
+        self.assertEqual(len(await self.storage.queue(limit=1000)), before)
 
     async def test_dsn_and_legacy_option_names(self) -> None:
         await self.start()
@@ -181,11 +250,58 @@ class APITests(unittest.TestCase):
                              ("extra", {"Bcc": "v@x.example"}), ("extra", {"x-a\r\nb": "1"}),
                              ("replyto", "r@example.com\r\nX: y"),
                              ("attachments", [{"data": "eA==", "name": "a\r\nb.txt"}]),
-                             ("dsn", {"envid": "a\r\nb"})):
+                             ("dsn", {"envid": "a\r\nb"}),
+                             # Encoded-words that decode to line breaks (CVE-2024-6923's path).
+                             ("subject", "=?utf-8?q?hi=0D=0ABcc:_victim@x.example?="),
+                             ("subject", "=?utf-8?b?aGkNCkJjYzogdkB4LmV4YW1wbGU=?="),
+                             ("to", "=?utf-8?q?A=0D=0ABcc:_v@x.example?= <a@dest.example>"),
+                             ("from", "=?utf-8?q?Boss=0ABcc:_v@x.example?= <info@example.com>"),
+                             ("extra", {"x-ok": "=?utf-8?q?a=0D=0AX-Evil:_1?="}),
+                             ("attachments", [{"data": "eA==", "name": "=?utf-8?q?a=0D=0Ab.txt?="}]),
+                             # Control characters, line separators, lone surrogates: 400, not 500.
+                             ("subject", "a\x00b"), ("subject", "a\x1bb"), ("subject", "a\u2028b"),
+                             ("subject", "a\ud800b"), ("text", "a\x00b"), ("to", "a\x85@dest.example")):
             response = await self.api.post("/v1/send", json_body={**base, field: value})
             self.assertEqual(response.code, 400, (field, value, response.body))
             self.assertIn("error", response.json)
         self.assertEqual(await self.storage.queue(), [])
+        # Encoded-words that hold ordinary text stay ordinary text, re-encoded by us.
+        (message_id,) = await self.send({**base, "subject": "=?utf-8?q?Caf=C3=A9?= menu",
+                                         "to": '"Doe, \\"Jr\\"" <"john doe"@dest.example>'})
+        stored = await self.stored(message_id)
+        self.assertEqual(str(stored["Subject"]), "Café menu")
+        self.assertEqual(stored["To"].addresses[0].addr_spec, '"john doe"@dest.example')
+        self.assertEqual(stored["To"].addresses[0].display_name, 'Doe, "Jr"')
+        raw = (await self.storage.message_content(message_id))["mime"]
+        self.assertNotIn(b'""john doe""', raw)  # a quoted local part is not quoted twice
+
+    async def test_form_bodies(self) -> None:
+        await self.start()
+        base = "recipient=a%40dest.example&from=info%40example.com&text=x"
+        # Conflicting shapes of one field are a 400, never a 500.
+        for form in (base + "&tags=a&tags%5Bk%5D=b", base + "&dsn%5Bret%5D=FULL&dsn=x",
+                     base + "&extra%5Bx-a%5D=1&extra%5Bx-a%5D%5Bb%5D=2", base + "&subject=%FF"):
+            response = await self.api.post("/v1/send", form=form)
+            self.assertEqual(response.code, 400, (form, response.body))
+        # bcc recipients are envelope recipients only; "0" is a false oneclick; base64 may wrap.
+        attachment = base64.encodebytes(b"x" * 200).decode()
+        form = (base + "&bcc%5B%5D=hidden%40dest.example&unsubscribe%5Burl%5D=https%3A%2F%2Fu.example%2F1"
+                "&unsubscribe%5Boneclick%5D=0&attachments%5B0%5D%5Bname%5D=x.bin&attachments%5B0%5D%5Bdata%5D="
+                + urllib.parse.quote(attachment))
+        response = await self.api.post("/v1/send", form=form)
+        self.assertEqual(response.code, 200, response.body)
+        self.assertEqual(sorted(response.json.values()), ["a@dest.example", "hidden@dest.example"])
+        stored = await self.stored(next(iter(response.json)))
+        self.assertNotIn("hidden", str(stored))
+        self.assertIsNone(stored["List-Unsubscribe-Post"])
+        self.assertEqual([p.get_content() for p in stored.iter_attachments()], [b"x" * 200])
+        # A flood of form fields without a token is refused before it costs much.
+        flood = "&".join(f"f{i}=1" for i in range(20000))
+        response = await self.api.post("/v1/send", form=flood, token=None)
+        self.assertIn(response.code, (400, 401))
+        response = await self.api.post("/v1/send", form=flood)
+        self.assertEqual(response.code, 400)
+        self.assertIn("more than", response.json["error"]["message"])
 
     async def test_every_malformed_field_gets_a_clear_4xx(self) -> None:
         await self.start(max_recipients=3)
@@ -283,11 +399,19 @@ class APITests(unittest.TestCase):
         today = time.strftime("%Y-%m-%d", time.gmtime())
         self.assertEqual(len((await self.api.get(f"/v1/events/tags/nov?start={today}")).json), 2)
         self.assertEqual((await self.api.get("/v1/events/tags/nov?start=2001-01-01")).json, [])
-        for query, text in (("start=yesterday", "'start'"), (f"start={today}&end={today}", "'end'")):
+        for query, text in (("start=yesterday", "'start'"), (f"start={today}&end={today}", "'end'"),
+                            ("start=9999-12-31", "'start'"), ("end=0001-01-01", "'end'")):
             response = await self.api.get(f"/v1/events/tags/nov?{query}")
             self.assertEqual(response.code, 400)
             self.assertIn(text, response.json["error"]["message"])
         self.assertEqual((await self.api.get("/v1/events/messageid/doesnotexist")).code, 404)
+        # Mailbox names are found whatever their case; the events keep the case they were sent with.
+        (upper,) = await self.send({"recipient": "Jane.Doe@Dest.example", "from": "info@example.com",
+                                    "text": "x"})
+        for address in ("jane.doe@dest.example", "JANE.DOE@DEST.EXAMPLE"):
+            found = (await self.api.get(f"/v1/events/email/{address}")).json
+            self.assertEqual([(e["data"]["id"], e["data"]["recipient"]) for e in found],
+                             [(upper, "Jane.Doe@dest.example")])
 
     async def test_logfiles(self) -> None:
         await self.start()
@@ -310,8 +434,14 @@ class APITests(unittest.TestCase):
         self.assertIn(f"<record><id>{message_id}</id>".encode(), as_xml.body)
         self.assertEqual((await self.api.get(f"/v1/logfiles/deliveries.{today}.log")).text, "")
         for path in ("/v1/logfiles/nonsense", f"/v1/logfiles/passwords.{today}.log",
-                     f"/v1/logfiles/attempts.{today}.log/pdf"):
+                     f"/v1/logfiles/attempts.{today}.log/pdf", "/v1/logfiles/attempts.9999-12-31.log"):
             self.assertEqual((await self.api.get(path)).code, 404, path)
+        # Tokens in URLs never reach the access log, which only the operator may read.
+        access_log = self.harness.service.config.data_path / "http-access.log"
+        logged = access_log.read_text()
+        self.assertIn(f"/v1/logfiles/attempts.{today}.log?access_token=- ", logged)
+        self.assertNotIn(self.acme.token, logged)
+        self.assertEqual(access_log.stat().st_mode & 0o777, 0o600)
 
     async def test_archive_and_resend(self) -> None:
         await self.start()
@@ -356,9 +486,29 @@ class APITests(unittest.TestCase):
         ((new_id, address),) = resent.json.items()
         self.assertNotEqual(new_id, message_id)
         self.assertEqual(address, "a@dest.example")
-        self.assertEqual((await self.storage.message_content(new_id))["mime"],
-                         (await self.storage.message_content(message_id))["mime"])
+        original, again = await self.stored(message_id), await self.stored(new_id)
+        # A new message: its own Message-ID (receivers drop repeats of one) and Date.
+        self.assertNotEqual(again["Message-ID"], original["Message-ID"])
+        self.assertEqual(len(again.get_all("Message-ID")), 1)
+        self.assertEqual(len(again.get_all("Date")), 1)
+
+        def without_identity(message: email.message.EmailMessage) -> list:
+            return [(k, v) for k, v in message.items() if k.lower() not in ("message-id", "date")]
+
+        self.assertEqual(without_identity(again), without_identity(original))
+        self.assertEqual(again.get_payload(0).as_bytes(), original.get_payload(0).as_bytes())
         self.assertEqual((await self.api.post("/v1/resend", json_body={})).code, 400)
+        # The DSN request of the original recipient goes with the resent message.
+        (dsn_id,) = await self.send({"recipient": "b@dest.example", "from": "info@example.com", "text": "x",
+                                     "envelope": "bounce@example.com",
+                                     "dsn": {"notify": "SUCCESS,FAILURE", "orcpt": "b@dest.example"}})
+        (resent_id,) = (await self.api.post("/v1/resend", json_body={"message": dsn_id})).json
+        entry = await self.storage.recipient(resent_id)
+        self.assertEqual((entry.notify, entry.orcpt), ("SUCCESS,FAILURE", "rfc822;b@dest.example"))
+        # Ids we could never have made are not found, whatever they hold.
+        for bogus in ("0" * 17, "%00" * 18, "..%2F" + "a" * 14, "A" * 18, "i" * 18):
+            self.assertEqual((await self.api.get(f"/v1/text/{bogus}")).code, 404, bogus)
+            self.assertEqual((await self.api.get(f"/v1/events/messageid/{bogus}")).code, 404, bogus)
 
     # -- documents without a token ---------------------------------------------------
 
@@ -389,13 +539,15 @@ class APITests(unittest.TestCase):
         response = await self.api.get("/metrics", token=None)
         self.assertEqual(response.code, 200)
         self.assertIn("smtpeter_accepted_total 1\n", response.text)
-        self.assertIn('smtpeter_queue_depth{state="queued"} 1\n', response.text)
+        self.assertIn("smtpeter_queue_depth 1\n", response.text)
+        proxied = await self.api.get("/metrics", token=None, headers={"X-Forwarded-For": "203.0.113.9"})
+        self.assertEqual(proxied.code, 403)
         self.assertIn("# TYPE smtpeter_delivered_total counter", response.text)
         api = self.harness.service.api
 
         def remote(header: bytes | None) -> SimpleNamespace:
             return SimpleNamespace(getClientAddress=lambda: SimpleNamespace(host="203.0.113.9"),
-                                   getHeader=lambda name: header)
+                                   getHeader=lambda name: header if name == b"authorization" else None)
 
         self.assertFalse(api._may_see_metrics(remote(None)))
         api.config.http.metrics_token = "s3cret"
@@ -403,16 +555,24 @@ class APITests(unittest.TestCase):
         self.assertTrue(api._may_see_metrics(remote(b"Bearer s3cret")))
 
     async def test_thunderbird_autoconfig(self) -> None:
-        await self.start()
+        await self.start(autoconfig_incoming=["imaps://imap.example.com", "pop3://pop.example.com:1110"])
         for path in ("/.well-known/autoconfig/mail/config-v1.1.xml", "/mail/config-v1.1.xml"):
             response = await self.api.get(path + "?emailaddress=" + urllib.parse.quote("me@example.com"),
                                           token=None)
             self.assertEqual(response.code, 200)
-            self.assertIn(b"<domain>example.com</domain>", response.body)
-            self.assertIn(f"<port>{self.harness.smtp_port}</port>".encode(), response.body)
-            self.assertIn(f"<port>{self.harness.smtps_port}</port>".encode(), response.body)
-            self.assertIn(b"<socketType>STARTTLS</socketType>", response.body)
-            self.assertIn(b"<socketType>SSL</socketType>", response.body)
+            provider = ElementTree.fromstring(response.body).find("emailProvider")  # noqa: S314 - our own
+            self.assertEqual(provider.findtext("domain"), "example.com")
+            servers = [(s.tag, s.get("type"), s.findtext("hostname"), int(s.findtext("port")),
+                        s.findtext("socketType"), s.findtext("username"))
+                       for s in provider if s.tag.endswith("Server")]
+            host = self.harness.service.config.hostname
+            # Thunderbird sets up nothing without an incoming server: the operator's come first.
+            self.assertEqual(servers, [
+                ("incomingServer", "imap", "imap.example.com", 993, "SSL", "%EMAILADDRESS%"),
+                ("incomingServer", "pop3", "pop.example.com", 1110, "STARTTLS", "%EMAILADDRESS%"),
+                ("outgoingServer", "smtp", host, self.harness.smtps_port, "SSL", "%EMAILADDRESS%"),
+                ("outgoingServer", "smtp", host, self.harness.smtp_port, "STARTTLS", "%EMAILADDRESS%"),
+            ])
 
     async def test_unknown_paths_and_methods_are_json(self) -> None:
         await self.start()

@@ -35,6 +35,9 @@ class ConfigTests(unittest.TestCase):
             ({"storage": {"url": "mysql://x"}}, "[storage] url must start with"),
             ({"tls": {"certificate": "/x.pem"}}, "certificate and key go together"),
             ({"dns": {"nameservers": ["dns.example"]}}, "is not IP[:port]"),
+            ({"http": {"autoconfig_incoming": ["imap.example.com"]}}, "[http] autoconfig_incoming"),
+            ({"http": {"autoconfig_incoming": ["ftp://files.example.com"]}}, "is not imaps://"),
+            ({"delivery": {"max_deliver_time": 0}}, "[delivery] max_deliver_time must be positive"),
         ]
         for raw, message in cases:
             with self.assertRaises(ConfigError) as caught:

@@ -114,6 +114,45 @@ class StorageSuite:
         self.assertEqual([e.type for e in events], ["attempt"])
         self.assertEqual(events[0].data["properties"], "trackclicks")
 
+    async def test_enqueue_all_is_all_or_nothing(self) -> None:
+        storage = await self.open_storage()
+        account = await storage.create_account("acme")
+        groups = await storage.enqueue_all([new_message(account.id, recipients=2), new_message(account.id)])
+        self.assertEqual([len(ids) for ids in groups], [2, 1])
+        self.assertEqual(len(await storage.queue()), 3)
+        # One message that cannot be stored (no such account) takes the others with it.
+        with self.assertRaises(Conflict):
+            await storage.enqueue_all([new_message(account.id), new_message("no-such-account")])
+        self.assertEqual(len(await storage.queue()), 3)
+        self.assertEqual(len(await storage.queue()), len(await storage.queue(account_id=account.id)))
+
+    async def test_event_queries(self) -> None:
+        storage = await self.open_storage()
+        account = await storage.create_account("acme")
+        tagged = new_message(account.id)
+        tagged.tags = ["50%_off", 'say "hi"', "a\\b"]
+        tagged.recipients = [NewRecipient("Jane.Doe@Example.net")]
+        (first,) = await storage.enqueue(tagged)
+        (second,) = await storage.enqueue(new_message(account.id))
+        until = storage.now() + 1
+
+        async def ids(**kwargs: object) -> list[str]:
+            return [e.message_id for e in await storage.account_events(account.id, 0, until, **kwargs)]
+
+        self.assertEqual(await ids(), [first, second])
+        self.assertEqual(await ids(recipient="jane.doe@example.net"), [first])
+        self.assertEqual(await ids(recipient="JANE.DOE@EXAMPLE.NET"), [first])
+        self.assertEqual((await storage.events(first))[0].data["recipient"], "Jane.Doe@Example.net")
+        for tags, expected in ((["50%_off"], [first]), (['say "hi"', "a\\b"], [first]), (["news"], [second]),
+                               (["50%"], []), (["%"], []), (["_"], []), (["50%_off", "news"], [])):
+            self.assertEqual(await ids(tags=tags), expected, tags)
+        self.assertEqual(await ids(limit=1), [first])
+        for bogus in ("x", "0" * 17 + "\x00", "'; DROP TABLE events; --"):
+            with self.assertRaises(NotFound):
+                await storage.events(bogus)
+            with self.assertRaises(NotFound):
+                await storage.recipient(bogus)
+
     async def test_binary_content_round_trips(self) -> None:
         storage = await self.open_storage()
         account = await storage.create_account("acme")

@@ -12,7 +12,7 @@ HELP = {
     "smtpeter_failed_total": ("counter", "Recipients that failed for good (expired ones included)."),
     "smtpeter_expired_total": ("counter", "Recipients whose delivery time ran out."),
     "smtpeter_bounced_total": ("counter", "Delivery status notifications sent back to senders."),
-    "smtpeter_queue_depth": ("gauge", "Recipients in the queue, by state."),
+    "smtpeter_queue_depth": ("gauge", "Recipients in the queue, still to be delivered."),
     "smtpeter_destination_connections": ("gauge", "Open outbound connections, by destination."),
     "smtpeter_destination_queued": ("gauge", "Transactions waiting for a connection, by destination."),
 }
@@ -48,5 +48,6 @@ def render(counters: Counter[str], gauges: Iterable[tuple[str, dict[str, str], f
     for name, labels, value in gauges:
         declare(name)
         label_text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
-        lines.append(f"{name}{{{label_text}}} {value:g}" if label_text else f"{name} {value:g}")
+        number = str(value) if isinstance(value, int) else repr(float(value))
+        lines.append(f"{name}{{{label_text}}} {number}" if label_text else f"{name} {number}")
     return "\n".join(lines) + "\n"

@@ -39,7 +39,7 @@ class Refused(Exception):
 
 def check_tag(tag: str) -> str:
     tag = tag.strip()
-    if not tag or any(c.isspace() or c == ";" for c in tag) or len(tag) > 100:
+    if not tag or not tag.isprintable() or any(c.isspace() or c == ";" for c in tag) or len(tag) > 100:
         raise Refused(550, "5.6.0", f"Invalid tag {tag!r}: tags have no white space or semicolons")
     return tag
 
@@ -140,21 +140,31 @@ class Submission:
             added += msg.make_field("Date", msg.date_now())
         return added
 
-    async def resubmit(self, account_id: str, content: dict[str, Any], address: str) -> list[str]:
-        """The stored message again, to one of its recipients, as a new message (``/v1/resend``)."""
-        await self.check_sender_domains(account_id, sender_domains(msg.parse(content["mime"]).fields))
+    async def resubmit(self, account_id: str, content: dict[str, Any], recipient: NewRecipient) -> list[str]:
+        """The stored message again, to one of its recipients, as a new message (``/v1/resend``).
+
+        It is a new message: a new Message-ID and Date, so receivers that drop
+        duplicates by Message-ID take it, and it sorts where it is read.
+        """
+        parsed = msg.parse(content["mime"])
+        await self.check_sender_domains(account_id, sender_domains(parsed.fields))
+        kept = [f for f in parsed.fields if f.name not in ("message-id", "date")]
+        mime = self.identity_headers(kept) + msg.build(kept, parsed.body)
         message = NewMessage(
-            account_id=account_id, source="api", envelope=content["envelope"], mime=content["mime"],
-            recipients=[NewRecipient(address)], options=content["options"], tags=content["tags"],
+            account_id=account_id, source="api", envelope=content["envelope"], mime=mime,
+            recipients=[recipient], options=content["options"], tags=content["tags"],
             body=content["body"], smtputf8=content["smtputf8"], dsn_ret=content["dsn_ret"],
             dsn_envid=content["dsn_envid"],
         )
-        ids = await self.storage.enqueue(message)
-        self.metrics.count("smtpeter_accepted_total", len(ids))
-        self.queued()
-        return ids
+        return (await self.store([message]))[0]
 
-    async def submit(
+    async def submit(self, sender: Sender, source: str, envelope: str | None, recipients: list[NewRecipient],
+                     data: bytes, **kwargs: Any) -> list[str]:
+        """Check and store one message; return one message id per recipient (see ``prepare``)."""
+        message = await self.prepare(sender, source, envelope, recipients, data, **kwargs)
+        return (await self.store([message]))[0]
+
+    async def prepare(
         self,
         sender: Sender,
         source: str,
@@ -165,12 +175,12 @@ class Submission:
         options: dict[str, Any] | None = None,
         tags: list[str] | None = None,
         **extra: Any,
-    ) -> list[str]:
-        """Check and store one message; return one message id per recipient.
+    ) -> NewMessage:
+        """Check one message and make it ready to store.
 
         ``trace`` is a Received field to prepend. Options come from the login
         defaults, then ``options``, then ``x-smtpeter-*`` headers, which win.
-        Raises Refused, or StorageUnavailable when it could not be stored.
+        Raises Refused.
         """
         parsed = msg.parse(data)
         if len(data) - len(parsed.body) > MAX_HEADER_SIZE:
@@ -180,7 +190,7 @@ class Submission:
         merged = {**sender.defaults, **(options or {}), **header_options}
         kept = [f for f in parsed.fields if not f.name.startswith(_HEADER_PREFIX)]
         mime = trace + self.identity_headers(kept) + msg.build(kept, parsed.body)
-        message = NewMessage(
+        return NewMessage(
             account_id=sender.account_id,
             source=source,
             envelope=envelope,
@@ -190,7 +200,16 @@ class Submission:
             tags=header_tags if header_tags is not None else list(tags or []),
             **extra,
         )
-        ids = await self.storage.enqueue(message)
-        self.metrics.count("smtpeter_accepted_total", len(ids))
+
+    async def store(self, messages: list[NewMessage]) -> list[list[str]]:
+        """Store prepared messages durably, all or none; their recipients' ids, per message.
+
+        Raises StorageUnavailable when they could not be stored.
+        """
+        if len(messages) == 1:
+            groups = [await self.storage.enqueue(messages[0])]
+        else:
+            groups = await self.storage.enqueue_all(messages)
+        self.metrics.count("smtpeter_accepted_total", sum(len(ids) for ids in groups))
         self.queued()
-        return ids
+        return groups

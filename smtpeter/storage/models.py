@@ -75,6 +75,8 @@ class QueuedRecipient:
     last_status: str | None
     last_description: str | None
     last_state: str | None
+    orcpt: str | None = None  # DSN parameters given with RCPT TO
+    notify: str | None = None
 
 
 @dataclass(frozen=True)

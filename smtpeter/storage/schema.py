@@ -102,6 +102,7 @@ MIGRATIONS: list[list[str]] = [
             id {serial_pk},
             account_id TEXT NOT NULL,
             message_id TEXT,
+            -- In lower case, for lookups; data holds the address as it was given.
             recipient TEXT,
             type TEXT NOT NULL,
             time {time} NOT NULL,

@@ -12,7 +12,7 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
 from smtpeter import credentials
-from smtpeter.ids import new_id, new_secret
+from smtpeter.ids import is_id, new_id, new_secret
 from smtpeter.storage.db import SQL, BulkUpdate, Conflict, Database, Insert, Statement, StorageError
 from smtpeter.storage.models import (
     Account,
@@ -32,6 +32,7 @@ log = Logger()
 # Delivery states of a recipient.
 QUEUED, DELIVERED, FAILED, EXPIRED = "queued", "delivered", "failed", "expired"
 DEFAULT_MAX_DELIVER_TIME = 24 * 3600.0
+EVENTS_LIMIT = 10000  # events one query answers at most
 
 _EVENT_COLUMNS = ("account_id", "message_id", "recipient", "type", "time", "day", "data")
 DAY = 86400
@@ -43,7 +44,8 @@ _OUTCOME_COLUMNS = (
 )
 _QUEUE_COLUMNS = (
     "r.id, r.message_id, r.account_id, r.address, r.state, r.attempts, r.next_attempt, "
-    "r.created, m.envelope, m.size, r.last_code, r.last_status, r.last_description, r.last_state"
+    "r.created, m.envelope, m.size, r.last_code, r.last_status, r.last_description, r.last_state, "
+    "r.orcpt, r.notify"
 )
 
 
@@ -162,10 +164,15 @@ class _Batcher:
 class Storage:
     """Accounts, secrets, sender domains, the queue and events."""
 
-    def __init__(self, db: Database, clock: Any) -> None:
+    def __init__(self, db: Database, clock: Any, max_deliver_time: float = DEFAULT_MAX_DELIVER_TIME) -> None:
         self.db = db
         self.clock = clock
-        self._group_commit = _Batcher(self, self._enqueue_statements, lambda item: len(item[0].mime))
+        # How long a message without its own expiry (maxdelivertime) is tried.
+        self.max_deliver_time = max_deliver_time
+        # An item is a list of (message, ids) that commit together (one API call's messages).
+        self._group_commit = _Batcher(
+            self, lambda items: self._enqueue_statements([pair for item in items for pair in item]),
+            lambda item: sum(len(message.mime) for message, _ in item))
         # Outcomes need no fsync of their own (a lost one means a repeated delivery,
         # never a lost message), unless they carry a DSN, which is a new message.
         self._outcomes = _Batcher(self, self._outcome_statements,
@@ -318,14 +325,22 @@ class Storage:
         committed (and fsynced); it fails with StorageUnavailable otherwise.
         """
         ids = [new_id() for _ in message.recipients]
-        return self._group_commit.add((message, ids), ids)
+        return self._group_commit.add([(message, ids)], ids)
+
+    def enqueue_all(self, messages: Sequence[NewMessage]) -> defer.Deferred:
+        """Store several messages in one transaction: all of them or none.
+
+        Fires with the recipients' ids, one list per message.
+        """
+        pairs = [(message, [new_id() for _ in message.recipients]) for message in messages]
+        return self._group_commit.add(pairs, [ids for _, ids in pairs])
 
     def _enqueue_statements(self, batch: list[tuple[NewMessage, list[str]]]) -> list[Insert]:
         now = self.now()
         messages, recipients, events = [], [], []
         for message, ids in batch:
             message_id = new_id()
-            expires = message.expires or now + DEFAULT_MAX_DELIVER_TIME
+            expires = message.expires or now + self.max_deliver_time
             messages.append((
                 message_id, message.account_id, message.source, message.envelope,
                 self.db.blob(message.mime), len(message.mime), json.dumps(message.options),
@@ -340,7 +355,7 @@ class Storage:
                     QUEUED, now, now, now,
                 ))
                 events.append((
-                    message.account_id, rid, rcpt.address, "attempt", now, int(now // DAY),
+                    message.account_id, rid, address_key(rcpt.address), "attempt", now, int(now // DAY),
                     json.dumps({"envelope": message.envelope or "", "recipient": rcpt.address,
                                 "properties": properties, "tags": message.tags}),
                 ))
@@ -372,11 +387,13 @@ class Storage:
         )
         return [_queued(row) for row in rows]
 
-    async def queue_counts(self) -> dict[str, int]:
-        rows = await self.db.query("SELECT state, COUNT(*) FROM recipients GROUP BY state")
-        return {state: count for state, count in rows}
+    async def queue_depth(self) -> int:
+        """Recipients still to be delivered (counted on the partial index of the queue)."""
+        rows = await self.db.query("SELECT COUNT(*) FROM recipients WHERE state = 'queued'")
+        return rows[0][0]
 
     async def recipient(self, recipient_id: str, account_id: str | None = None) -> QueuedRecipient:
+        _check_id(recipient_id)
         rows = await self.db.query(
             f"SELECT {_QUEUE_COLUMNS} FROM recipients r JOIN messages m ON m.id = r.message_id "  # noqa: S608
             "WHERE r.id = ?",
@@ -387,6 +404,7 @@ class Storage:
         return _queued(rows[0])
 
     async def message_content(self, recipient_id: str) -> dict[str, Any]:
+        _check_id(recipient_id)
         rows = await self.db.query(
             "SELECT m.id, m.account_id, m.envelope, m.mime, m.options, m.tags, m.body, m.smtputf8, "
             "m.dsn_ret, m.dsn_envid, m.created, m.expires, m.source "
@@ -408,6 +426,8 @@ class Storage:
 
         Recipients under a lease are left alone: a node is delivering them.
         """
+        if recipient_id:
+            _check_id(recipient_id)
         clause, params = ("AND id = ?", (recipient_id,)) if recipient_id else ("", ())
         rows = await self.db.transaction([SQL(
             "UPDATE recipients SET next_attempt = ? "  # noqa: S608 - clause is a constant
@@ -419,6 +439,7 @@ class Storage:
 
     async def delete_recipient(self, recipient_id: str) -> None:
         """Remove one recipient from the queue; the message goes when its last recipient does."""
+        _check_id(recipient_id)
         rows = await self.db.transaction([
             SQL("DELETE FROM recipients WHERE id = ? RETURNING message_id", (recipient_id,)),
         ])
@@ -512,8 +533,8 @@ class Storage:
                   o.code, o.status, o.description, o.smtp_state, now) for o in outcomes],
                 where="recipients.lease_owner = ?", where_params=(owner,),
             ))
-            events += [(o.account_id, o.recipient_id, o.address, o.event_type, now, int(now // DAY),
-                        json.dumps(o.event)) for o in outcomes]
+            events += [(o.account_id, o.recipient_id, address_key(o.address), o.event_type, now,
+                        int(now // DAY), json.dumps(o.event)) for o in outcomes]
         # An event only for an outcome that took: a node whose lease ran out (and
         # whose work went to another) must not report it twice.
         statements.append(Insert(
@@ -530,6 +551,7 @@ class Storage:
 
     async def events(self, message_id: str, account_id: str | None = None) -> list[Event]:
         """Every event of one message (one recipient), oldest first."""
+        _check_id(message_id)
         params: tuple = (message_id,)
         clause = ""
         if account_id is not None:
@@ -544,13 +566,19 @@ class Storage:
 
     async def account_events(self, account_id: str, since: float, until: float,
                              types: Sequence[str] = (), recipient: str | None = None,
-                             limit: int = 10000) -> list[Event]:
-        """An account's events in [since, until), oldest first; optionally one type set or address."""
+                             tags: Sequence[str] = (), limit: int = EVENTS_LIMIT) -> list[Event]:
+        """An account's events in [since, until), oldest first; optionally only some types,
+        one address, or events that carry all of ``tags`` (a superset: check them again)."""
         clause = f" AND type IN ({', '.join('?' * len(types))})" if types else ""
         params: list[object] = [account_id, since, until, *types]
         if recipient is not None:
             clause += " AND recipient = ?"
-            params.append(recipient)
+            params.append(address_key(recipient))
+        for tag in tags:
+            # Tags sit in the JSON data as strings; LIKE narrows the rows in the database.
+            pattern = json.dumps(tag).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            clause += " AND data LIKE ? ESCAPE '\\'"
+            params.append(f"%{pattern}%")
         rows = await self.db.query(
             f"SELECT {_EVENT_SELECT} FROM events "  # noqa: S608 - clause holds placeholders only
             f"WHERE account_id = ? AND time >= ? AND time < ?{clause} ORDER BY time, id LIMIT ?",
@@ -579,7 +607,21 @@ class Storage:
         return [_event(r) for r in rows]
 
 
-async def open_storage(url: str, reactor: Any, pool_size: int = 4) -> Storage:
+def address_key(address: str) -> str:
+    """How events find a recipient: mailbox names are matched without regard to case,
+    as every receiving system in practice does (the event data keeps the original)."""
+    return address.lower()
+
+
+def _check_id(recipient_id: str) -> None:
+    """Ids from outside (URLs, the CLI) that we cannot have made are simply not found;
+    they never reach the database (PostgreSQL refuses NUL in text, for one)."""
+    if not is_id(recipient_id):
+        raise NotFound(f"no message {recipient_id[:40]!r}")
+
+
+async def open_storage(url: str, reactor: Any, pool_size: int = 4,
+                       max_deliver_time: float = DEFAULT_MAX_DELIVER_TIME) -> Storage:
     """Open (and migrate) the database that ``url`` names."""
     if url.startswith("sqlite:///"):
         from smtpeter.storage.sqlite import SQLiteDatabase
@@ -591,7 +633,7 @@ async def open_storage(url: str, reactor: Any, pool_size: int = 4) -> Storage:
         db = PostgresDatabase(url, reactor, size=pool_size)
     else:
         raise StorageError(f"unsupported storage url {url!r}")
-    storage = Storage(db, reactor)
+    storage = Storage(db, reactor, max_deliver_time)
     try:
         await storage.migrate()
     except Exception:

@@ -39,26 +39,26 @@ class Client:
     async def request(self, method: str, path: str, *, token: str | None = "default",  # noqa: S107
                       auth: str = "query",
                       json_body: Any = None, form: str | None = None, raw: bytes | None = None,
-                      content_type: str | None = None) -> Response:
+                      content_type: str | None = None, headers: dict[str, str] | None = None) -> Response:
         token = self.token if token == "default" else token
         url = self.base_url + path
-        headers: dict[bytes, list[bytes]] = {}
+        sent = {name.lower().encode(): [value.encode()] for name, value in (headers or {}).items()}
         if token is not None and auth == "query":
             url += ("&" if "?" in path else "?") + "access_token=" + token
         elif token is not None:
-            headers[b"authorization"] = [f"Bearer {token}".encode()]
+            sent[b"authorization"] = [f"Bearer {token}".encode()]
         data: bytes | None = None
         if json_body is not None:
             data = json.dumps(json_body).encode()
-            headers[b"content-type"] = [b"application/json"]
+            sent[b"content-type"] = [b"application/json"]
         elif form is not None:
             data = form.encode()
-            headers[b"content-type"] = [b"application/x-www-form-urlencoded"]
+            sent[b"content-type"] = [b"application/x-www-form-urlencoded"]
         elif raw is not None:
             data = raw
         if content_type is not None:
-            headers[b"content-type"] = [content_type.encode()]
-        response = await treq.request(method, url, data=data, headers=headers, pool=self.pool)
+            sent[b"content-type"] = [content_type.encode()]
+        response = await treq.request(method, url, data=data, headers=sent, pool=self.pool)
         return Response(response.code, response.headers, await response.content())
 
     async def get(self, path: str, **kwargs: Any) -> Response:

@@ -12,26 +12,30 @@ import datetime
 import functools
 import ipaddress
 import json
+import os
+import re
 from collections.abc import Callable
 from typing import Any
 
 from klein import Klein
 from twisted.internet import defer
+from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
+from twisted.web.http import combinedLogFormatter
+from twisted.web.iweb import IAccessLogFormatter
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
-from werkzeug.exceptions import MethodNotAllowed
-from werkzeug.exceptions import NotFound as RouteNotFound
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from zope.interface import provider
 
 from smtpeter import credentials
-from smtpeter.config import Config
+from smtpeter.config import Config, incoming_server
 from smtpeter.events.metrics import Metrics, render
-from smtpeter.ingress.http import archive, autoconfig, logfiles
-from smtpeter.ingress.http.compose import compose
+from smtpeter.ingress.http import archive, autoconfig, compose, logfiles, personal
 from smtpeter.ingress.http.openapi import document
 from smtpeter.ingress.http.request import BadRequest, decode_body, parse_send
 from smtpeter.ingress.submission import Refused, Sender, Submission
-from smtpeter.storage import NotFound, Storage, StorageError, StorageUnavailable
+from smtpeter.storage import EVENTS_LIMIT, NotFound, Storage, StorageError, StorageUnavailable
 from smtpeter.storage.models import NewRecipient
 
 log = Logger()
@@ -78,7 +82,7 @@ def _header(request: Any, name: bytes) -> str:
 def _json(request: Any, value: Any, status: int = 200) -> bytes:
     request.setResponseCode(status)
     request.setHeader(b"content-type", b"application/json")
-    return json.dumps(value, ensure_ascii=False).encode()
+    return json.dumps(value).encode()
 
 
 def _error(request: Any, status: int, message: str) -> bytes:
@@ -95,6 +99,10 @@ def api(handler: Callable) -> Callable:
 
     @functools.wraps(handler)
     async def wrapped(self: API, request: Any, *args: Any, **kwargs: Any) -> bytes:
+        # Archived content (attachments, HTML) is the sender's, not ours: a browser
+        # must neither guess its type nor run it on our origin.
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        request.setHeader(b"content-security-policy", b"default-src 'none'; sandbox")
         try:
             return await handler(self, request, *args, **kwargs)
         except Unauthorized:
@@ -109,10 +117,12 @@ def api(handler: Callable) -> Callable:
         except StorageUnavailable:
             request.setHeader(b"retry-after", b"30")
             return _error(request, 503, "Storage is temporarily unavailable; nothing was stored. Try again.")
-        except StorageError as exc:
-            return _error(request, 400, f"Refused by storage: {exc}")
+        except StorageError:
+            return _error(request, 400, "The request holds data that cannot be stored")
+        except defer.CancelledError:
+            return b""  # the client went away; Klein cancelled us
         except Exception:
-            log.failure("API request {uri} failed", uri=request.uri)
+            log.failure("API request {path} failed", path=request.path)
             return _error(request, 500, "Internal error")
 
     return wrapped
@@ -141,15 +151,31 @@ class _SendResource(Resource):
                 request.write(body)
                 request.finish()
 
-        defer.Deferred.fromCoroutine(self.api.send(request)).addCallback(respond).addErrback(
-            lambda f: log.failure("POST /v1/send failed", f))
+        def failed(failure: Any) -> None:
+            log.failure("POST /v1/send failed", failure)
+            respond(_error(request, 500, "Internal error"))
+
+        defer.Deferred.fromCoroutine(self.api.send(request)).addCallback(respond).addErrback(failed)
         return NOT_DONE_YET
+
+
+_TOKEN_IN_LOG = re.compile(r"(access_token=)[^&\s\"]*")
+
+
+@provider(IAccessLogFormatter)
+def _access_log_line(timestamp: str, request: Any) -> str:
+    """Combined log format, with tokens in URLs (and referrers) blanked out."""
+    return _TOKEN_IN_LOG.sub(r"\1-", combinedLogFormatter(timestamp, request))
 
 
 class APISite(Site):
     def __init__(self, resource: Any, send: Resource, **kwargs: Any) -> None:
-        super().__init__(resource, **kwargs)
+        super().__init__(resource, logFormatter=_access_log_line, **kwargs)
         self._send = send
+
+    def _openLogFile(self, path: str | bytes) -> Any:
+        # Client addresses and paths with message ids: for the operator only.
+        return os.fdopen(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "a", 1, newline="\n")
 
     def getResourceFor(self, request: Any) -> Any:
         if request.path == b"/v1/send":
@@ -173,6 +199,8 @@ class API:
         self.stats = stats or dict
         self.smtp_ports = smtp_ports  # (STARTTLS ports, implicit-TLS ports)
         self._tokens: dict[str, tuple[float, str | None]] = {}
+        # MIME building and parsing run in threads, a few at a time.
+        self._heavy = defer.DeferredSemaphore(4)
 
     def site(self) -> Site:
         access_log = self.config.http.access_log or str(self.config.data_path / "http-access.log")
@@ -182,16 +210,37 @@ class API:
         site.requestFactory = LimitedRequest
         return site
 
+    async def _in_thread(self, work: Callable[..., Any], *args: Any) -> Any:
+        """MIME building and parsing: the email package is slow on big input, so not on
+        the reactor thread, and a few at a time."""
+        try:
+            return await self._heavy.run(deferToThread, work, *args)
+        except RecursionError:
+            raise BadRequest("the message is nested too deeply to handle", 422) from None
+
     # -- authentication --------------------------------------------------------------
 
-    async def _account(self, request: Any, body: dict[str, Any] | None = None) -> str:
-        token = None
+    @staticmethod
+    def _offered_token(request: Any) -> str | None:
         header = _header(request, b"authorization")
         if header.lower().startswith("bearer "):
-            token = header[7:].strip()
-        elif request.args.get(b"access_token"):
-            token = request.args[b"access_token"][0].decode("utf-8", "replace")
-        elif body and isinstance(body.get("access_token"), str):
+            return header[7:].strip()
+        if request.args.get(b"access_token"):
+            return request.args[b"access_token"][0].decode("utf-8", "replace")
+        return None
+
+    async def _authenticated_body(self, request: Any) -> tuple[str, dict[str, Any]]:
+        """The account, then the body: a token in the header or URL is checked before a
+        byte of the body is parsed; only without one may the body carry it."""
+        if self._offered_token(request) is not None:
+            account = await self._account(request)
+            return account, await self._body(request)
+        body = await self._body(request)
+        return await self._account(request, body), body
+
+    async def _account(self, request: Any, body: dict[str, Any] | None = None) -> str:
+        token = self._offered_token(request)
+        if token is None and body and isinstance(body.get("access_token"), str):
             token = body["access_token"]
         if not token:
             raise Unauthorized()
@@ -220,39 +269,42 @@ class API:
     @app.route("/v1/send", methods=["POST"])
     @api
     async def send(self, request: Any) -> bytes:
-        body = await self._body(request)
-        account = await self._account(request, body)
+        account, body = await self._authenticated_body(request)
         send = parse_send(body, self.config.http.max_recipients, self.clock.seconds())
-        if send.mime is not None:
-            data = _crlf(send.mime)
-            end = data.find(b"\r\n\r\n")
-            # Raw UTF-8 in the header (RFC 6532) can only travel with SMTPUTF8.
-            smtputf8 = not (data if end < 0 else data[:end]).isascii()
+        if personal.uses_templates(send):
+            built = await self._in_thread(personal.personalized, send, self.config.http.max_body_size)
+        elif send.mime is not None:
+            built = [(None, *compose.raw(send.mime))]
         else:
-            data, smtputf8 = compose(send.fields)
-        smtputf8 = smtputf8 or any(not r.isascii() for r in [*send.recipients, send.envelope or ""])
-        if len(data) > self.config.smtp.max_message_size:
-            raise BadRequest(f"message larger than {self.config.smtp.max_message_size} bytes", 413)
-        ids = await self.submission.submit(
-            Sender(account, dict(API_DEFAULTS)), "api", send.envelope,
-            [NewRecipient(r, send.dsn.orcpt if len(send.recipients) == 1 else None, send.dsn.notify)
-             for r in send.recipients],
-            data, options=send.options, tags=send.tags, expires=send.expires, smtputf8=smtputf8,
-            dsn_ret=send.dsn.ret, dsn_envid=send.dsn.envid,
-        )
-        return _json(request, dict(zip(ids, send.recipients, strict=True)))
+            built = [(None, *await self._in_thread(compose.compose, send.fields))]
+        sender = Sender(account, dict(API_DEFAULTS))
+        messages = []
+        for recipient, data, utf8 in built:
+            if len(data) > self.config.smtp.max_message_size:
+                raise BadRequest(f"message larger than {self.config.smtp.max_message_size} bytes", 413)
+            addresses = [recipient] if recipient else send.recipients
+            smtputf8 = utf8 or any(not a.isascii() for a in [*addresses, send.envelope or ""])
+            orcpt = send.dsn.orcpt if len(send.recipients) == 1 else None
+            messages.append(await self.submission.prepare(
+                sender, "api", send.envelope, [NewRecipient(a, orcpt, send.dsn.notify) for a in addresses],
+                data, options=send.options, tags=send.tags, expires=send.expires, smtputf8=smtputf8,
+                dsn_ret=send.dsn.ret, dsn_envid=send.dsn.envid,
+            ))
+        groups = await self.submission.store(messages)
+        return _json(request, {i: r.address for message, ids in zip(messages, groups, strict=True)
+                               for i, r in zip(ids, message.recipients, strict=True)})
 
     @app.route("/v1/resend", methods=["POST"])
     @api
     async def resend(self, request: Any) -> bytes:
-        body = await self._body(request)
-        account = await self._account(request, body)
+        account, body = await self._authenticated_body(request)
         message_id = body.get("message")
         if not isinstance(message_id, str) or not message_id:
             raise BadRequest("'message' (the id of an earlier message) is required")
         entry = await self.storage.recipient(message_id, account_id=account)
         content = await self.storage.message_content(message_id)
-        ids = await self.submission.resubmit(account, content, entry.address)
+        ids = await self.submission.resubmit(account, content,
+                                             NewRecipient(entry.address, entry.orcpt, entry.notify))
         return _json(request, {ids[0]: entry.address})
 
     # -- events and log files --------------------------------------------------------
@@ -290,6 +342,9 @@ class API:
         return set(values[0].decode("utf-8", "replace").split(";")) - {""} if values else set()
 
     def _events_reply(self, request: Any, events: list, tags: set[str] = frozenset()) -> bytes:
+        if len(events) >= EVENTS_LIMIT:
+            # SMTPeter's API has no paging: say that a narrower window would show more.
+            request.setHeader(b"x-smtpeter-truncated", str(EVENTS_LIMIT).encode())
         if tags:
             events = [e for e in events if tags <= set(e.data.get("tags") or [])]
         return _json(request, [logfiles.api_event(e) for e in events])
@@ -309,8 +364,10 @@ class API:
     async def events_by_address(self, request: Any, address: str) -> bytes:
         account = await self._account(request)
         since, until = self._window(request)
-        events = await self.storage.account_events(account, since, until, recipient=address.lower())
-        return self._events_reply(request, events, self._tag_filter(request))
+        tags = self._tag_filter(request)
+        events = await self.storage.account_events(account, since, until, recipient=address,
+                                                   tags=sorted(tags))
+        return self._events_reply(request, events, tags)
 
     @app.route("/v1/events/tags/<path:tags>", methods=["GET"])
     @api
@@ -320,7 +377,8 @@ class API:
         if not wanted:
             raise BadRequest("name at least one tag")
         since, until = self._window(request)
-        return self._events_reply(request, await self.storage.account_events(account, since, until), wanted)
+        events = await self.storage.account_events(account, since, until, tags=sorted(wanted))
+        return self._events_reply(request, events, wanted)
 
     @app.route("/v1/logfiles", methods=["GET"])
     @api
@@ -395,7 +453,7 @@ class API:
 
     async def _body_part(self, request: Any, message_id: str, subtype: str) -> bytes:
         _, content = await self._archived(request, message_id)
-        part = archive.body(content["mime"], subtype)
+        part = await self._in_thread(archive.body, content["mime"], subtype)
         if part is None:
             return _error(request, 404, f"the message has no text/{subtype} part")
         return _text(request, part)
@@ -405,7 +463,7 @@ class API:
     @api
     async def part_list(self, request: Any, message_id: str) -> bytes:
         _, content = await self._archived(request, message_id)
-        parts = self._parts(request, content["mime"])
+        parts = await self._parts(request, content["mime"])
         return _json(request, [{"name": p.name, "rank": p.rank, "type": p.type, "size": p.size}
                                for p in parts])
 
@@ -414,7 +472,7 @@ class API:
     @api
     async def part(self, request: Any, message_id: str, item: str) -> bytes:
         _, content = await self._archived(request, message_id)
-        found = archive.pick(self._parts(request, content["mime"]), item)
+        found = archive.pick(await self._parts(request, content["mime"]), item)
         if found is None:
             raise NotFound()
         request.setHeader(b"content-type", found.type.encode("ascii", "replace"))
@@ -422,9 +480,9 @@ class API:
         request.setHeader(b"content-disposition", f"attachment; filename={quoted}".encode())
         return found.content
 
-    @staticmethod
-    def _parts(request: Any, mime: bytes) -> list[archive.Part]:
-        return archive.embeds(mime) if request.path.startswith(b"/v1/embeds/") else archive.attachments(mime)
+    async def _parts(self, request: Any, mime: bytes) -> list[archive.Part]:
+        embeds = request.path.startswith(b"/v1/embeds/")
+        return await self._in_thread(archive.embeds if embeds else archive.attachments, mime)
 
     # -- documents without a token ---------------------------------------------------
 
@@ -439,16 +497,16 @@ class API:
         domain = address.rpartition("@")[2] if "@" in address else ""
         starttls, implicit = self.smtp_ports
         request.setHeader(b"content-type", b"application/xml; charset=utf-8")
-        return autoconfig.config_xml(self.config.hostname, domain, implicit, starttls)
+        incoming = [incoming_server(url) for url in self.config.http.autoconfig_incoming]
+        return autoconfig.config_xml(self.config.hostname, domain, implicit, starttls, incoming)
 
     @app.route("/metrics", methods=["GET"])
     @api
     async def metrics_page(self, request: Any) -> bytes:
         if not self._may_see_metrics(request):
             return _error(request, 403, "metrics are for localhost, or for the metrics token")
-        counts = await self.storage.queue_counts()
-        gauges = [("smtpeter_queue_depth", {"state": state}, counts.get(state, 0))
-                  for state in ("queued", "delivered", "failed", "expired")]
+        gauges: list[tuple[str, dict[str, str], float]] = [
+            ("smtpeter_queue_depth", {}, await self.storage.queue_depth())]
         for key, stats in sorted(self.stats().items()):
             gauges.append(("smtpeter_destination_connections", {"destination": key}, stats["sessions"]))
             gauges.append(("smtpeter_destination_queued", {"destination": key}, stats["queued"]))
@@ -460,6 +518,8 @@ class API:
         header = _header(request, b"authorization")
         if token and header.lower().startswith("bearer ") and credentials.equal(header[7:].strip(), token):
             return True
+        if request.getHeader(b"x-forwarded-for") or request.getHeader(b"forwarded"):
+            return False  # a proxy on this host passing on someone else's request
         host = getattr(request.getClientAddress(), "host", "")
         try:
             return ipaddress.ip_address(host).is_loopback
@@ -468,21 +528,14 @@ class API:
 
     # -- everything else ----------------------------------------------------------------
 
-    @app.handle_errors(RouteNotFound)
-    def not_found(self, request: Any, failure: Any) -> bytes:
-        return _error(request, 404, "Not found")
-
-    @app.handle_errors(MethodNotAllowed)
-    def not_allowed(self, request: Any, failure: Any) -> bytes:
-        return _error(request, 405, "Method not allowed")
-
-
-def _crlf(data: bytes) -> bytes:
-    """Line ends as they must be stored: CRLF everywhere (JSON clients often send LF)."""
-    crlf = data.count(b"\r\n")
-    if data.count(b"\n") != crlf or data.count(b"\r") != crlf:
-        data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
-    return data if data.endswith(b"\r\n") else data + b"\r\n"
+    @app.handle_errors(HTTPException)
+    def routing_error(self, request: Any, failure: Any) -> bytes:
+        """Routing's own answers (no such path, wrong method, ...) as JSON errors too."""
+        error = failure.value
+        if isinstance(error, MethodNotAllowed) and error.valid_methods:
+            request.setHeader(b"allow", ", ".join(error.valid_methods).encode())
+        messages = {404: "Not found", 405: "Method not allowed"}
+        return _error(request, error.code or 400, messages.get(error.code, error.name))
 
 
 def _add_months(timestamp: float, months: int) -> float:

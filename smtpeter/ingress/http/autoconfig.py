@@ -2,8 +2,10 @@
 
 Thunderbird asks ``/.well-known/autoconfig/mail/config-v1.1.xml`` (and
 ``/mail/config-v1.1.xml``) on the mail domain with ``?emailaddress=``. We
-describe outgoing SMTP only; the login name is the address, so SMTP logins
-meant for Thunderbird users are best named after their address.
+describe our SMTP submission, and the incoming servers the operator names in
+``http.autoconfig_incoming`` (Thunderbird will not set up an account without
+one; we are not a mailbox server). The login name is the address, so SMTP
+logins meant for Thunderbird users are best named after their address.
 """
 
 from __future__ import annotations
@@ -11,8 +13,19 @@ from __future__ import annotations
 from xml.sax.saxutils import escape
 
 
-def config_xml(hostname: str, domain: str, implicit_tls_ports: list[int], starttls_ports: list[int]) -> bytes:
+def config_xml(hostname: str, domain: str, implicit_tls_ports: list[int], starttls_ports: list[int],
+               incoming: list[tuple[str, str, int, str]] = ()) -> bytes:
+    """``incoming``: (type, hostname, port, socket type) of each incoming server."""
     servers = [(port, "SSL") for port in implicit_tls_ports] + [(port, "STARTTLS") for port in starttls_ports]
+    incoming_xml = "".join(
+        f"""    <incomingServer type="{kind}">
+      <hostname>{escape(host)}</hostname>
+      <port>{port}</port>
+      <socketType>{socket_type}</socketType>
+      <authentication>password-cleartext</authentication>
+      <username>%EMAILADDRESS%</username>
+    </incomingServer>
+""" for kind, host, port, socket_type in incoming)
     outgoing = "".join(
         f"""    <outgoingServer type="smtp">
       <hostname>{escape(hostname)}</hostname>
@@ -28,6 +41,6 @@ def config_xml(hostname: str, domain: str, implicit_tls_ports: list[int], startt
     <domain>{escape(domain or hostname)}</domain>
     <displayName>smtpeter ({escape(hostname)})</displayName>
     <displayShortName>smtpeter</displayShortName>
-{outgoing}  </emailProvider>
+{incoming_xml}{outgoing}  </emailProvider>
 </clientConfig>
 """.encode()

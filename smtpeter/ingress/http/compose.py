@@ -1,46 +1,116 @@
 """Building a MIME message from the JSON fields of ``/v1/send``.
 
-The stdlib ``email`` package does the encoding (RFC 2047 words, RFC 2231
-file names, quoted-printable or base64 bodies, folding). Every value is
-checked first, so a field can never add a header line of its own.
+Header fields are written by this module, never by the ``email`` package's
+header parser: that parser decodes RFC 2047 encoded-words in what it is
+given and writes the decoded text out raw (CVE-2024-6923), so an
+``=?utf-8?q?=0D=0A...?=`` in a subject would become a header of its own.
+Here every header-bound text is decoded first, checked, and encoded again by
+us. The stdlib builds only the body tree (parts, transfer encodings,
+attachment parameters), and the result is parsed once more to prove it has
+exactly the header fields we meant.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import email.header
 import email.policy
 import email.utils
 import mimetypes
 import re
-from email.headerregistry import Address
 from email.message import EmailMessage
 from typing import Any
 
-from smtpeter.ingress.http.request import BadRequest, mailbox, text_field
+from smtpeter import message as msg
+from smtpeter.ingress.http.request import BadRequest, boolean_field, mailbox, text_field
+from smtpeter.transforms import mime
 
 _EXTRA_HEADER = re.compile(r"[Xx]-[A-Za-z0-9][A-Za-z0-9-]*")
+_ATOMS = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~ -]*")
 _MAX_ATTACHMENT_NAME = 255
+MAX_HEADER_TEXT = 2000  # characters in a subject, a display name, an x-* value
+MAX_ADDRESSES = 1000  # in to, cc and replyto together
+MAX_EXTRA_HEADERS = 100
+_PART_FIELDS = {"content-type", "content-transfer-encoding", "content-disposition", "mime-version",
+                "content-id"}
 
 
-def _addresses(name: str, value: Any) -> list[Address]:
-    """Addresses from a string, a comma list, a list, or a mix; display names allowed."""
+def header_text(name: str, value: Any, *, allow_empty: bool = True) -> str:
+    """User text bound for a header, with any encoded-words decoded so what they hide is checked."""
+    text = text_field(name, value, allow_empty=allow_empty)
+    if len(text) > MAX_HEADER_TEXT:
+        raise BadRequest(f"'{name}' is longer than {MAX_HEADER_TEXT} characters")
+    if "=?" in text:
+        try:
+            text = str(email.header.make_header(email.header.decode_header(text)))
+        except (ValueError, LookupError, UnicodeError, email.errors.HeaderParseError):
+            raise BadRequest(f"'{name}' holds a malformed encoded-word") from None
+        text_field(name, text, allow_empty=True)  # what the encoded-words held must pass too
+    return text
+
+
+def _needs_encoding(text: str) -> bool:
+    return not (text.isascii() and text.isprintable()) or "=?" in text
+
+
+def _fold(words: list[str], first: int) -> str:
+    """Join ``words`` with spaces, breaking lines (CRLF SP) before 78 columns where possible."""
+    lines, line, width = [], "", first
+    for word in words:
+        if line and width + len(line) + 1 + len(word) > 78:
+            lines.append(line)
+            line, width = word, 1
+        else:
+            line = f"{line} {word}" if line else word
+    lines.append(line)
+    return "\r\n ".join(lines)
+
+
+def unstructured(name: str, text: str) -> bytes:
+    """One unstructured header field (RFC 5322 §3.2.5), encoded-words only where needed."""
+    if _needs_encoding(text):
+        value = email.header.Header(text, "utf-8", header_name=name).encode(linesep="\r\n")
+    else:
+        value = _fold(text.split(" "), len(name) + 2)
+    return f"{name}: {value}\r\n".encode("ascii")
+
+
+def _address_text(display: str, addr_spec: str) -> str:
+    if not display:
+        return addr_spec
+    if _needs_encoding(display):
+        name = email.header.Header(display, "utf-8").encode(linesep="\r\n")
+    elif _ATOMS.fullmatch(display):
+        name = display
+    else:
+        name = '"' + display.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return f"{name} <{addr_spec}>"
+
+
+def addresses(name: str, value: Any) -> list[tuple[str, str]]:
+    """(display name, address) pairs from a string, a comma list, a list, or a mix."""
     items = value if isinstance(value, list) else [value]
+    if len(items) > MAX_ADDRESSES:
+        raise BadRequest(f"'{name}' holds more than {MAX_ADDRESSES} addresses")
     texts = [text_field(name, item) for item in items]
-    found: list[Address] = []
+    found = []
     for display, address in email.utils.getaddresses(texts):
         if not address:
             raise BadRequest(f"'{name}' holds something that is not an address")
-        checked = mailbox(name, address)
-        local, _, domain = checked.rpartition("@")
-        found.append(Address(display_name=display, username=local, domain=domain))
+        found.append((header_text(name, display), mailbox(name, address)))
     if not found:
         raise BadRequest(f"'{name}' holds no address")
     return found
 
 
-def _unsubscribe(value: Any) -> tuple[str, bool]:
-    """The List-Unsubscribe value (RFC 2369) and whether one-click applies (RFC 8058)."""
+def address_field(name: str, pairs: list[tuple[str, str]]) -> bytes:
+    value = _fold([_address_text(d, a) + "," for d, a in pairs], len(name) + 2)[:-1]
+    return f"{name}: {value}\r\n".encode()
+
+
+def _unsubscribe(value: Any) -> list[bytes]:
+    """List-Unsubscribe (RFC 2369), and List-Unsubscribe-Post for one-click (RFC 8058)."""
     if not isinstance(value, dict):
         raise BadRequest("'unsubscribe' must be an object with 'email' and/or 'url'")
     unknown = sorted(set(value) - {"email", "url", "oneclick"})
@@ -48,21 +118,24 @@ def _unsubscribe(value: Any) -> tuple[str, bool]:
         raise BadRequest(f"unknown field 'unsubscribe.{unknown[0]}'")
     targets = []
     if value.get("email"):
-        targets.append(f"<mailto:{mailbox('unsubscribe.email', value['email'])}>")
+        address = mailbox("unsubscribe.email", value["email"])
+        if not address.isascii():
+            raise BadRequest("'unsubscribe.email' must be an ASCII address")
+        targets.append(f"<mailto:{address}>")
     url = None
     if value.get("url"):
         url = text_field("unsubscribe.url", value["url"])
-        if not re.fullmatch(r"https?://[\x21-\x7e]+", url) or ">" in url:
+        if not re.fullmatch(r"https?://[\x21-\x7e]+", url) or ">" in url or "<" in url:
             raise BadRequest("'unsubscribe.url' must be an http(s) URL")
         targets.append(f"<{url}>")
     if not targets:
         raise BadRequest("'unsubscribe' needs 'email' or 'url'")
-    oneclick = False
-    if value.get("oneclick"):
+    fields = [f"List-Unsubscribe: {_fold([t + ',' for t in targets], 18)[:-1]}\r\n".encode()]
+    if value.get("oneclick") is not None and boolean_field("unsubscribe.oneclick", value["oneclick"]):
         if not (url and url.startswith("https://")):
             raise BadRequest("'unsubscribe.oneclick' needs an https 'url' (RFC 8058)")
-        oneclick = True
-    return ", ".join(targets), oneclick
+        fields.append(b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n")
+    return fields
 
 
 def _attachments(value: Any) -> list[tuple[bytes, str, str]]:
@@ -78,20 +151,44 @@ def _attachments(value: Any) -> list[tuple[bytes, str, str]]:
             raise BadRequest(f"unknown field '{where}.{unknown[0]}'")
         if "url" in item:
             raise BadRequest(f"'{where}.url': attachments by URL are not fetched; send them as 'data'")
+        encoded = text_field(f"{where}.data", item.get("data"), allow_empty=True, one_line=False)
         try:
-            encoded = text_field(f"{where}.data", item.get("data"), allow_empty=True)
-            data = base64.b64decode(encoded, validate=True)
+            # PHP's chunk_split and the base64 tool break lines: white space is not data.
+            data = base64.b64decode(re.sub(r"\s+", "", encoded), validate=True)
         except (binascii.Error, ValueError):
             raise BadRequest(f"'{where}.data' is not valid base64") from None
-        name = text_field(f"{where}.name", item.get("name", "attachment"))
-        if len(name) > _MAX_ATTACHMENT_NAME or "/" in name or "\\" in name:
+        name = header_text(f"{where}.name", item.get("name") or "attachment", allow_empty=False)
+        if len(name) > _MAX_ATTACHMENT_NAME or "/" in name or "\\" in name or "=?" in name:
             raise BadRequest(f"'{where}.name' must be a plain file name")
         content_type = item.get("type") or mimetypes.guess_type(name)[0] or "application/octet-stream"
-        content_type = text_field(f"{where}.type", content_type).lower()
+        content_type = text_field(f"{where}.type", content_type).split(";")[0].strip().lower()
         if not re.fullmatch(r"[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*", content_type):
             raise BadRequest(f"'{where}.type' must be a MIME type like application/pdf")
+        if content_type.startswith(("multipart/", "message/")):
+            raise BadRequest(f"'{where}.type': {content_type} cannot be sent as an attachment; "
+                             "use application/octet-stream")
         found.append((data, name, content_type))
     return found
+
+
+def _body(fields: dict[str, Any], smtputf8: bool) -> bytes:
+    """The MIME body tree (text, HTML, attachments) with its own Content-* header fields."""
+    # 7-bit bodies (quoted-printable or base64) survive any next hop unchanged.
+    policy = (email.policy.SMTPUTF8 if smtputf8 else email.policy.SMTP).clone(
+        max_line_length=78, cte_type="8bit" if smtputf8 else "7bit")
+    body = EmailMessage(policy=policy)
+    text = text_field("text", fields["text"], one_line=False) if fields.get("text") else None
+    html = text_field("html", fields["html"], one_line=False) if fields.get("html") else None
+    if text is not None:
+        body.set_content(text)
+        if html is not None:
+            body.add_alternative(html, subtype="html")
+    else:
+        body.set_content(html, subtype="html")
+    for data, name, content_type in _attachments(fields.get("attachments") or []):
+        maintype, subtype = content_type.split("/", 1)
+        body.add_attachment(data, maintype=maintype, subtype=subtype, filename=name)
+    return body.as_bytes(policy=policy)
 
 
 def compose(fields: dict[str, Any]) -> tuple[bytes, bool]:
@@ -99,49 +196,62 @@ def compose(fields: dict[str, Any]) -> tuple[bytes, bool]:
 
     Message-ID and Date are added with every other submission's (Submission.identity_headers).
     """
-    senders = _addresses("from", fields["from"])
+    senders = addresses("from", fields["from"])
     if len(senders) != 1:
         raise BadRequest("'from' must be exactly one address")
-    sender = senders[0]
-    headers: list[tuple[str, Any]] = [("From", sender)]
-    every = [sender]
+    head = [address_field("From", senders)]
+    every = list(senders)
+    count = 0
     for name, header in (("to", "To"), ("cc", "Cc"), ("replyto", "Reply-To")):
         if fields.get(name):
-            addresses = _addresses(name, fields[name])
-            every += addresses
-            headers.append((header, addresses))
-    if "subject" in fields:
-        headers.append(("Subject", text_field("subject", fields["subject"], allow_empty=True)))
+            pairs = addresses(name, fields[name])
+            count += len(pairs)
+            every += pairs
+            head.append(address_field(header, pairs))
+    if count > MAX_ADDRESSES:
+        raise BadRequest(f"to, cc and replyto hold more than {MAX_ADDRESSES} addresses together")
+    if fields.get("subject") is not None:
+        head.append(unstructured("Subject", header_text("subject", fields["subject"])))
     if fields.get("unsubscribe"):
-        targets, oneclick = _unsubscribe(fields["unsubscribe"])
-        headers.append(("List-Unsubscribe", targets))
-        if oneclick:
-            headers.append(("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"))
+        head += _unsubscribe(fields["unsubscribe"])
     extra = fields.get("extra") or {}
     if not isinstance(extra, dict):
         raise BadRequest("'extra' must be an object of x-* header names and values")
+    if len(extra) > MAX_EXTRA_HEADERS:
+        raise BadRequest(f"'extra' holds more than {MAX_EXTRA_HEADERS} headers")
     for name, value in extra.items():
         if not _EXTRA_HEADER.fullmatch(name):
             raise BadRequest(f"'extra': only x-* headers may be added, not {name!r}")
         if name.lower().startswith("x-smtpeter-"):
             raise BadRequest(f"'extra': {name} is an instruction header; use the option field instead")
-        headers.append((name, text_field(f"extra.{name}", value, allow_empty=True)))
-    smtputf8 = any(not (a.username.isascii() and a.domain.isascii()) for a in every)
-    # 7-bit bodies (quoted-printable or base64) survive any next hop unchanged.
-    policy = (email.policy.SMTPUTF8 if smtputf8 else email.policy.SMTP).clone(
-        max_line_length=78, cte_type="8bit" if smtputf8 else "7bit")
-    message = EmailMessage(policy=policy)
-    for name, value in headers:
-        message[name] = value
-    text = text_field("text", fields["text"], one_line=False) if fields.get("text") else None
-    html = text_field("html", fields["html"], one_line=False) if fields.get("html") else None
-    if text is not None:
-        message.set_content(text)
-        if html is not None:
-            message.add_alternative(html, subtype="html")
-    else:
-        message.set_content(html, subtype="html")
-    for data, name, content_type in _attachments(fields.get("attachments") or []):
-        maintype, subtype = content_type.split("/", 1)
-        message.add_attachment(data, maintype=maintype, subtype=subtype, filename=name)
-    return message.as_bytes(policy=policy), smtputf8
+        head.append(unstructured(name, header_text(f"extra.{name}", value)))
+    smtputf8 = any(not address.isascii() for _, address in every)
+    body = _body(fields, smtputf8)
+    composed = b"".join(head) + body
+    _verify(composed, [msg.parse(field).fields[0].name for field in head])
+    return composed, smtputf8
+
+
+def _verify(composed: bytes, expected: list[str]) -> None:
+    """Refuse anything whose header is not exactly what we wrote (the last line of defence)."""
+    tree = mime.parse(composed)
+    names = [field.name for field in tree.fields]
+    ok = names[: len(expected)] == expected and set(names[len(expected):]) <= _PART_FIELDS
+    for part in tree.walk():
+        if part is not tree and not {f.name for f in part.fields} <= _PART_FIELDS:
+            ok = False
+    if not ok:
+        raise BadRequest("the message fields could not be encoded safely")
+
+
+def raw(mime: bytes) -> tuple[bytes, bool]:
+    """A whole message as the client gave it, with CRLF line ends; and whether it needs SMTPUTF8."""
+    crlf = mime.count(b"\r\n")
+    if mime.count(b"\n") != crlf or mime.count(b"\r") != crlf:  # JSON clients often send LF
+        mime = mime.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+    if not mime.endswith(b"\r\n"):
+        mime += b"\r\n"
+    end = mime.find(b"\r\n\r\n")
+    # Raw UTF-8 in the header (RFC 6532) can only travel with SMTPUTF8.
+    return mime, not (mime if end < 0 else mime[:end]).isascii()
+

@@ -51,9 +51,13 @@ def day_text(day: int) -> str:
 
 
 def parse_day(text: str) -> int | None:
+    """A yyyy-mm-dd date as a day number; None if it is not one we could have events on."""
     try:
         value = datetime.datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=datetime.UTC)
     except ValueError:
+        return None
+    # Window arithmetic adds and subtracts a month: stay clear of datetime's ends.
+    if not 1970 <= value.year <= 9000:
         return None
     return int(value.timestamp()) // DAY
 
@@ -67,7 +71,7 @@ def record(event: Event) -> dict[str, Any]:
     data = event.data
     values: dict[str, Any] = {
         "id": event.message_id or "", "time": time_text(event.time), "templateid": 0,
-        "recipient": event.recipient or data.get("recipient", ""),
+        "recipient": data.get("recipient") or event.recipient or "",
     }
     tags = data.get("tags") or []
     values["tags"] = ";".join(tags) if isinstance(tags, list) else str(tags)
@@ -84,6 +88,14 @@ def api_event(event: Event) -> dict[str, Any]:
     return {"event": API_EVENT[event.type], "data": record(event)}
 
 
+# Characters XML 1.0 cannot carry at all, not even escaped (a reply text may hold them).
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def _xml_text(value: Any) -> str:
+    return escape(_NOT_XML.sub("\ufffd", str(value)))
+
+
 def render(log: str, events: Iterable[Event], form: str) -> tuple[bytes, str]:
     """A log file as CSV (``csv``, ``header``), ``json`` or ``xml``: (body, content type)."""
     columns = COLUMNS[log]
@@ -93,7 +105,7 @@ def render(log: str, events: Iterable[Event], form: str) -> tuple[bytes, str]:
     if form == "xml":
         parts = ["<records>"]
         for row in rows:
-            parts.append("<record>" + "".join(f"<{c}>{escape(str(row[c]))}</{c}>" for c in columns)
+            parts.append("<record>" + "".join(f"<{c}>{_xml_text(row[c])}</{c}>" for c in columns)
                          + "</record>")
         parts.append("</records>")
         return "".join(parts).encode(), "application/xml"

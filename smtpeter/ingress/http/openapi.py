@@ -32,7 +32,8 @@ def _get(summary: str, parameters: list, ok: dict[str, Any], *errors: int, secur
     operation: dict[str, Any] = {
         "summary": summary,
         "parameters": parameters,
-        "responses": {"200": ok, **_errors(*errors)},
+        # Everything behind a token reads storage, which may be down for a while.
+        "responses": {"200": ok, **_errors(*errors, *((401, 503) if secure else ()))},
     }
     if not secure:
         operation["security"] = []
@@ -44,7 +45,14 @@ SEND_SCHEMA: dict[str, Any] = {
     "properties": {
         "recipient": {**_ADDRESSES, "description": "RCPT TO address (or several)."},
         "recipients": {"oneOf": [{"type": "array", "items": {"type": "string"}},
-                                 {"type": "object", "additionalProperties": {"type": "object"}}]},
+                                 {"type": "object", "additionalProperties": {"type": "object"}}],
+                       "description": "Addresses, or an object of address -> that recipient's "
+                                      "personalization data (which turns personalization on)."},
+        "bcc": {**_ADDRESSES, "description": "More envelope recipients; never written into a header."},
+        "data": {"type": "object", "description": "Personalization data for every recipient: {$name} "
+                 "in from, to, cc, replyto, subject, text, html, extra, unsubscribe or mime. Built in: "
+                 "{$recipient}, {$envelope}. Each recipient then gets a message of its own."},
+        "access_token": {"type": "string", "description": "The API token, if not in the URL or header."},
         "envelope": {"type": "string", "description": "MAIL FROM address; without it, no bounces come back."},
         "mime": {"type": "string", "description": "The whole message (RFC 5322)."},
         "from": {"type": "string"},
@@ -54,14 +62,21 @@ SEND_SCHEMA: dict[str, Any] = {
             "email": {"type": "string"}, "url": {"type": "string"}, "oneclick": _BOOLEAN}},
         "extra": {"type": "object", "additionalProperties": {"type": "string"},
                   "description": "x-* headers to add."},
+        "headers": {"type": "object", "additionalProperties": {"type": "string"},
+                    "description": "Another name for extra."},
+        "replyTo": {**_ADDRESSES, "description": "Another name for replyto."},
         "attachments": {"type": "array", "items": {"type": "object", "properties": {
             "data": {"type": "string", "format": "byte"}, "name": {"type": "string"},
             "type": {"type": "string"}}}},
         "inlinecss": _BOOLEAN, "trackclicks": _BOOLEAN, "trackopens": _BOOLEAN, "trackbounces": _BOOLEAN,
         "preventscam": _BOOLEAN,
+        # The 2015 documentation's names for the same options.
+        "clicktracking": _BOOLEAN, "bouncetracking": _BOOLEAN, "openstracking": _BOOLEAN,
+        "inlinizecss": _BOOLEAN,
         "images": {"type": "string", "enum": ["hosted", "default"]},
         "tags": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
-        "maxdelivertime": {"type": "string", "description": "YYYY-MM-DD hh:mm:ss, UTC."},
+        "maxdelivertime": {"type": "string", "description":
+                           "YYYY-MM-DD hh:mm:ss, UTC; at most 30 days ahead (later times are capped)."},
         "dsn": {"type": "object", "properties": {
             "notify": {"type": "string"}, "ret": {"type": "string", "enum": ["FULL", "HDRS"]},
             "envid": {"type": "string"}, "orcpt": {"type": "string"}}},
@@ -143,20 +158,20 @@ def document(server_url: str) -> dict[str, Any]:
         "/v1/envelope/{id}": _get("The envelope sender ('' if none)", [_ID], text_view, 401, 404),
         "/v1/headers/{id}": _get("The message header", [_ID], text_view, 401, 404),
         "/v1/header/{id}": _get("The message header (older name)", [_ID], text_view, 401, 404),
-        "/v1/text/{id}": _get("The text/plain body", [_ID], text_view, 401, 404),
-        "/v1/html/{id}": _get("The text/html body", [_ID], text_view, 401, 404),
-        "/v1/attachments/{id}": _get("The attachments", [_ID], _PART_LIST, 401, 404),
-        "/v1/embeds/{id}": _get("The embedded (cid:) parts", [_ID], _PART_LIST, 401, 404),
+        "/v1/text/{id}": _get("The text/plain body", [_ID], text_view, 401, 404, 422),
+        "/v1/html/{id}": _get("The text/html body", [_ID], text_view, 401, 404, 422),
+        "/v1/attachments/{id}": _get("The attachments", [_ID], _PART_LIST, 401, 404, 422),
+        "/v1/embeds/{id}": _get("The embedded (cid:) parts", [_ID], _PART_LIST, 401, 404, 422),
         "/v1/attachments/{id}/{item}": _get("One attachment, by rank or name", [_ID, {
             "name": "item", "in": "path", "required": True, "schema": {"type": "string"}}],
             {"description": "The attachment", "content": {"*/*": {"schema": {"type": "string",
                                                                                "format": "binary"}}}},
-            401, 404),
+            401, 404, 422),
         "/v1/embeds/{id}/{item}": _get("One embedded part, by rank or name", [_ID, {
             "name": "item", "in": "path", "required": True, "schema": {"type": "string"}}],
             {"description": "The part", "content": {"*/*": {"schema": {"type": "string",
                                                                          "format": "binary"}}}},
-            401, 404),
+            401, 404, 422),
         "/v1/openapi.json": _get("This document", [], {"description": "OpenAPI 3.0",
                                                         "content": {"application/json": {}}}, secure=False),
         "/.well-known/autoconfig/mail/config-v1.1.xml": _get(

@@ -18,6 +18,7 @@ from typing import Any
 
 from smtpeter.ingress.smtp.syntax import SyntaxProblem, check_mailbox
 from smtpeter.ingress.submission import BOOLEAN_OPTIONS, IMAGES_VALUES, Refused, check_tag
+from smtpeter.transforms.personalize import is_variable_name
 
 
 class BadRequest(Exception):
@@ -34,11 +35,17 @@ _LEGACY = {"clicktracking": "trackclicks", "bouncetracking": "trackbounces",
            "openstracking": "trackopens", "inlinizecss": "inlinecss"}
 _CONTENT_FIELDS = ("from", "to", "cc", "replyto", "subject", "text", "html", "unsubscribe", "extra",
                    "attachments")
-_UNSUPPORTED = {"template": "templates", "patch": "template patches", "data": "personalization data"}
-_KNOWN = {"recipient", "recipients", "envelope", "mime", "tags", "maxdelivertime", "dsn", "images",
-          "access_token", "headers", "replyTo", *_CONTENT_FIELDS, *BOOLEAN_OPTIONS, *_LEGACY}
+_UNSUPPORTED = {"template": "templates", "patch": "template patches"}
+_KNOWN = {"recipient", "recipients", "bcc", "envelope", "mime", "tags", "maxdelivertime", "dsn", "images",
+          "data", "access_token", "headers", "replyTo", *_CONTENT_FIELDS, *BOOLEAN_OPTIONS, *_LEGACY}
 _DATETIME = re.compile(r"(\d{4})-(\d{2})-(\d{2}) (\d{2}):(\d{2}):(\d{2})")
 _NOTIFY = {"SUCCESS", "FAILURE", "DELAY"}
+# Control characters no header may carry: C0 but TAB, DEL, C1, and the Unicode
+# line and paragraph separators (some folding code breaks lines at them).
+_HEADER_FORBIDDEN = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+MAX_FORM_PAIRS = 10000
+MAX_NESTING = 8
+MAX_DELIVER_DAYS = 30
 
 
 def decode_body(content_type: str, body: bytes) -> dict[str, Any]:
@@ -46,22 +53,44 @@ def decode_body(content_type: str, body: bytes) -> dict[str, Any]:
     kind = content_type.split(";")[0].strip().lower()
     if not body.strip():
         return {}
-    if kind == "application/json" or (not kind and body.lstrip()[:1] == b"{"):
+    # curl -d sends JSON labelled as a form; a body that starts like an object is JSON.
+    if kind == "application/json" or (kind in ("", "application/x-www-form-urlencoded")
+                                      and body.lstrip()[:1] == b"{"):
         try:
             value = json.loads(body)
         except (ValueError, RecursionError) as exc:
             raise BadRequest(f"invalid JSON: {exc}") from None
         if not isinstance(value, dict):
             raise BadRequest("the JSON body must be an object")
+        _check_strings(value, 0)
         return value
     if kind in ("application/x-www-form-urlencoded", ""):
         try:
             pairs = urllib.parse.parse_qsl(body.decode("utf-8"), keep_blank_values=True,
-                                           strict_parsing=False, errors="strict")
+                                           strict_parsing=False, errors="strict",
+                                           max_num_fields=MAX_FORM_PAIRS)
         except UnicodeDecodeError:
             raise BadRequest("the form body is not valid UTF-8") from None
+        except ValueError:
+            raise BadRequest(f"the form has more than {MAX_FORM_PAIRS} fields") from None
         return _unflatten(pairs)
     raise BadRequest(f"unsupported content type {kind!r}: send application/json or a form", 415)
+
+
+def _check_strings(value: Any, depth: int) -> None:
+    """No lone surrogates anywhere (they cannot be stored or answered) and no deep nesting."""
+    if depth > MAX_NESTING:
+        raise BadRequest(f"the body is nested more than {MAX_NESTING} levels deep")
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        for text in (key, item):
+            if isinstance(text, str):
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise BadRequest("the body holds text that is not valid Unicode") from None
+        if isinstance(item, dict | list):
+            _check_strings(item, depth + 1)
 
 
 def _unflatten(pairs: list[tuple[str, str]]) -> dict[str, Any]:
@@ -70,27 +99,41 @@ def _unflatten(pairs: list[tuple[str, str]]) -> dict[str, Any]:
     for key, value in pairs:
         head, _, _ = key.partition("[")
         path = [head, *_BRACKETS.findall(key[len(head):])]
-        node: Any = root
-        for index, part in enumerate(path):
-            last = index == len(path) - 1
-            if isinstance(node, list):  # an "[]" step: append
-                if last:
-                    node.append(value)
-                    break
-                child: Any = [] if path[index + 1] == "" else {}
-                node.append(child)
-                node = child
-                continue
-            if last:
-                if part in node and not isinstance(node[part], dict):
-                    existing = node[part]
-                    node[part] = [*existing, value] if isinstance(existing, list) else [existing, value]
-                else:
-                    node[part] = value
-            else:
-                default: Any = [] if path[index + 1] == "" else {}
-                node = node.setdefault(part, default)
+        if len(path) > MAX_NESTING:
+            raise BadRequest(f"form field {key[:40]!r} is nested too deeply")
+        try:
+            _store(root, path, value)
+        except (TypeError, AttributeError):
+            raise BadRequest(f"form field {key[:40]!r} conflicts with another field") from None
     return _lists(root)
+
+
+def _store(root: dict[str, Any], path: list[str], value: str) -> None:
+    node: Any = root
+    for index, part in enumerate(path):
+        last = index == len(path) - 1
+        if isinstance(node, list):  # an "[]" step: append
+            if last:
+                node.append(value)
+                break
+            child: Any = [] if path[index + 1] == "" else {}
+            node.append(child)
+            node = child
+            continue
+        if last:
+            if part in node:
+                existing = node[part]
+                if isinstance(existing, list):
+                    existing.append(value)  # in place: repeated keys stay linear
+                elif isinstance(existing, dict):
+                    raise TypeError(part)
+                else:
+                    node[part] = [existing, value]
+            else:
+                node[part] = value
+        else:
+            default: Any = [] if path[index + 1] == "" else {}
+            node = node.setdefault(part, default)
 
 
 def _lists(value: Any) -> Any:
@@ -106,12 +149,15 @@ def _lists(value: Any) -> Any:
 
 
 def text_field(name: str, value: Any, *, allow_empty: bool = False, one_line: bool = True) -> str:
+    """A string field; one-line fields (headers-to-be) refuse line breaks and control characters."""
     if isinstance(value, int | float) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, str):
         raise BadRequest(f"'{name}' must be a string")
     if one_line and ("\r" in value or "\n" in value):
         raise BadRequest(f"'{name}' must not contain line breaks")
+    if one_line and _HEADER_FORBIDDEN.search(value):
+        raise BadRequest(f"'{name}' must not contain control characters")
     if "\x00" in value:
         raise BadRequest(f"'{name}' must not contain NUL")
     if not value and not allow_empty:
@@ -119,7 +165,7 @@ def text_field(name: str, value: Any, *, allow_empty: bool = False, one_line: bo
     return value
 
 
-def _boolean(name: str, value: Any) -> bool:
+def boolean_field(name: str, value: Any) -> bool:
     if isinstance(value, bool):
         return value
     if isinstance(value, int) and value in (0, 1):
@@ -158,16 +204,24 @@ class SendRequest:
     tags: list[str] = field(default_factory=list)
     expires: float | None = None
     dsn: DSNOptions = field(default_factory=DSNOptions)
+    # Personalization: None when the call carries no data (the text is sent as
+    # it is); else the data for everyone, and per recipient what it adds.
+    data: dict[str, Any] | None = None
+    personal: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def parse_send(body: dict[str, Any], max_recipients: int, now: float | None = None) -> SendRequest:
+    body = {key: value for key, value in body.items() if value is not None}  # null means absent
     unknown = sorted(set(body) - _KNOWN - set(_UNSUPPORTED))
     if unknown:
         raise BadRequest(f"unknown field '{unknown[0]}'")
     for name, what in _UNSUPPORTED.items():
         if name in body:
             raise BadRequest(f"'{name}': {what} are not supported by this server")
-    recipients = _recipients(body, max_recipients)
+    recipients, personal = _recipients(body, max_recipients)
+    data = _personal_data("data", body["data"]) if "data" in body else None
+    if data is None and isinstance(body.get("recipients"), dict):
+        data = {}  # the object form of recipients asks for personalization
     envelope = None
     if "envelope" in body and body["envelope"] not in (None, ""):
         envelope = mailbox("envelope", body["envelope"])
@@ -180,7 +234,7 @@ def parse_send(body: dict[str, Any], max_recipients: int, now: float | None = No
         if content_given:
             raise BadRequest(f"give either 'mime' or the message fields, not both ('{content_given[0]}')")
         mime = text_field("mime", body["mime"], one_line=False).encode("utf-8")
-        return SendRequest(recipients, envelope, mime, {}, options, tags, expires, dsn)
+        return SendRequest(recipients, envelope, mime, {}, options, tags, expires, dsn, data, personal)
     fields = {name: body[name] for name in content_given}
     if "replyTo" in body:
         fields.setdefault("replyto", body["replyTo"])
@@ -192,17 +246,27 @@ def parse_send(body: dict[str, Any], max_recipients: int, now: float | None = No
         raise BadRequest("'from' is required (or give the whole message as 'mime')")
     if not (fields.get("text") or fields.get("html")):
         raise BadRequest("'text' or 'html' is required (or give the whole message as 'mime')")
-    return SendRequest(recipients, envelope, None, fields, options, tags, expires, dsn)
+    return SendRequest(recipients, envelope, None, fields, options, tags, expires, dsn, data, personal)
 
 
-def _recipients(body: dict[str, Any], limit: int) -> list[str]:
+def _recipients(body: dict[str, Any], limit: int) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """Every envelope recipient (``recipient``, ``recipients`` and ``bcc``; never in a
+    header), and the personal data of those given as ``{address: data}``."""
     collected: list[str] = []
-    for name in ("recipient", "recipients"):
+    personal: dict[str, dict[str, Any]] = {}
+    for name in ("recipient", "recipients", "bcc"):
         if name not in body:
             continue
         value = body[name]
+        if isinstance(value, list | dict) and len(value) > limit:
+            raise BadRequest(f"too many recipients: more than {limit} per call", 413)
         if isinstance(value, dict):  # address -> personal data
-            value = list(value)
+            for key, data in value.items():
+                address = mailbox(name, key)
+                collected.append(address)
+                if data not in (None, "", [], {}):
+                    personal[address] = _personal_data(f"{name}.{key}", data)
+            continue
         if isinstance(value, str):
             value = [value]
         if not isinstance(value, list):
@@ -217,17 +281,27 @@ def _recipients(body: dict[str, Any], limit: int) -> list[str]:
     unique = list(dict.fromkeys(collected))
     if len(unique) > limit:
         raise BadRequest(f"too many recipients: {len(unique)} (at most {limit} per call)", 413)
-    return unique
+    return unique, personal
+
+
+def _personal_data(name: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise BadRequest(f"'{name}': personalization data must be an object of variables")
+    for key in value:
+        if not is_variable_name(key):
+            raise BadRequest(f"'{name}': {key[:40]!r} is not a variable name (letters, digits, - and _, "
+                             "starting with a letter)")
+    return value
 
 
 def _options(body: dict[str, Any]) -> dict[str, Any]:
     options: dict[str, Any] = {}
     for legacy, name in _LEGACY.items():
         if legacy in body:
-            options[name] = _boolean(legacy, body[legacy])
+            options[name] = boolean_field(legacy, body[legacy])
     for name in BOOLEAN_OPTIONS:
         if name in body:
-            options[name] = _boolean(name, body[name])
+            options[name] = boolean_field(name, body[name])
     if "images" in body:
         images = text_field("images", body["images"]).lower()
         if images not in IMAGES_VALUES:
@@ -261,6 +335,10 @@ def _maxdelivertime(value: Any, now: float | None) -> float:
     expires = float(calendar.timegm((*parts, 0, 0, 0)))
     if now is not None and expires <= now:
         raise BadRequest("'maxdelivertime' is in the past")
+    if now is not None:
+        # Clients send far-future dates to mean "keep trying"; a queue entry
+        # still has to end some time, so it is capped rather than refused.
+        expires = min(expires, now + MAX_DELIVER_DAYS * 86400)
     return expires
 
 

@@ -26,5 +26,8 @@ lint: $(VENV)/.installed
 test: $(VENV)/.installed system-deps lint
 	$(BIN)/pytest
 
-bench: $(VENV)/.installed system-deps
+bench: $(VENV)/.installed
+	scripts/install-system-deps --bench
 	$(BIN)/python bench/ingress.py
+	$(BIN)/python bench/relay.py
+	$(BIN)/python bench/api.py

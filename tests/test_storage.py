@@ -113,6 +113,12 @@ class StorageSuite:
         events = await storage.events(ids[0])
         self.assertEqual([e.type for e in events], ["attempt"])
         self.assertEqual(events[0].data["properties"], "trackclicks")
+        # Without its own expiry a message is tried for delivery.max_deliver_time.
+        self.assertEqual(content["expires"], content["created"] + 86400)
+        storage.max_deliver_time = 3600.0
+        (short,) = await storage.enqueue(new_message(account.id))
+        content = await storage.message_content(short)
+        self.assertEqual(content["expires"], content["created"] + 3600)
 
     async def test_enqueue_all_is_all_or_nothing(self) -> None:
         storage = await self.open_storage()

@@ -13,34 +13,29 @@ from __future__ import annotations
 from xml.sax.saxutils import escape
 
 
-def config_xml(hostname: str, domain: str, implicit_tls_ports: list[int], starttls_ports: list[int],
-               incoming: list[tuple[str, str, int, str]] = ()) -> bytes:
-    """``incoming``: (type, hostname, port, socket type) of each incoming server."""
-    servers = [(port, "SSL") for port in implicit_tls_ports] + [(port, "STARTTLS") for port in starttls_ports]
-    incoming_xml = "".join(
-        f"""    <incomingServer type="{kind}">
+def _server(element: str, kind: str, host: str, port: int, socket_type: str) -> str:
+    return f"""    <{element} type="{kind}">
       <hostname>{escape(host)}</hostname>
       <port>{port}</port>
       <socketType>{socket_type}</socketType>
       <authentication>password-cleartext</authentication>
       <username>%EMAILADDRESS%</username>
-    </incomingServer>
-""" for kind, host, port, socket_type in incoming)
-    outgoing = "".join(
-        f"""    <outgoingServer type="smtp">
-      <hostname>{escape(hostname)}</hostname>
-      <port>{port}</port>
-      <socketType>{socket_type}</socketType>
-      <authentication>password-cleartext</authentication>
-      <username>%EMAILADDRESS%</username>
-    </outgoingServer>
-""" for port, socket_type in servers)
+    </{element}>
+"""
+
+
+def config_xml(hostname: str, domain: str, implicit_tls_ports: list[int], starttls_ports: list[int],
+               incoming: list[tuple[str, str, int, str]] = ()) -> bytes:
+    """``incoming``: (type, hostname, port, socket type) of each incoming server."""
+    servers = [_server("incomingServer", *server) for server in incoming]
+    servers += [_server("outgoingServer", "smtp", hostname, port, "SSL") for port in implicit_tls_ports]
+    servers += [_server("outgoingServer", "smtp", hostname, port, "STARTTLS") for port in starttls_ports]
     return f"""<?xml version="1.0" encoding="UTF-8"?>
 <clientConfig version="1.1">
   <emailProvider id="{escape(hostname, {'"': "&quot;"})}">
     <domain>{escape(domain or hostname)}</domain>
     <displayName>smtpeter ({escape(hostname)})</displayName>
     <displayShortName>smtpeter</displayShortName>
-{incoming_xml}{outgoing}  </emailProvider>
+{"".join(servers)}  </emailProvider>
 </clientConfig>
 """.encode()

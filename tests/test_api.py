@@ -225,6 +225,35 @@ class APITests(unittest.TestCase):
             self.assertEqual(response.code, 400, body)
             self.assertIn(message, response.json["error"]["message"])
         self.assertEqual(len(await self.storage.queue(limit=1000)), before)
+        # Data from a web form cannot add a part to a multipart message either.
+        multipart = ('From: <info@example.com>\r\nContent-Type: multipart/mixed; boundary="b1"\r\n\r\n'
+                     "--b1\r\nContent-Type: text/plain\r\n\r\nHi {$name}\r\n--b1--\r\n")
+        evil = ("x\r\n--b1\r\nContent-Type: text/html\r\nContent-Disposition: attachment; filename=a.html"
+                "\r\n\r\n<b>")
+        for name, status in ((evil, 400), ("x\r\n-- \r\nregards", 200)):
+            response = await self.api.post("/v1/send", json_body={
+                "recipient": "a@dest.example", "mime": multipart, "data": {"name": name}})
+            self.assertEqual(response.code, status, response.body)
+        # The single-recipient object form personalizes too.
+        (single,) = await self.send({"recipient": {"s@dest.example": {"name": "Sam"}},
+                                     "from": "info@example.com", "text": "Hi {$name}"})
+        self.assertIn("Hi Sam", (await self.stored(single)).get_content())
+        # Numbers JSON cannot hold, and numbers too big for a template, are 400s.
+        for number in (b"NaN", b"1e999", b"-Infinity"):
+            raw_body = (b'{"recipient": "a@dest.example", "from": "info@example.com", "text": "{$n}", '
+                        b'"data": {"n": ' + number + b"}}")
+            response = await self.api.post("/v1/send", raw=raw_body, content_type="application/json")
+            self.assertEqual(response.code, 400, response.body)
+        response = await self.api.post("/v1/send", json_body={
+            "recipient": "a@dest.example", "from": "info@example.com", "text": "{$p * 1.21}",
+            "data": {"p": 10**400}})
+        self.assertEqual(response.code, 400, response.body)
+        # A template that would cost too much is refused, not run for hours.
+        response = await self.api.post("/v1/send", json_body={
+            "recipient": "a@dest.example", "from": "info@example.com", "data": {"s": "x" * 1_000_000},
+            "text": "{foreach $i in 100000|range}{if $s|md5 == 'z'}{/if}{/foreach}"})
+        self.assertEqual(response.code, 400, response.body)
+        self.assertIn("more work", response.json["error"]["message"])
 
     async def test_dsn_and_legacy_option_names(self) -> None:
         await self.start()
@@ -260,7 +289,8 @@ class APITests(unittest.TestCase):
                              ("attachments", [{"data": "eA==", "name": "=?utf-8?q?a=0D=0Ab.txt?="}]),
                              # Control characters, line separators, lone surrogates: 400, not 500.
                              ("subject", "a\x00b"), ("subject", "a\x1bb"), ("subject", "a\u2028b"),
-                             ("subject", "a\ud800b"), ("text", "a\x00b"), ("to", "a\x85@dest.example")):
+                             ("subject", "a\ud800b"), ("text", "a\x00b"), ("to", "a\x85@dest.example"),
+                             ("subject", "=?\u00e9?q?x?="), ("subject", "=?x-unknown?q?x?=")):
             response = await self.api.post("/v1/send", json_body={**base, field: value})
             self.assertEqual(response.code, 400, (field, value, response.body))
             self.assertIn("error", response.json)
@@ -396,6 +426,12 @@ class APITests(unittest.TestCase):
         self.assertEqual(len((await self.api.get("/v1/events/tags/nov")).json), 2)
         self.assertEqual(len((await self.api.get("/v1/events/tags/nov;promo")).json), 1)
         self.assertEqual(len((await self.api.get("/v1/events/tags/nov?tags=promo")).json), 1)
+        self.assertEqual(len((await self.api.get("/v1/events/email/a@dest.example?tags=nov;promo")).json), 1)
+        self.assertEqual(len((await self.api.get("/v1/events/email/a@dest.example?tags=nov;other")).json), 0)
+        many = ";".join(str(i) for i in range(1100))
+        response = await self.api.get(f"/v1/events/tags/x?tags={many}")
+        self.assertEqual(response.code, 400)
+        self.assertIn("at most", response.json["error"]["message"])
         today = time.strftime("%Y-%m-%d", time.gmtime())
         self.assertEqual(len((await self.api.get(f"/v1/events/tags/nov?start={today}")).json), 2)
         self.assertEqual((await self.api.get("/v1/events/tags/nov?start=2001-01-01")).json, [])

@@ -8,8 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial import unittest
 
-from smtpeter.transforms import personalize
-from smtpeter.transforms.personalize import Template, TemplateError, has_tags, is_variable_name
+from smtpeter.transforms.personalize import Budget, Template, TemplateError, has_tags, is_variable_name
 
 
 def render(template: str, /, **variables: object) -> str:
@@ -115,14 +114,57 @@ class PersonalizeTests(unittest.TestCase):
             self.assertIn(message, str(caught.exception), text)
 
     def test_cost_is_bounded(self) -> None:
-        self.patch(personalize, "MAX_OUTPUT", 10_000)
+        def costly(template: str, budget: Budget | None = None, **variables: object) -> None:
+            with self.assertRaises(TemplateError, msg=template):
+                Template(template).render(variables, budget=budget or Budget(characters=100_000))
+
+        costly("{foreach $a in $l}{foreach $b in $l}{foreach $c in $l}xxxx{/foreach}{/foreach}{/foreach}",
+               l=list(range(100)))
+        # Work is paid before it is done: no giant intermediate value is ever made.
+        costly("{$s|spacify:$s}", budget=Budget(), s="x" * 20_000)
+        costly("{$s|replace:'x':$s}", budget=Budget(), s="x" * 20_000)
+        costly("{$s|indent:1000:$s}", budget=Budget(), s="x\n" * 20_000)
+        costly("{foreach $i in 10000000|range}{/foreach}")
+        # A cheap template over a big value: each round pays for what it reads.
+        costly("{foreach $i in 100000|range}{if $s|md5 == 'z'}{/if}{/foreach}", budget=Budget(),
+               s="x" * 10**6)
+        doubling = "{assign $s|cat:$s to $s}" * 40
+        costly(doubling, budget=Budget(), s="x")
+        # One budget serves every template of a request.
+        shared = Budget(characters=50_000)
+        for _ in range(4):
+            Template("{$s}").render({"s": "x" * 10_000}, budget=shared)
+        costly("{$s}", budget=shared, s="x" * 20_000)
+        # Deep expressions are refused when parsed, not by the interpreter's recursion limit.
         with self.assertRaises(TemplateError):
-            render("{foreach $a in $l}{foreach $b in $l}{foreach $c in $l}xxxx{/foreach}{/foreach}{/foreach}",
-                   l=list(range(100)))
+            Template("{$s" + "|trim" * 3000 + "}")
         with self.assertRaises(TemplateError):
-            render("{$s|spacify:$s}", s="x" * 200)
-        with self.assertRaises(TemplateError):
-            render("{foreach $i in 10000000|range}{/foreach}")
+            Template("{$a" + " + $a" * 3000 + "}")
+
+    def test_hostile_numbers_are_errors_or_nothing(self) -> None:
+        huge = 10**400
+        for template, variables in (
+            ("{$l[$i]}", {"l": [1], "i": float("inf")}),
+            ("{$p * 1.21}", {"p": huge}), ("{$p / 3}", {"p": huge}), ("{$p % 7}", {"p": huge}),
+            ("{$t|indent:$n}", {"t": "x", "n": -(10**20)}),
+            ("{$t|truncate:$n}", {"t": "x", "n": float("nan")}), ("{$t|substr:$n:$n}", {"t": "x", "n": huge}),
+            ("{foreach $i in $n|range}{/foreach}", {"n": float("inf")}),
+            ("{$x * 1e308 * 10}", {"x": "1e308"}), ("{$x + 1}", {"x": "1" * 5000}),
+            ("{$l['1e400']}", {"l": [1, 2]}),
+        ):
+            try:
+                Template(template).render(variables)
+            except TemplateError:
+                pass  # an error that says so is fine; anything else is not
+        self.assertEqual(render("{$x + 1}", x="1" * 5000), "1")  # not a number we read: 0
+
+    def test_smarty_details(self) -> None:
+        defaults = "{$n|default:'none'} {$f|default:'none'} {$e|default:'none'}"
+        self.assertEqual(render(defaults, n=0, f=False, e=""), "0  none")
+        self.assertEqual(render("{if $a}A{else if $b}B{else}C{/if}", a=0, b=1), "B")
+        self.assertEqual(render("{$a + $b} {$ten / 3}", a=0.1, b=0.2, ten=10), "0.3 3.3333333333333")
+        self.assertEqual(render("[{$s|truncate:0}]", s="abc"), "[]")
+        self.assertEqual(render("{$s|truncate:30}", s="word" + " " * 100_000 + "x"), "word...")
 
     def test_output_hook_sees_every_value(self) -> None:
         def no_breaks(text: str) -> str:

@@ -206,10 +206,7 @@ class Submission:
 
         Raises StorageUnavailable when they could not be stored.
         """
-        if len(messages) == 1:
-            groups = [await self.storage.enqueue(messages[0])]
-        else:
-            groups = await self.storage.enqueue_all(messages)
+        groups = await self.storage.enqueue_all(messages)
         self.metrics.count("smtpeter_accepted_total", sum(len(ids) for ids in groups))
         self.queued()
         return groups

@@ -574,11 +574,12 @@ class Storage:
         if recipient is not None:
             clause += " AND recipient = ?"
             params.append(address_key(recipient))
+        # Tags sit in the JSON data as strings: an exact, case-sensitive substring
+        # search narrows the rows in the database.
+        find = "instr(data, ?) > 0" if self.db.dialect == "sqlite" else "strpos(data, ?) > 0"
         for tag in tags:
-            # Tags sit in the JSON data as strings; LIKE narrows the rows in the database.
-            pattern = json.dumps(tag).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            clause += " AND data LIKE ? ESCAPE '\\'"
-            params.append(f"%{pattern}%")
+            clause += f" AND {find}"
+            params.append(json.dumps(tag))
         rows = await self.db.query(
             f"SELECT {_EVENT_SELECT} FROM events "  # noqa: S608 - clause holds placeholders only
             f"WHERE account_id = ? AND time >= ? AND time < ?{clause} ORDER BY time, id LIMIT ?",

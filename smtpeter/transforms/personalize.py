@@ -6,9 +6,12 @@
 (smtpeter-api.md §4.11). Only a brace that opens one of these constructs is a
 tag; any other ``{`` is text, so CSS and JSON in a message pass through.
 
-A template is parsed once into a tree and rendered once per recipient. What a
-template may cost is bounded (output size, loop iterations, nesting), and every
-mistake is a TemplateError that names it, never an exception from deep inside.
+A template is parsed once into a tree and rendered once per recipient. The
+renderings of one request share a Budget: characters of work (every string a
+modifier reads or makes, every character written), loop rounds and time; a
+result that would break it is refused before it is made. Nesting of blocks and
+expressions is bounded too. Every mistake, in the template or in the data, is
+a TemplateError that names it.
 """
 
 from __future__ import annotations
@@ -17,24 +20,33 @@ import base64
 import binascii
 import hashlib
 import html
+import math
 import re
+import time
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-MAX_OUTPUT = 32 * 1024 * 1024  # characters one rendering may produce
-MAX_ITERATIONS = 100_000  # foreach rounds in one rendering
+MAX_VALUE = 32 * 1024 * 1024  # characters in any one value
+MAX_WORK = 256 * 1024 * 1024  # characters of work for one request (a Budget's default)
+MAX_SECONDS = 20.0
+MAX_ITERATIONS = 100_000  # foreach rounds for one request
 MAX_DEPTH = 32  # nested blocks and parentheses
+MAX_NODES = 200  # operations in one tag (each one a level of evaluation)
+MAX_INT = 10**30  # integers past this are an error, not a slow surprise
+_INT = re.compile(r"\s*[+-]?\d{1,40}\s*")
+_FLOAT = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*")
 _VARIABLE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 _TAG_START = re.compile(
-    r"\{(?=\$|if\s|elseif\s|else\}|/if\}|foreach\s|foreachelse\}|/foreach\}|assign\s|ldelim\}|rdelim\}"
-    r"|literal\}|hash\()"
+    r"\{(?=\$|if\s|elseif\s|else\s+if\s|else\}|/if\}|foreach\s|foreachelse\}|/foreach\}|assign\s"
+    r"|ldelim\}|rdelim\}|literal\}|hash\()"
 )
+_ELSE_IF = re.compile(r"else\s+if\s")
 _TOKEN = re.compile(
     r"""\s*(?:
       (?P<var>\$[A-Za-z_][A-Za-z0-9_-]*)
-    | (?P<number>\d+(?:\.\d+)?)
+    | (?P<number>\d{1,30}(?:\.\d{1,30})?)
     | (?P<string>'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")
     | (?P<op>==|!=|>=|<=|=>|&&|\|\||[<>+\-*/%()\[\].|:,!])
     | (?P<word>[A-Za-z_][A-Za-z0-9_]*)
@@ -48,6 +60,29 @@ _COMPARISONS = {"==", "!=", ">", ">=", "<", "<="}
 
 class TemplateError(ValueError):
     """The template cannot be parsed or rendered; the message says where and why."""
+
+
+class Budget:
+    """What the renderings of one request may cost together."""
+
+    def __init__(self, characters: int = MAX_WORK, seconds: float = MAX_SECONDS,
+                 rounds: int = MAX_ITERATIONS) -> None:
+        self.characters = characters
+        self.rounds = rounds
+        self.deadline = time.monotonic() + seconds
+
+    def charge(self, characters: int) -> None:
+        self.characters -= characters
+        if self.characters < 0:
+            raise TemplateError("personalization would take more work than one request may")
+        if time.monotonic() > self.deadline:
+            raise TemplateError("personalization takes too long")
+
+    def round(self) -> None:
+        self.rounds -= 1
+        if self.rounds < 0:
+            raise TemplateError("personalization loops more than one request may")
+        self.charge(1)
 
 
 def is_variable_name(name: str) -> bool:
@@ -117,10 +152,6 @@ def _tag_end(text: str, start: int) -> int:
     raise TemplateError(f"unclosed tag {text[start:start + 30]!r}")
 
 
-def _line_of(text: str, position: int) -> int:
-    return text.count("\n", 0, position) + 1
-
-
 class Template:
     """A parsed template; ``render`` fills it in for one set of variables."""
 
@@ -129,10 +160,15 @@ class Template:
         self._position = 0
         self.nodes, closing = self._block(())
         if closing is not None:
-            raise TemplateError(f"line {closing[1]}: {{{closing[0]}}} without its opening tag")
+            raise TemplateError(f"line {self._line(closing[1])}: {{{closing[0]}}} without its opening tag")
+
+    def _line(self, position: int) -> int:
+        """Counted only for an error message: counting for every tag would be quadratic."""
+        return self.text.count("\n", 0, position) + 1
 
     def _block(self, ends: tuple[str, ...], depth: int = 0) -> tuple[list[Any], tuple[str, int] | None]:
-        """Nodes up to one of the closing tags in ``ends``; returns them and (tag, line) that ended them."""
+        """Nodes up to one of the closing tags in ``ends``; returns them and the (tag, position)
+        that ended them."""
         if depth > MAX_DEPTH:
             raise TemplateError(f"blocks nested more than {MAX_DEPTH} deep")
         text, nodes = self.text, []
@@ -150,16 +186,17 @@ class Template:
                 nodes.append(text[self._position:start])
             end = _tag_end(text, start)
             content = text[start + 1:end].strip()
-            line = _line_of(text, start)
+            if _ELSE_IF.match(content):  # Smarty 3 spells it both ways
+                content = "elseif " + content[4:].lstrip()[2:]
             self._position = end + 1
             word = content.split(None, 1)[0] if content else ""
             if word in ("elseif", "else", "/if", "foreachelse", "/foreach"):
                 if word not in ends:
-                    raise TemplateError(f"line {line}: {{{word}}} where it does not belong")
-                return nodes, (content, line)
-            nodes.append(self._tag(content, line, depth))
+                    raise TemplateError(f"line {self._line(start)}: {{{word}}} where it does not belong")
+                return nodes, (content, start)
+            nodes.append(self._tag(content, start, depth))
 
-    def _tag(self, content: str, line: int, depth: int) -> Any:
+    def _tag(self, content: str, start: int, depth: int) -> Any:
         if content == "ldelim":
             return "{"
         if content == "rdelim":
@@ -167,14 +204,14 @@ class Template:
         if content == "literal":
             close = self.text.find("{/literal}", self._position)
             if close < 0:
-                raise TemplateError(f"line {line}: {{literal}} without {{/literal}}")
+                raise TemplateError(f"line {self._line(start)}: {{literal}} without {{/literal}}")
             literal, self._position = self.text[self._position:close], close + len("{/literal}")
             return literal
         try:
             if content.startswith("if "):
-                return self._if(content[3:], line, depth)
+                return self._if(content[3:], start, depth)
             if content.startswith("foreach "):
-                return self._foreach(content[8:], line, depth)
+                return self._foreach(content[8:], start, depth)
             if content.startswith("assign "):
                 parser = _ExpressionParser(content[7:])
                 expression = parser.expression()
@@ -189,9 +226,9 @@ class Template:
         except TemplateError as exc:
             if str(exc).startswith("line "):
                 raise
-            raise TemplateError(f"line {line}: {{{content[:60]}}}: {exc}") from None
+            raise TemplateError(f"line {self._line(start)}: {{{content[:60]}}}: {exc}") from None
 
-    def _if(self, condition: str, line: int, depth: int) -> _If:
+    def _if(self, condition: str, start: int, depth: int) -> _If:
         branches, otherwise = [], []
         expression = _ExpressionParser.whole(condition)
         while True:
@@ -203,10 +240,10 @@ class Template:
             if closing == "else":
                 otherwise, (closing, _) = self._block(("/if",), depth + 1)
             if closing != "/if":
-                raise TemplateError(f"line {line}: {{if}} closed by {{{closing}}}")
+                raise TemplateError(f"line {self._line(start)}: {{if}} closed by {{{closing}}}")
             return _If(branches, otherwise)
 
-    def _foreach(self, spec: str, line: int, depth: int) -> _Foreach:
+    def _foreach(self, spec: str, start: int, depth: int) -> _Foreach:
         parser = _ExpressionParser(spec)
         key: str | None = None
         if parser.peek() and parser.peek()[0] == "var" and parser.peek(1) == ("word", "in"):
@@ -226,12 +263,19 @@ class Template:
         if closing == "foreachelse":
             otherwise, (closing, _) = self._block(("/foreach",), depth + 1)
         if closing != "/foreach":
-            raise TemplateError(f"line {line}: {{foreach}} closed by {{{closing}}}")
+            raise TemplateError(f"line {self._line(start)}: {{foreach}} closed by {{{closing}}}")
         return _Foreach(source, key, value, body, otherwise)
 
-    def render(self, variables: Mapping[str, Any], output: Callable[[str], str] = str) -> str:
+    def render(self, variables: Mapping[str, Any], output: Callable[[str], str] = str,
+               budget: Budget | None = None) -> str:
         """The text for ``variables``; ``output`` checks or converts each value written out."""
-        return _Renderer(dict(variables), output).run(self.nodes)
+        renderer = _Renderer(dict(variables), output, budget or Budget())
+        try:
+            return renderer.run(self.nodes)
+        except (ArithmeticError, ValueError, RecursionError, MemoryError) as exc:
+            if isinstance(exc, TemplateError):
+                raise
+            raise TemplateError(f"the template cannot be filled in: {type(exc).__name__}") from None
 
 
 class _ExpressionParser:
@@ -251,6 +295,13 @@ class _ExpressionParser:
             position = match.end()
         self.index = 0
         self.depth = 0
+        self.nodes = 0
+
+    def node(self, kind: str, value: Any = None, parts: list[_Expression] | None = None) -> _Expression:
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            raise TemplateError(f"more than {MAX_NODES} operations in one tag")
+        return _Expression(kind, value, parts or [])
 
     @classmethod
     def whole(cls, text: str) -> _Expression:
@@ -301,14 +352,14 @@ class _ExpressionParser:
             raise TemplateError("expression nested too deeply")
         left = self._and()
         while self.accept("||"):
-            left = _Expression("binary", "||", [left, self._and()])
+            left = self.node("binary", "||", [left, self._and()])
         self.depth -= 1
         return left
 
     def _and(self) -> _Expression:
         left = self._not()
         while self.accept("&&"):
-            left = _Expression("binary", "&&", [left, self._not()])
+            left = self.node("binary", "&&", [left, self._not()])
         return left
 
     def _not(self) -> _Expression:
@@ -316,7 +367,7 @@ class _ExpressionParser:
         while self.accept("!"):
             negations += 1
         value = self._comparison()
-        return _Expression("unary", "!", [_Expression("unary", "!", [value])] if negations % 2 == 0
+        return self.node("unary", "!", [self.node("unary", "!", [value])] if negations % 2 == 0
                            else [value]) if negations else value
 
     def _comparison(self) -> _Expression:
@@ -324,19 +375,19 @@ class _ExpressionParser:
         token = self.peek()
         if token and token[0] == "op" and token[1] in _COMPARISONS:
             self.index += 1
-            return _Expression("binary", token[1], [left, self._sum()])
+            return self.node("binary", token[1], [left, self._sum()])
         return left
 
     def _sum(self) -> _Expression:
         left = self._product()
         while (op := self.accept("+", "-")) is not None:
-            left = _Expression("binary", op, [left, self._product()])
+            left = self.node("binary", op, [left, self._product()])
         return left
 
     def _product(self) -> _Expression:
         left = self._unary()
         while (op := self.accept("*", "/", "%")) is not None:
-            left = _Expression("binary", op, [left, self._unary()])
+            left = self.node("binary", op, [left, self._unary()])
         return left
 
     def _unary(self) -> _Expression:
@@ -344,7 +395,7 @@ class _ExpressionParser:
         while self.accept("-"):
             negations += 1
         value = self._filtered()
-        return _Expression("unary", "-", [value]) if negations % 2 else value
+        return self.node("unary", "-", [value]) if negations % 2 else value
 
     def _filtered(self) -> _Expression:
         value = self._primary()
@@ -355,12 +406,12 @@ class _ExpressionParser:
             arguments = []
             while self.accept(":"):
                 arguments.append(self._unary_argument())
-            value = _Expression("modifier", name, [value, *arguments])
+            value = self.node("modifier", name, [value, *arguments])
         return value
 
     def _unary_argument(self) -> _Expression:
         if self.accept("-"):
-            return _Expression("unary", "-", [self._primary()])
+            return self.node("unary", "-", [self._primary()])
         return self._primary()
 
     def _primary(self) -> _Expression:
@@ -373,21 +424,21 @@ class _ExpressionParser:
             return _Expression("literal", {"true": True, "false": False, "null": None}[token])
         if kind == "word" and token in _FUNCTIONS and self.accept("("):
             arguments = [] if self.accept(")") else self._arguments()
-            return _Expression("call", token, arguments)
+            return self.node("call", token, arguments)
         if (kind, token) == ("op", "("):
             inner = self.expression()
             self.expect(")")
             return inner
         if kind == "var":
-            node = _Expression("var", token[1:])
+            node = self.node("var", token[1:])
             while True:
                 if self.accept("."):
                     key_kind, key = self.take()
                     if key_kind not in ("word", "number"):
                         raise TemplateError(f"'.' must be followed by a name, not {key!r}")
-                    node = _Expression("index", None, [node, _Expression("literal", key)])
+                    node = self.node("index", None, [node, _Expression("literal", key)])
                 elif self.accept("["):
-                    node = _Expression("index", None, [node, self.expression()])
+                    node = self.node("index", None, [node, self.expression()])
                     self.expect("]")
                 else:
                     return node
@@ -416,7 +467,7 @@ def text_of(value: Any) -> str:
     if value is True:
         return "1"
     if isinstance(value, float):
-        return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
+        return format(value, ".14G") if math.isfinite(value) else ""  # PHP's precision
     if isinstance(value, dict | list):
         return ""
     return str(value)
@@ -426,30 +477,30 @@ def _number(value: Any) -> int | float:
     """Arithmetic operands: numbers and numeric text count, anything else is 0."""
     if isinstance(value, bool):
         return int(value)
-    if isinstance(value, int | float):
+    if isinstance(value, int):
         return value
-    if isinstance(value, str):
-        try:
-            return int(value.strip())
-        except ValueError:
-            try:
-                number = float(value.strip())
-            except ValueError:
-                return 0
-            return number if number == number and abs(number) != float("inf") else 0
+    if isinstance(value, float):
+        return value if math.isfinite(value) else 0
+    if isinstance(value, str) and len(value) < 400:
+        if _INT.fullmatch(value):
+            return int(value)
+        if _FLOAT.fullmatch(value):
+            number = float(value)
+            return number if math.isfinite(number) else 0
     return 0
+
+
+def _int(value: Any, low: int = -(10**9), high: int = 10**9) -> int:
+    """A count or position argument, clamped to what any string could need."""
+    number = _number(value)
+    return max(low, min(high, int(number)))
 
 
 def _numeric(value: Any) -> bool:
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return True
-    if isinstance(value, str):
-        try:
-            float(value.strip())
-        except ValueError:
-            return False
-        return bool(value.strip())
-    return False
+        return not isinstance(value, float) or math.isfinite(value)
+    return isinstance(value, str) and len(value) < 400 and _FLOAT.fullmatch(value) is not None \
+        and math.isfinite(float(value))
 
 
 def truthy(value: Any) -> bool:
@@ -472,6 +523,8 @@ def _compare(op: str, left: Any, right: Any) -> bool:
 
 def _arithmetic(op: str, left: Any, right: Any) -> int | float:
     a, b = _number(left), _number(right)
+    if abs(a) > MAX_INT or abs(b) > MAX_INT:
+        raise TemplateError("number too large")
     if op == "+":
         result = a + b
     elif op == "-":
@@ -482,22 +535,31 @@ def _arithmetic(op: str, left: Any, right: Any) -> int | float:
         return 0  # division by zero is nothing, not an error
     elif op == "/":
         result = a / b
-        result = int(result) if isinstance(result, float) and result.is_integer() else result
+        result = int(result) if result.is_integer() and abs(result) < MAX_INT else result
     else:
         result = a % b
-    if isinstance(result, int) and abs(result) > 10**30:
+    if abs(result) > MAX_INT or (isinstance(result, float) and not math.isfinite(result)):
         raise TemplateError("number too large")
     return result
 
 
 def _truncate(value: Any, length: Any = 80, etc: Any = "...", break_words: Any = False) -> str:
-    text, length, etc = text_of(value), int(_number(length)), text_of(etc)
+    text, length, etc = text_of(value), _int(length, 0), text_of(etc)
+    if length == 0:
+        return ""
     if len(text) <= length:
         return text
     keep = max(0, length - len(etc))
     cut = text[: keep + 1]
     if not truthy(break_words):
-        cut = re.sub(r"\s+?(\S+)?$", "", cut)  # Smarty: end at a word boundary
+        # Smarty: drop the last, broken word and the white space before it (if there is any).
+        end = len(cut)
+        while end and not cut[end - 1].isspace():
+            end -= 1
+        if end:
+            while end and cut[end - 1].isspace():
+                end -= 1
+            cut = cut[:end]
     return cut[:keep] + etc
 
 
@@ -518,17 +580,17 @@ def _escape(value: Any, kind: Any = "html") -> str:
 
 def _substr(value: Any, start: Any = 0, length: Any = None) -> str:
     text = text_of(value)
-    begin = int(_number(start))
+    begin = _int(start)
     if length is None:
         return text[begin:]
-    count = int(_number(length))
+    count = _int(length)
     begin = begin if begin >= 0 else max(0, len(text) + begin)
     return text[begin:begin + count] if count >= 0 else text[begin:count]
 
 
 def _range(value: Any, end: Any = None, step: Any = 1) -> list[int]:
-    start, stop = (0, int(_number(value)) - 1) if end is None else (int(_number(value)), int(_number(end)))
-    step = abs(int(_number(step))) or 1
+    start, stop = (0, _int(value) - 1) if end is None else (_int(value), _int(end))
+    step = abs(_int(step)) or 1
     if abs(stop - start) // step > MAX_ITERATIONS:
         raise TemplateError("range: too many numbers")
     return list(range(start, stop + 1, step)) if stop >= start else list(range(start, stop - 1, -step))
@@ -553,12 +615,29 @@ def _strstr(value: Any, needle: Any) -> str | bool:
 
 
 def _indent(value: Any, count: Any = 4, character: Any = " ") -> str:
-    prefix = text_of(character) * min(int(_number(count)), 1000)
+    prefix = text_of(character) * _int(count, 0, 1000)
     return "\n".join(prefix + line for line in text_of(value).split("\n"))
 
 
 def _default(value: Any, fallback: Any = "") -> Any:
-    return value if value not in (None, "", False) and value != [] and value != {} else fallback
+    return fallback if value is None or value == "" else value  # Smarty: unset or '' only
+
+
+def _replace(value: Any, search: Any, replacement: Any = "") -> str:
+    text, search = text_of(value), text_of(search)
+    return text.replace(search, text_of(replacement)) if search else text
+
+
+# What a modifier can make out of its arguments, before it makes it: the ones
+# whose output is not within a small multiple of their input.
+_GROWTH: dict[str, Callable[..., int]] = {
+    "spacify": lambda v, spacer=" ": len(text_of(v)) * (1 + len(text_of(spacer))),
+    "indent": lambda v, count=4, character=" ":
+        len(text_of(v)) + (text_of(v).count("\n") + 1) * _int(count, 0, 1000) * len(text_of(character)),
+    "replace": lambda v, search="", replacement="": len(text_of(v)) + (
+        text_of(v).count(text_of(search)) * len(text_of(replacement)) if text_of(search) else 0),
+    "cat": lambda v, *more: len(text_of(v)) + sum(len(text_of(m)) for m in more),
+}
 
 
 _MODIFIERS: dict[str, Callable[..., Any]] = {
@@ -576,8 +655,7 @@ _MODIFIERS: dict[str, Callable[..., Any]] = {
     "md5": lambda v: hashlib.md5(text_of(v).encode(), usedforsecurity=False).hexdigest(),
     "nl2br": lambda v: re.sub(r"(\r\n|\r|\n)", r"<br />\1", text_of(v)),
     "range": _range,
-    "replace": lambda v, search, replacement="": text_of(v).replace(text_of(search), text_of(replacement))
-    if text_of(search) else text_of(v),
+    "replace": _replace,
     "sha1": lambda v: hashlib.sha1(text_of(v).encode(), usedforsecurity=False).hexdigest(),
     "spacify": lambda v, spacer=" ": text_of(spacer).join(text_of(v)),
     "strlen": lambda v: len(text_of(v)),
@@ -608,21 +686,18 @@ _FUNCTIONS: dict[str, Callable[..., Any]] = {"hash": _hash}
 
 
 class _Renderer:
-    def __init__(self, variables: dict[str, Any], output: Callable[[str], str]) -> None:
+    def __init__(self, variables: dict[str, Any], output: Callable[[str], str], budget: Budget) -> None:
         self.variables = variables
         self.output = output
+        self.budget = budget
         self.parts: list[str] = []
-        self.size = 0
-        self.iterations = 0
 
     def run(self, nodes: list[Any]) -> str:
         self._nodes(nodes)
         return "".join(self.parts)
 
     def _write(self, text: str) -> None:
-        self.size += len(text)
-        if self.size > MAX_OUTPUT:
-            raise TemplateError(f"the personalized text is larger than {MAX_OUTPUT} characters")
+        self.budget.charge(len(text))
         self.parts.append(text)
 
     def _nodes(self, nodes: list[Any]) -> None:
@@ -653,9 +728,7 @@ class _Renderer:
         saved = {name: self.variables.get(name) for name in (node.key, node.value) if name}
         try:
             for key, value in items:
-                self.iterations += 1
-                if self.iterations > MAX_ITERATIONS:
-                    raise TemplateError(f"more than {MAX_ITERATIONS} foreach rounds")
+                self.budget.round()
                 if node.key:
                     self.variables[node.key] = key
                 self.variables[node.value] = value
@@ -674,7 +747,7 @@ class _Renderer:
             if isinstance(container, dict):
                 return container.get(text_of(key))
             if isinstance(container, list) and _numeric(key):
-                index = int(_number(key))
+                index = _int(key)
                 return container[index] if 0 <= index < len(container) else None
             return None
         if kind == "unary":
@@ -691,12 +764,21 @@ class _Renderer:
             if op in _COMPARISONS:
                 return _compare(op, left, right)
             return _arithmetic(op, left, right)
-        arguments = [self._value(part) for part in expression.parts]
-        function = _MODIFIERS[expression.value] if kind == "modifier" else _FUNCTIONS[expression.value]
+        return self._call(expression.value, kind, [self._value(part) for part in expression.parts])
+
+    def _call(self, name: str, kind: str, arguments: list[Any]) -> Any:
+        """A modifier or function, paid for: what it reads, and what it makes before it makes it."""
+        function = _MODIFIERS[name] if kind == "modifier" else _FUNCTIONS[name]
+        self.budget.charge(sum(len(a) for a in arguments if isinstance(a, str)) + 1)
         try:
+            if name in _GROWTH:
+                size = _GROWTH[name](*arguments)
+                if size > MAX_VALUE:
+                    raise TemplateError(f"{name}: the result would be larger than {MAX_VALUE} characters")
+                self.budget.charge(size)
             result = function(*arguments)
         except TypeError:
-            raise TemplateError(f"{expression.value}: wrong number of arguments") from None
-        if isinstance(result, str) and len(result) > MAX_OUTPUT:
-            raise TemplateError(f"{expression.value}: result too large")
+            raise TemplateError(f"{name}: wrong number of arguments") from None
+        if isinstance(result, str):
+            self.budget.charge(len(result))
         return result

@@ -14,6 +14,7 @@ import ipaddress
 import json
 import os
 import re
+import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
@@ -41,6 +42,7 @@ from smtpeter.storage.models import NewRecipient
 log = Logger()
 
 _TOKEN_CACHE_SECONDS = 10.0
+MAX_TAG_FILTER = 20  # tags one events query may name
 # SMTPeter's documented defaults for /v1/send (rest-send-advanced.md).
 API_DEFAULTS: dict[str, Any] = {"trackclicks": True, "trackopens": True, "trackbounces": True,
                                 "inlinecss": False, "preventscam": False}
@@ -72,6 +74,24 @@ class LimitedRequest(Request):
             self.too_big = True
             return
         super().handleContentChunk(data)
+
+
+def _query(request: Any, name: str) -> str | None:
+    """The first value of a URL query parameter.
+
+    Not ``request.args``: Twisted splits the query at ";" as well as "&", and
+    SMTPeter's ``tags=T1;T2`` would lose all but its first tag.
+    """
+    parsed = getattr(request, "_smtpeter_query", None)
+    if parsed is None:
+        query = request.uri.partition(b"?")[2].decode("utf-8", "replace")
+        try:
+            parsed = urllib.parse.parse_qs(query, keep_blank_values=True, max_num_fields=100)
+        except ValueError:
+            raise BadRequest("the URL has too many query parameters") from None
+        request._smtpeter_query = parsed
+    values = parsed.get(name)
+    return values[0] if values else None
 
 
 def _header(request: Any, name: bytes) -> str:
@@ -217,6 +237,8 @@ class API:
             return await self._heavy.run(deferToThread, work, *args)
         except RecursionError:
             raise BadRequest("the message is nested too deeply to handle", 422) from None
+        except MemoryError:
+            raise BadRequest("the message is too large to handle", 413) from None
 
     # -- authentication --------------------------------------------------------------
 
@@ -225,9 +247,7 @@ class API:
         header = _header(request, b"authorization")
         if header.lower().startswith("bearer "):
             return header[7:].strip()
-        if request.args.get(b"access_token"):
-            return request.args[b"access_token"][0].decode("utf-8", "replace")
-        return None
+        return _query(request, "access_token") or None
 
     async def _authenticated_body(self, request: Any) -> tuple[str, dict[str, Any]]:
         """The account, then the body: a token in the header or URL is checked before a
@@ -311,8 +331,8 @@ class API:
 
     def _window(self, request: Any, anchor: float | None = None) -> tuple[float, float]:
         """SMTPeter's rules: a month at most, from start, up to end, or the last month."""
-        start = self._date_arg(request, b"start")
-        end = self._date_arg(request, b"end")
+        start = self._date_arg(request, "start")
+        end = self._date_arg(request, "end")
         if start is not None and end is not None:
             if end <= start:
                 raise BadRequest("'end' must be after 'start'")
@@ -327,19 +347,21 @@ class API:
         return _add_months(now, -1), now + 1
 
     @staticmethod
-    def _date_arg(request: Any, name: bytes) -> float | None:
-        values = request.args.get(name)
-        if not values:
+    def _date_arg(request: Any, name: str) -> float | None:
+        text = _query(request, name)
+        if not text:
             return None
-        text = values[0].decode("utf-8", "replace")
         day = logfiles.parse_day(text)
         if day is None:
-            raise BadRequest(f"'{name.decode()}' must be a date, yyyy-mm-dd")
+            raise BadRequest(f"'{name}' must be a date, yyyy-mm-dd")
         return float(day * logfiles.DAY)
 
-    def _tag_filter(self, request: Any) -> set[str]:
-        values = request.args.get(b"tags")
-        return set(values[0].decode("utf-8", "replace").split(";")) - {""} if values else set()
+    def _tag_filter(self, request: Any, *more: str) -> set[str]:
+        tags = set((_query(request, "tags") or "").split(";")) | set(more)
+        tags -= {""}
+        if len(tags) > MAX_TAG_FILTER:
+            raise BadRequest(f"name at most {MAX_TAG_FILTER} tags")
+        return tags
 
     def _events_reply(self, request: Any, events: list, tags: set[str] = frozenset()) -> bytes:
         if len(events) >= EVENTS_LIMIT:
@@ -373,7 +395,7 @@ class API:
     @api
     async def events_by_tags(self, request: Any, tags: str) -> bytes:
         account = await self._account(request)
-        wanted = {t for t in tags.replace("/", ";").split(";") if t} | self._tag_filter(request)
+        wanted = self._tag_filter(request, *tags.replace("/", ";").split(";"))
         if not wanted:
             raise BadRequest("name at least one tag")
         since, until = self._window(request)
@@ -493,7 +515,7 @@ class API:
     @app.route("/.well-known/autoconfig/mail/config-v1.1.xml", methods=["GET"])
     @app.route("/mail/config-v1.1.xml", methods=["GET"])
     def autoconfig(self, request: Any) -> bytes:
-        address = (request.args.get(b"emailaddress") or [b""])[0].decode("utf-8", "replace")
+        address = _query(request, "emailaddress") or ""
         domain = address.rpartition("@")[2] if "@" in address else ""
         starttls, implicit = self.smtp_ports
         request.setHeader(b"content-type", b"application/xml; charset=utf-8")

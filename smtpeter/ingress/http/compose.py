@@ -44,7 +44,7 @@ def header_text(name: str, value: Any, *, allow_empty: bool = True) -> str:
     if "=?" in text:
         try:
             text = str(email.header.make_header(email.header.decode_header(text)))
-        except (ValueError, LookupError, UnicodeError, email.errors.HeaderParseError):
+        except (ValueError, LookupError, UnicodeError, email.errors.MessageError):
             raise BadRequest(f"'{name}' holds a malformed encoded-word") from None
         text_field(name, text, allow_empty=True)  # what the encoded-words held must pass too
     return text

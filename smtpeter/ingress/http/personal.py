@@ -2,9 +2,12 @@
 
 The text (the fields, or the whole MIME) is parsed as a template once and
 rendered per recipient with the call's ``data``, the recipient's own data and
-the built-in ``recipient`` and ``envelope``. In a whole MIME message, values
-written into the header may not hold line breaks or control characters: data
-from a web form must never become a header of its own.
+the built-in ``recipient`` and ``envelope``. Data may come from a web form,
+so in a whole MIME message a value written into the header may not hold line
+breaks or control characters (it would become a header of its own), and no
+value may hold a boundary line of the message (it would become a part of its
+own). The fields are checked the same way when the message is composed. All
+renderings of one call share one Budget.
 """
 
 from __future__ import annotations
@@ -13,12 +16,13 @@ import re
 from typing import Any
 
 from smtpeter.ingress.http.compose import compose, raw
-from smtpeter.ingress.http.request import BadRequest, SendRequest
-from smtpeter.transforms.personalize import Template, TemplateError, has_tags
+from smtpeter.ingress.http.request import HEADER_FORBIDDEN, BadRequest, SendRequest
+from smtpeter.transforms import mime
+from smtpeter.transforms.personalize import Budget, Template, TemplateError, has_tags
 
 _TEMPLATE_FIELDS = ("from", "to", "cc", "replyto", "subject", "text", "html", "extra", "unsubscribe")
-_HEADER_UNSAFE = re.compile("[\x00-\x08\x0a-\x1f\x7f\u2028\u2029]")
 _HEADER_END = re.compile(r"\r?\n\r?\n")
+_LINE_START = re.compile(r"(?:^|[\r\n])--", re.MULTILINE)
 
 
 def uses_templates(send: SendRequest) -> bool:
@@ -41,9 +45,32 @@ def _strings(value: Any) -> list[str]:
 
 
 def _header_value(text: str) -> str:
-    if _HEADER_UNSAFE.search(text):
+    if HEADER_FORBIDDEN.search(text):
         raise TemplateError("a value written into the header holds a line break or control character")
     return text
+
+
+class _BodyValues:
+    """Output hook for a MIME body: remembers values that hold a line starting with "--"."""
+
+    def __init__(self) -> None:
+        self.dashed: list[str] = []
+
+    def __call__(self, text: str) -> str:
+        if _LINE_START.search(text):
+            self.dashed.append(text)
+        return text
+
+    def check(self, message: bytes) -> None:
+        """No remembered value may hold a delimiter line of any multipart in ``message``."""
+        if not self.dashed:
+            return
+        boundaries = [part.boundary.decode("utf-8", "replace") for part in mime.parse(message).walk()
+                      if part.boundary]
+        for text in self.dashed:
+            for line in re.split(r"\r\n|\r|\n", text):
+                if any(line.startswith("--" + boundary) for boundary in boundaries):
+                    raise TemplateError("a value holds a MIME boundary line of the message")
 
 
 def _parse(value: Any) -> Any:
@@ -57,13 +84,13 @@ def _parse(value: Any) -> Any:
     return value
 
 
-def _fill(value: Any, variables: dict[str, Any]) -> Any:
+def _fill(value: Any, variables: dict[str, Any], budget: Budget) -> Any:
     if isinstance(value, Template):
-        return value.render(variables)
+        return value.render(variables, budget=budget)
     if isinstance(value, dict):
-        return {key: _fill(item, variables) for key, item in value.items()}
+        return {key: _fill(item, variables, budget) for key, item in value.items()}
     if isinstance(value, list):
-        return [_fill(item, variables) for item in value]
+        return [_fill(item, variables, budget) for item in value]
     return value
 
 
@@ -81,16 +108,19 @@ def personalized(send: SendRequest, max_total: int) -> list[tuple[str, bytes, bo
                       for name, value in send.fields.items()}
     except TemplateError as exc:
         raise BadRequest(f"personalization: {exc}") from None
-    results, total = [], 0
+    results, total, budget = [], 0, Budget()
     for recipient in send.recipients:
         variables = {**(send.data or {}), **send.personal.get(recipient, {}),
                      "recipient": recipient, "envelope": send.envelope or ""}
         try:
             if send.mime is not None:
-                filled = head.render(variables, _header_value) + body.render(variables)
+                body_values = _BodyValues()
+                filled = (head.render(variables, _header_value, budget)
+                          + body.render(variables, body_values, budget))
                 data, smtputf8 = raw(filled.encode("utf-8"))
+                body_values.check(data)
             else:
-                data, smtputf8 = compose(_fill(fields, variables))
+                data, smtputf8 = compose(_fill(fields, variables, budget))
         except TemplateError as exc:
             raise BadRequest(f"personalization for {recipient}: {exc}") from None
         total += len(data)

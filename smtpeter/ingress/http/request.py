@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import calendar
 import json
+import math
 import re
 import time
 import urllib.parse
@@ -42,7 +43,7 @@ _DATETIME = re.compile(r"(\d{4})-(\d{2})-(\d{2}) (\d{2}):(\d{2}):(\d{2})")
 _NOTIFY = {"SUCCESS", "FAILURE", "DELAY"}
 # Control characters no header may carry: C0 but TAB, DEL, C1, and the Unicode
 # line and paragraph separators (some folding code breaks lines at them).
-_HEADER_FORBIDDEN = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+HEADER_FORBIDDEN = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
 MAX_FORM_PAIRS = 10000
 MAX_NESTING = 8
 MAX_DELIVER_DAYS = 30
@@ -57,7 +58,7 @@ def decode_body(content_type: str, body: bytes) -> dict[str, Any]:
     if kind == "application/json" or (kind in ("", "application/x-www-form-urlencoded")
                                       and body.lstrip()[:1] == b"{"):
         try:
-            value = json.loads(body)
+            value = json.loads(body, parse_constant=_no_constant, parse_float=_finite)
         except (ValueError, RecursionError) as exc:
             raise BadRequest(f"invalid JSON: {exc}") from None
         if not isinstance(value, dict):
@@ -75,6 +76,17 @@ def decode_body(content_type: str, body: bytes) -> dict[str, Any]:
             raise BadRequest(f"the form has more than {MAX_FORM_PAIRS} fields") from None
         return _unflatten(pairs)
     raise BadRequest(f"unsupported content type {kind!r}: send application/json or a form", 415)
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")  # Python reads NaN and Infinity; JSON has neither
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"{text[:20]} is too large a number")
+    return number
 
 
 def _check_strings(value: Any, depth: int) -> None:
@@ -156,7 +168,7 @@ def text_field(name: str, value: Any, *, allow_empty: bool = False, one_line: bo
         raise BadRequest(f"'{name}' must be a string")
     if one_line and ("\r" in value or "\n" in value):
         raise BadRequest(f"'{name}' must not contain line breaks")
-    if one_line and _HEADER_FORBIDDEN.search(value):
+    if one_line and HEADER_FORBIDDEN.search(value):
         raise BadRequest(f"'{name}' must not contain control characters")
     if "\x00" in value:
         raise BadRequest(f"'{name}' must not contain NUL")
@@ -220,7 +232,7 @@ def parse_send(body: dict[str, Any], max_recipients: int, now: float | None = No
             raise BadRequest(f"'{name}': {what} are not supported by this server")
     recipients, personal = _recipients(body, max_recipients)
     data = _personal_data("data", body["data"]) if "data" in body else None
-    if data is None and isinstance(body.get("recipients"), dict):
+    if data is None and any(isinstance(body.get(name), dict) for name in ("recipient", "recipients", "bcc")):
         data = {}  # the object form of recipients asks for personalization
     envelope = None
     if "envelope" in body and body["envelope"] not in (None, ""):

@@ -29,18 +29,22 @@ def report_fields(dsn: email.message.EmailMessage) -> tuple[dict, list[dict]]:
 
 
 class DeliveryTests(unittest.TestCase):
-    async def rig(self, *behaviours: tuple[str, Behaviour | None], **delivery: object) -> Rig:
+    async def rig(self, *behaviours: tuple[str, Behaviour | None]) -> Rig:
         rig = Rig(self)
         for ip, behaviour in behaviours:
             rig.sink(ip, behaviour)
         rig.sink(SENDER_IP)
         return rig
 
+    async def one_destination(self, behaviour: Behaviour | None = None, **delivery: object) -> Rig:
+        """A started rig whose dest.test has one MX, a sink at 127.0.0.2."""
+        rig = await self.rig(("127.0.0.2", behaviour))
+        await rig.start(**delivery)
+        rig.dns.mail_host("dest.test", "mx1.dest.test", "127.0.0.2")
+        return rig
+
     async def test_delivers_through_mx_with_events(self) -> None:
-        rig = await self.rig(("127.0.0.2", None))
-        await rig.start()
-        rig.dns.mx("dest.test", (10, "mx1.dest.test"))
-        rig.dns.a("mx1.dest.test", "127.0.0.2")
+        rig = await self.one_destination()
         (mid,) = await rig.send("bob@dest.test", data=message("first"))
         entry = await rig.wait_for(mid, "delivered")
         self.assertEqual((entry.attempts, entry.last_code), (1, 250))
@@ -56,10 +60,7 @@ class DeliveryTests(unittest.TestCase):
         self.assertIn("250", delivery["description"])
 
     async def test_connection_reuse(self) -> None:
-        rig = await self.rig(("127.0.0.2", None))
-        await rig.start()
-        rig.dns.mx("dest.test", (10, "mx1.dest.test"))
-        rig.dns.a("mx1.dest.test", "127.0.0.2")
+        rig = await self.one_destination()
         ids = []
         for n in range(30):
             ids += await rig.send(f"user{n}@dest.test", data=message(f"m{n}"))
@@ -72,10 +73,8 @@ class DeliveryTests(unittest.TestCase):
         self.assertGreaterEqual(sink.commands.count("RSET"), 30 - sink.connections_total)
 
     async def test_concurrency_and_messages_per_connection_limits(self) -> None:
-        rig = await self.rig(("127.0.0.2", None))
-        await rig.start(profiles={"default": {"max_connections": 2, "max_messages_per_connection": 3}})
-        rig.dns.mx("dest.test", (10, "mx1.dest.test"))
-        rig.dns.a("mx1.dest.test", "127.0.0.2")
+        rig = await self.one_destination(
+            profiles={"default": {"max_connections": 2, "max_messages_per_connection": 3}})
         ids = []
         for n in range(24):
             ids += await rig.send(f"user{n}@dest.test")
@@ -89,8 +88,7 @@ class DeliveryTests(unittest.TestCase):
     async def test_message_rate_limit(self) -> None:
         rig = await self.rig(("127.0.0.2", None))
         await rig.start(profiles={"default": {"messages_per_minute": 240}})  # 4/s, burst 4
-        rig.dns.mx("dest.test", (10, "mx1.dest.test"))
-        rig.dns.a("mx1.dest.test", "127.0.0.2")
+        rig.dns.mail_host("dest.test", "mx1.dest.test", "127.0.0.2")
         ids = []
         for n in range(12):
             ids += await rig.send(f"user{n}@dest.test")
@@ -148,10 +146,7 @@ class DeliveryTests(unittest.TestCase):
     async def test_mixed_results_per_recipient_and_dsn_content(self) -> None:
         replies = {"gone@dest.test": (550, "5.1.1 <gone@dest.test>: no such user"),
                    "busy@dest.test": (452, "4.2.2 mailbox full")}
-        rig = await self.rig(("127.0.0.2", Behaviour(rcpt_reply=lambda a: replies.get(a, (250, "2.1.5 ok")))))
-        await rig.start()
-        rig.dns.mx("dest.test", (10, "mx1.dest.test"))
-        rig.dns.a("mx1.dest.test", "127.0.0.2")
+        rig = await self.one_destination(Behaviour(rcpt_reply=lambda a: replies.get(a, (250, "2.1.5 ok"))))
         ok, gone, busy = await rig.send("ok@dest.test", "gone@dest.test", "busy@dest.test", orcpt=True,
                                         dsn_envid="ENV-42", dsn_ret="HDRS")
         await rig.wait_for(ok, "delivered")
@@ -182,10 +177,7 @@ class DeliveryTests(unittest.TestCase):
         self.assertEqual(len(rig.sinks[SENDER_IP].received), 1)  # nothing for the delivered or deferred
 
     async def test_no_dsn_for_null_sender_notify_never_or_tracked_bounces(self) -> None:
-        rig = await self.rig(("127.0.0.2", Behaviour(rcpt_reply=lambda a: (550, "5.1.1 no such user"))))
-        await rig.start()
-        rig.dns.mx("dest.test", (10, "mx1.dest.test"))
-        rig.dns.a("mx1.dest.test", "127.0.0.2")
+        rig = await self.one_destination(Behaviour(rcpt_reply=lambda a: (550, "5.1.1 no such user")))
         ids = await rig.send("a@dest.test", envelope="")
         ids += await rig.send("b@dest.test", notify="NEVER")
         ids += await rig.send("c@dest.test", options={"trackbounces": True})
@@ -203,10 +195,7 @@ class DeliveryTests(unittest.TestCase):
             attempts.append(address)
             return (451, "4.3.0 temporary trouble") if len(attempts) < 3 else (250, "2.1.5 ok")
 
-        rig = await self.rig(("127.0.0.2", Behaviour(rcpt_reply=rcpt)))
-        await rig.start()
-        rig.dns.mx("dest.test", (10, "mx1.dest.test"))
-        rig.dns.a("mx1.dest.test", "127.0.0.2")
+        rig = await self.one_destination(Behaviour(rcpt_reply=rcpt))
         (mid,) = await rig.send("bob@dest.test")
         first = await rig.wait_for(mid, "queued", attempts=1)
         self.assertLess(abs(first.next_attempt - rig.clock.seconds() - 600), 5)
@@ -223,10 +212,7 @@ class DeliveryTests(unittest.TestCase):
                          ["attempt", "deferred", "deferred", "delivery"])
 
     async def test_greylisting_hint_is_honoured(self) -> None:
-        rig = await self.rig(("127.0.0.2", Behaviour(greylist=True)))
-        await rig.start()
-        rig.dns.mx("dest.test", (10, "mx1.dest.test"))
-        rig.dns.a("mx1.dest.test", "127.0.0.2")
+        rig = await self.one_destination(Behaviour(greylist=True))
         (mid,) = await rig.send("bob@dest.test")
         entry = await rig.wait_for(mid, "queued", attempts=1)
         # "try again in 5 minutes": 300 s, not the 600 s of the schedule.
@@ -235,10 +221,8 @@ class DeliveryTests(unittest.TestCase):
         await rig.wait_for(mid, "delivered")
 
     async def test_expiry_fails_with_state_expired_and_dsn(self) -> None:
-        rig = await self.rig(("127.0.0.2", Behaviour(rcpt_reply=lambda a: (451, "4.4.1 later"))))
-        await rig.start(max_deliver_time=3600)
-        rig.dns.mx("dest.test", (10, "mx1.dest.test"))
-        rig.dns.a("mx1.dest.test", "127.0.0.2")
+        rig = await self.one_destination(Behaviour(rcpt_reply=lambda a: (451, "4.4.1 later")),
+                                         max_deliver_time=3600)
         (mid,) = await rig.send("bob@dest.test", expires=rig.clock.seconds() + 1000)
         await rig.wait_for(mid, "queued", attempts=1)
         await rig.advance(601)
@@ -257,10 +241,7 @@ class DeliveryTests(unittest.TestCase):
         self.assertEqual((recipient_block["Action"], recipient_block["Status"]), ("failed", "4.4.7"))
 
     async def test_already_expired_message_is_not_attempted(self) -> None:
-        rig = await self.rig(("127.0.0.2", None))
-        await rig.start()
-        rig.dns.mx("dest.test", (10, "mx1.dest.test"))
-        rig.dns.a("mx1.dest.test", "127.0.0.2")
+        rig = await self.one_destination()
         rig.service.scheduler.stop()
         (mid,) = await rig.send("bob@dest.test", expires=rig.clock.seconds() + 60)
         rig.clock.advance(120)
@@ -273,10 +254,8 @@ class DeliveryTests(unittest.TestCase):
         rig = await self.rig(("127.0.0.2", Behaviour(drop_after_data_bytes=10)),
                              ("127.0.0.3", Behaviour(stall_at="dot")))
         await rig.start(timeouts={"data_done": 1})
-        rig.dns.mx("drop.test", (10, "mx.drop.test"))
-        rig.dns.a("mx.drop.test", "127.0.0.2")
-        rig.dns.mx("stall.test", (10, "mx.stall.test"))
-        rig.dns.a("mx.stall.test", "127.0.0.3")
+        rig.dns.mail_host("drop.test", "mx.drop.test", "127.0.0.2")
+        rig.dns.mail_host("stall.test", "mx.stall.test", "127.0.0.3")
         (dropped,) = await rig.send("a@drop.test")
         (stalled,) = await rig.send("b@stall.test")
         entry = await rig.wait_for(dropped, "queued", attempts=1)
@@ -290,10 +269,8 @@ class DeliveryTests(unittest.TestCase):
         rig = await self.rig(("127.0.0.2", Behaviour(stall_at="banner")),
                              ("127.0.0.3", Behaviour(ehlo_reply=(502, "5.5.1 EHLO not implemented"))))
         await rig.start(timeouts={"greeting": 0.5})
-        rig.dns.mx("slow.test", (10, "mx.slow.test"))
-        rig.dns.a("mx.slow.test", "127.0.0.2")
-        rig.dns.mx("old.test", (10, "mx.old.test"))
-        rig.dns.a("mx.old.test", "127.0.0.3")
+        rig.dns.mail_host("slow.test", "mx.slow.test", "127.0.0.2")
+        rig.dns.mail_host("old.test", "mx.old.test", "127.0.0.3")
         (slow,) = await rig.send("a@slow.test")
         (old,) = await rig.send("b@old.test")
         entry = await rig.wait_for(slow, "queued", attempts=1)
@@ -304,12 +281,9 @@ class DeliveryTests(unittest.TestCase):
     async def test_starttls_opportunistic_and_required(self) -> None:
         rig = await self.rig(("127.0.0.2", Behaviour(starttls=True)), ("127.0.0.3", None))
         await rig.start(profiles={"strict": {"mx_suffixes": [".strict.test"], "tls": "required"}})
-        rig.dns.mx("tls.test", (10, "mx.tls.test"))
-        rig.dns.a("mx.tls.test", "127.0.0.2")
-        rig.dns.mx("plain.test", (10, "mx.plain.test"))
-        rig.dns.a("mx.plain.test", "127.0.0.3")
-        rig.dns.mx("secure.test", (10, "mx.strict.test"))
-        rig.dns.a("mx.strict.test", "127.0.0.3")
+        rig.dns.mail_host("tls.test", "mx.tls.test", "127.0.0.2")
+        rig.dns.mail_host("plain.test", "mx.plain.test", "127.0.0.3")
+        rig.dns.mail_host("secure.test", "mx.strict.test", "127.0.0.3")
         (tls,) = await rig.send("a@tls.test")
         (plain,) = await rig.send("b@plain.test")
         (strict,) = await rig.send("c@secure.test")
@@ -326,10 +300,8 @@ class DeliveryTests(unittest.TestCase):
         bare = Behaviour(extensions=["PIPELINING"])
         rig = await self.rig(("127.0.0.2", None), ("127.0.0.3", bare))
         await rig.start()
-        rig.dns.mx("full.test", (10, "mx.full.test"))
-        rig.dns.a("mx.full.test", "127.0.0.2")
-        rig.dns.mx("bare.test", (10, "mx.bare.test"))
-        rig.dns.a("mx.bare.test", "127.0.0.3")
+        rig.dns.mail_host("full.test", "mx.full.test", "127.0.0.2")
+        rig.dns.mail_host("bare.test", "mx.bare.test", "127.0.0.3")
         body = "Grüße\r\n".encode()
         data = (b"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
                 b"Content-Transfer-Encoding: 8bit\r\n" + message("8bit", body))
@@ -365,10 +337,7 @@ class DeliveryTests(unittest.TestCase):
         self.assertIn(b"Action: failed", reports[True])
 
     async def test_dot_lines_survive_the_wire(self) -> None:
-        rig = await self.rig(("127.0.0.2", None))
-        await rig.start()
-        rig.dns.mx("dest.test", (10, "mx1.dest.test"))
-        rig.dns.a("mx1.dest.test", "127.0.0.2")
+        rig = await self.one_destination()
         head = message("dots", b"")
         filler = b"".join(b"y" * 98 + b"\r\n" for _ in range(170))
         body = b".first\r\n" + filler + b".\r\n..\r\nlast\r\n"
@@ -385,8 +354,7 @@ class DeliveryTests(unittest.TestCase):
             rcpt_reply=lambda a: replies.pop() if replies else (250, "2.1.5 ok"))))
         await rig.start(profiles={"default": {"max_connections": 1}},
                         backoff=[{"pattern": r"\[TSS04\]", "pause": 900}])
-        rig.dns.mx("dest.test", (10, "mx1.dest.test"))
-        rig.dns.a("mx1.dest.test", "127.0.0.2")
+        rig.dns.mail_host("dest.test", "mx1.dest.test", "127.0.0.2")
         ids = []
         for n in range(5):
             ids += await rig.send(f"user{n}@dest.test")
@@ -404,10 +372,7 @@ class DeliveryTests(unittest.TestCase):
         self.assertEqual(len(sink.received), 5)
 
     async def test_window_bounds_the_work_in_memory(self) -> None:
-        rig = await self.rig(("127.0.0.2", Behaviour(stall_at="dot")))
-        await rig.start(window=10, timeouts={"data_done": 2})
-        rig.dns.mx("dest.test", (10, "mx1.dest.test"))
-        rig.dns.a("mx1.dest.test", "127.0.0.2")
+        rig = await self.one_destination(Behaviour(stall_at="dot"), window=10, timeouts={"data_done": 2})
         for n in range(40):
             await rig.send(f"user{n}@dest.test")
         await sleep(0.7)
@@ -416,10 +381,7 @@ class DeliveryTests(unittest.TestCase):
         self.assertLessEqual(len(rig.sinks["127.0.0.2"].attempts), 10)
 
     async def test_restart_picks_up_leases_it_held(self) -> None:
-        rig = await self.rig(("127.0.0.2", Behaviour(stall_at="dot")))
-        await rig.start(timeouts={"data_done": 30})
-        rig.dns.mx("dest.test", (10, "mx1.dest.test"))
-        rig.dns.a("mx1.dest.test", "127.0.0.2")
+        rig = await self.one_destination(Behaviour(stall_at="dot"), timeouts={"data_done": 30})
         (mid,) = await rig.send("bob@dest.test")
         await sleep(0.5)
         leased = await rig.recipient(mid)
@@ -437,8 +399,7 @@ class PostgreSQLDelivery(unittest.TestCase):
                                         else (250, "2.1.5 ok")))
         rig.sink(SENDER_IP)
         await rig.start("postgresql")
-        rig.dns.mx("dest.test", (10, "mx1.dest.test"))
-        rig.dns.a("mx1.dest.test", "127.0.0.2")
+        rig.dns.mail_host("dest.test", "mx1.dest.test", "127.0.0.2")
         good, bad = await rig.send("good@dest.test", "bad@dest.test")
         await rig.wait_for(good, "delivered")
         await rig.wait_for(bad, "failed")

@@ -52,9 +52,7 @@ class KillNineTests(unittest.TestCase):
 
         def client() -> None:
             try:
-                connection = RawClient(port)
-                connection.reply()
-                connection.command(b"EHLO client.test")
+                connection = RawClient.greeted(port)
                 while not stop.is_set():
                     connection.command(b"MAIL FROM:<app@example.com>")
                     connection.command(b"RCPT TO:<a@example.net>")

@@ -63,9 +63,7 @@ class SubmissionServerTests(unittest.TestCase):
         harness = await self.start()
 
         def scenario() -> list:
-            client = RawClient(harness.smtp_port)
-            client.reply()
-            client.command(b"EHLO client.test")
+            client = RawClient.greeted(harness.smtp_port)
             client.command(b"MAIL FROM:<app@example.com>")
             # One plaintext write: STARTTLS plus a command an attacker injected behind it.
             client.send(b"STARTTLS\r\nEHLO injected.test\r\n")
@@ -100,9 +98,7 @@ class SubmissionServerTests(unittest.TestCase):
         harness = await self.start()
 
         def scenario() -> tuple:
-            client = RawClient(harness.smtp_port)
-            client.reply()
-            client.command(b"EHLO client.test")
+            client = RawClient.greeted(harness.smtp_port)
             reply = client.command(b"MAIL FROM:<app@example.com>\rRCPT TO:<user@example.net>")
             return reply, client.closed_by_server()
 
@@ -116,9 +112,7 @@ class SubmissionServerTests(unittest.TestCase):
         user = self.user
 
         def scenario() -> list:
-            client = RawClient(harness.smtp_port)
-            client.reply()
-            client.command(b"EHLO client.test")
+            client = RawClient.greeted(harness.smtp_port)
             client.starttls()
             client.command(b"EHLO client.test")
             client.send(b"\r\n".join([
@@ -146,9 +140,7 @@ class SubmissionServerTests(unittest.TestCase):
         harness = await self.start()
 
         def scenario() -> list:
-            client = RawClient(harness.smtp_port)
-            client.reply()
-            client.command(b"EHLO client.test")
+            client = RawClient.greeted(harness.smtp_port)
             client.starttls()
             client.command(b"EHLO client.test")
             return [client.command(b"AUTH"),
@@ -162,8 +154,7 @@ class SubmissionServerTests(unittest.TestCase):
         harness = await self.start(max_message_size=2000)
 
         def scenario() -> list:
-            client = RawClient(harness.smtp_port)
-            client.reply()
+            client = RawClient.greeted(harness.smtp_port, ehlo=False)
             ehlo = client.command(b"EHLO client.test")
             declared = client.command(b"MAIL FROM:<app@example.com> SIZE=2001")
             client.command(b"MAIL FROM:<app@example.com>")
@@ -183,9 +174,7 @@ class SubmissionServerTests(unittest.TestCase):
         harness = await self.start()
 
         def scenario() -> list:
-            client = RawClient(harness.smtp_port)
-            client.reply()
-            client.command(b"EHLO client.test")
+            client = RawClient.greeted(harness.smtp_port)
             replies = [client.command("MAIL FROM:<jörg@example.com> SMTPUTF8 BODY=8BITMIME".encode()),
                        client.command("RCPT TO:<用户@例子.广告>".encode()),
                        client.command(b"DATA")]
@@ -238,8 +227,7 @@ class SubmissionServerTests(unittest.TestCase):
         await harness.start()
 
         def scenario() -> int:
-            client = RawClient(harness.smtps_port, implicit_tls=True)
-            client.reply()
+            client = RawClient.greeted(harness.smtps_port, ehlo=False, implicit_tls=True)
             ehlo = client.command(b"EHLO client.test")
             assert "250 AUTH PLAIN LOGIN" in ehlo[1] and not any("STARTTLS" in x for x in ehlo[1])
             client.command(auth_plain(login.username, login.password))
@@ -275,8 +263,7 @@ class SubmissionServerTests(unittest.TestCase):
         await harness.start()
 
         def scenario() -> tuple:
-            client = RawClient(harness.smtp_port)
-            client.reply()
+            client = RawClient.greeted(harness.smtp_port, ehlo=False)
             return client.reply()
 
         code, lines = await deferToThread(scenario)
@@ -307,8 +294,7 @@ class SubmissionServerTests(unittest.TestCase):
         harness = await self.start()
 
         def scenario() -> tuple:
-            client = RawClient(harness.smtp_port)
-            client.reply()
+            client = RawClient.greeted(harness.smtp_port, ehlo=False)
             client.sock.settimeout(10)
             try:
                 client.sock.sendall(b"NOOP\r\n" * 200_000)  # 1.2 MB, replies never read meanwhile
@@ -338,9 +324,7 @@ class SubmissionServerTests(unittest.TestCase):
             factory.portal = Broken()
 
         def scenario() -> list:
-            client = RawClient(harness.smtps_port, implicit_tls=True)
-            client.reply()
-            client.command(b"EHLO client.test")
+            client = RawClient.greeted(harness.smtps_port, implicit_tls=True)
             return [client.command(auth_plain("acme", "x")), client.command(b"NOOP")]
 
         replies = await deferToThread(scenario)

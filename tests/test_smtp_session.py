@@ -25,10 +25,14 @@ def text(outputs: list) -> str:
 
 
 class SessionTests(unittest.TestCase):
-    def session(self, tls: bool = False, trusted: bool = False, **policy: object) -> SMTPSession:
-        if policy:
-            return SMTPSession(SessionPolicy(**{**POLICY.__dict__, **policy}), "192.0.2.1", tls, trusted)
-        return SMTPSession(POLICY, "192.0.2.1", tls, trusted)
+    def session(self, tls: bool = False, trusted: bool = False, *, ehlo: bool = False,
+                **policy: object) -> SMTPSession:
+        """A new session; with ``ehlo``, one past "EHLO c.test"."""
+        chosen = SessionPolicy(**{**POLICY.__dict__, **policy}) if policy else POLICY
+        session = SMTPSession(chosen, "192.0.2.1", tls, trusted)
+        if ehlo:
+            session.line(b"EHLO c.test")
+        return session
 
     def lines(self, session: SMTPSession, *lines: bytes) -> list:
         outputs: list = []
@@ -37,8 +41,8 @@ class SessionTests(unittest.TestCase):
         return outputs
 
     def logged_in(self, **kwargs: object) -> SMTPSession:
-        session = self.session(tls=True, **kwargs)
-        outputs = self.lines(session, b"EHLO c.test", b"AUTH PLAIN " + base64.b64encode(b"\0u\0p"))
+        session = self.session(tls=True, ehlo=True, **kwargs)
+        outputs = session.line(b"AUTH PLAIN " + base64.b64encode(b"\0u\0p"))
         self.assertIsInstance(outputs[-1], Authenticate)
         self.assertEqual(text(session.authenticated("the-login")),
                          "235 2.7.0 Authentication successful\r\n")
@@ -60,22 +64,20 @@ class SessionTests(unittest.TestCase):
         self.assertNotIn("STARTTLS", reply)
 
     def test_auth_before_tls_is_refused(self) -> None:
-        session = self.session()
-        session.line(b"EHLO c.test")
+        session = self.session(ehlo=True)
         reply = text(session.line(b"AUTH PLAIN " + base64.b64encode(b"\0u\0p")))
         self.assertTrue(reply.startswith("538 5.7.11"), reply)
 
     def test_starttls_forgets_envelope_and_login(self) -> None:
-        session = self.session(trusted=True)
-        self.lines(session, b"EHLO c.test", b"MAIL FROM:<a@example.com>")
+        session = self.session(trusted=True, ehlo=True)
+        self.lines(session, b"MAIL FROM:<a@example.com>")
         session.line(b"STARTTLS")
         self.assertTrue(text(session.line(b"RCPT TO:<b@example.net>")).startswith("503 5.5.1"))
         self.assertTrue(text(session.line(b"MAIL FROM:<a@example.com>")).startswith("503 5.5.1"))
         self.assertTrue(text(session.line(b"STARTTLS")).startswith("503"))
 
     def test_auth_argument_errors_get_501_not_a_crash(self) -> None:
-        session = self.session(tls=True)
-        session.line(b"EHLO c.test")
+        session = self.session(tls=True, ehlo=True)
         self.assertTrue(text(session.line(b"AUTH")).startswith("501 5.5.4"))
         malformed = b"AUTH PLAIN " + base64.b64encode(b"u\0p")
         self.assertTrue(text(session.line(malformed)).startswith("501 5.5.2"))
@@ -86,8 +88,7 @@ class SessionTests(unittest.TestCase):
         self.assertTrue(text(session.line(b"NOOP")).startswith("250"))
 
     def test_auth_login_exchange(self) -> None:
-        session = self.session(tls=True)
-        session.line(b"EHLO c.test")
+        session = self.session(tls=True, ehlo=True)
         self.assertEqual(text(session.line(b"AUTH LOGIN")), "334 VXNlcm5hbWU6\r\n")
         self.assertEqual(text(session.line(base64.b64encode(b"user"))), "334 UGFzc3dvcmQ6\r\n")
         (request,) = session.line(base64.b64encode(b"secret"))
@@ -98,14 +99,13 @@ class SessionTests(unittest.TestCase):
         self.assertEqual(text(session.line(initial)), "334 UGFzc3dvcmQ6\r\n")
 
     def test_plain_with_foreign_authzid_is_refused(self) -> None:
-        session = self.session(tls=True)
-        session.line(b"EHLO c.test")
+        session = self.session(tls=True, ehlo=True)
         reply = text(session.line(b"AUTH PLAIN " + base64.b64encode(b"admin\0u\0p")))
         self.assertTrue(reply.startswith("535"), reply)
 
     def test_relay_needs_auth_or_trusted_network(self) -> None:
-        session = self.session(tls=True)
-        self.lines(session, b"EHLO c.test", b"MAIL FROM:<a@example.com>")
+        session = self.session(tls=True, ehlo=True)
+        self.lines(session, b"MAIL FROM:<a@example.com>")
         self.assertTrue(text(session.line(b"RCPT TO:<b@example.net>")).startswith("530 5.7.0"))
         trusted = self.session(trusted=True)
         self.lines(trusted, b"HELO c.test", b"MAIL FROM:<a@example.com>")
@@ -163,8 +163,7 @@ class SessionTests(unittest.TestCase):
 
     def test_bare_line_endings_and_nul_in_commands_close(self) -> None:
         for line in (b"MAIL FROM:<a\r@example.com>", b"RSET\nMAIL FROM:<e@x>", b"NOOP\x00"):
-            session = self.session(trusted=True)
-            session.line(b"EHLO c.test")
+            session = self.session(trusted=True, ehlo=True)
             outputs = session.line(line)
             self.assertTrue(text(outputs).startswith("500 5.5.2"))
             self.assertIsInstance(outputs[-1], Close)
@@ -189,12 +188,10 @@ class SessionTests(unittest.TestCase):
         self.assertTrue(session.closed)
 
     def test_long_auth_initial_response_and_nul_in_login(self) -> None:
-        session = self.session(tls=True)
-        session.line(b"EHLO c.test")
+        session = self.session(tls=True, ehlo=True)
         (request,) = session.line(b"AUTH PLAIN " + base64.b64encode(b"\0u\0" + b"p" * 4000))
         self.assertIsInstance(request, Authenticate)
-        session = self.session(tls=True)
-        session.line(b"EHLO c.test")
+        session = self.session(tls=True, ehlo=True)
         session.line(b"AUTH LOGIN")
         session.line(base64.b64encode(b"us\0er"))
         self.assertTrue(text(session.line(base64.b64encode(b"pw"))).startswith("501 5.5.2"))

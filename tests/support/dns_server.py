@@ -144,6 +144,11 @@ class TestDNSServer:
     def mx(self, domain: str, *records: tuple[int, str], ttl: int = 300) -> None:
         self._add(domain, dns.MX, [dns.Record_MX(pref, host, ttl=ttl) for pref, host in records], ttl)
 
+    def mail_host(self, domain: str, host: str, ip: str) -> None:
+        """The common case: ``domain`` has one MX, ``host``, at ``ip``."""
+        self.mx(domain, (10, host))
+        self.a(host, ip)
+
     def null_mx(self, domain: str, ttl: int = 300) -> None:
         self._add(domain, dns.MX, [dns.Record_MX(0, b"", ttl=ttl)], ttl)
 

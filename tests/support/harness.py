@@ -175,13 +175,24 @@ class RawClient:
                 return int(text[:3]), lines
 
     @classmethod
+    def greeted(cls, port: int, ehlo: bool = True, implicit_tls: bool = False) -> RawClient:
+        """Connected, past the 220 banner and (with ``ehlo``) our EHLO."""
+        client = cls(port, implicit_tls)
+        code, lines = client.reply()
+        assert code == 220, lines
+        if ehlo:
+            code, lines = client.command(b"EHLO client.test")
+            assert code == 250, lines
+        return client
+
+    @classmethod
     def ready_for_data(cls, port: int, sender: bytes = b"app@example.com",
                        recipient: bytes = b"user@example.net") -> RawClient:
         """Connected, greeted, with one transaction open up to the 354 (a trusted client)."""
-        client = cls(port)
-        for expected, line in ((220, None), (250, b"EHLO client.test"), (250, b"MAIL FROM:<" + sender + b">"),
-                               (250, b"RCPT TO:<" + recipient + b">"), (354, b"DATA")):
-            code, lines = client.command(line) if line else client.reply()
+        client = cls.greeted(port)
+        for expected, line in ((250, b"MAIL FROM:<" + sender + b">"), (250, b"RCPT TO:<" + recipient + b">"),
+                               (354, b"DATA")):
+            code, lines = client.command(line)
             assert code == expected, (line, lines)
         return client
 

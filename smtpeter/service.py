@@ -18,6 +18,7 @@ from smtpeter.delivery.pool import Context
 from smtpeter.events.metrics import Metrics
 from smtpeter.ingress.http.app import API
 from smtpeter.ingress.smtp.auth import login_portal
+from smtpeter.ingress.smtp.limits import AuthThrottle, ConnectionLimits
 from smtpeter.ingress.smtp.protocol import SMTPFactory
 from smtpeter.ingress.smtp.session import SessionPolicy
 from smtpeter.ingress.submission import Submission
@@ -57,6 +58,7 @@ class SmtpeterService(service.Service):
         self.submission: Submission | None = None
         self.api: API | None = None
         self.metrics = Metrics()
+        self.smtp_connections: ConnectionLimits | None = None
         self.ports: list[Any] = []
         self.ready: defer.Deferred = defer.Deferred()
 
@@ -99,6 +101,10 @@ class SmtpeterService(service.Service):
             max_errors=config.smtp.max_errors,
         )
         portal = login_portal(self.storage)
+        # One set of limits for every submission listener: a client is one client on any port.
+        self.smtp_connections = ConnectionLimits(config.smtp.max_connections,
+                                                 config.smtp.max_connections_per_client)
+        auth_throttle = AuthThrottle(self.reactor)
 
         def factory(implicit_tls: bool) -> SMTPFactory:
             return SMTPFactory(
@@ -106,8 +112,8 @@ class SmtpeterService(service.Service):
                 implicit_tls=implicit_tls,
                 trusted_networks=config.smtp.networks(),
                 trusted_account=trusted_account,
-                max_connections=config.smtp.max_connections,
-                max_connections_per_client=config.smtp.max_connections_per_client,
+                limits=self.smtp_connections,
+                auth_throttle=auth_throttle,
                 timeout=config.smtp.timeout,
                 data_timeout=config.smtp.data_timeout,
             )

@@ -150,6 +150,25 @@ class SubmissionServerTests(unittest.TestCase):
         replies = await deferToThread(scenario)
         self.assertEqual([code for code, _ in replies], [501, 501, 250])
 
+    async def test_auth_initial_response_of_rfc4954_maximum_is_read(self) -> None:
+        """12,288 octets of initial response (RFC 4954 §4) after "AUTH PLAIN ": checked, not
+        refused as an over-long line; one octet more is a 500 for the exchange, not the end."""
+        harness = await self.start()
+
+        def scenario() -> list:
+            client = RawClient.greeted(harness.smtp_port)
+            client.starttls()
+            client.command(b"EHLO client.test")
+            longest = base64.b64encode(b"\0acme\0" + b"p" * (9216 - 6))
+            assert len(longest) == 12288
+            return [client.command(b"AUTH PLAIN " + longest),
+                    client.command(b"AUTH PLAIN " + longest + b"AAAA"),
+                    client.command(b"NOOP")]
+
+        replies = await deferToThread(scenario)
+        self.assertEqual([code for code, _ in replies], [535, 500, 250], replies)
+        self.assertIn("5.5.6", replies[1][1][0])
+
     async def test_size_limits(self) -> None:
         harness = await self.start(max_message_size=2000)
 

@@ -169,6 +169,14 @@ class SessionTests(unittest.TestCase):
             self.assertIsInstance(outputs[-1], Close)
             self.assertEqual(session.line(b"NOOP"), [])
 
+    def test_an_over_long_line_is_answered_once(self) -> None:
+        """The adapter may report the same long line again as more of it arrives."""
+        session = self.session()
+        outputs = session.line_too_long()
+        self.assertEqual(text(outputs), "500 5.5.2 Error: line too long\r\n")
+        self.assertIsInstance(outputs[-1], Close)
+        self.assertEqual(session.line_too_long(), [])
+
     def test_too_many_errors_hangs_up(self) -> None:
         session = self.session()
         for _ in range(5):

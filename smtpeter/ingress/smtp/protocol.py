@@ -7,21 +7,23 @@ splits the stream into lines or DATA and carries out the session's outputs.
 from __future__ import annotations
 
 import ipaddress
-from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import Portal
 from twisted.internet import defer
+from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.protocols.policies import TimeoutMixin
+from zope.interface import implementer
 
 from smtpeter import message
 from smtpeter.ingress.smtp.auth import ISMTPLogin
 from smtpeter.ingress.smtp.data import DataReader
+from smtpeter.ingress.smtp.limits import AuthThrottle, ConnectionLimits
 from smtpeter.ingress.smtp.session import (
     MAX_LINE_LENGTH,
     Authenticate,
@@ -48,6 +50,9 @@ STORAGE_DEADLINE = 60.0
 # Unprocessed input we hold while a client is not reading our replies (or waits
 # for a commit) before we stop reading its socket.
 INPUT_LIMIT = 256 * 1024
+# After we close, a client that does not read what we still send (or never
+# finishes its TLS handshake) loses the connection this much later.
+CLOSE_GRACE = 5.0
 
 
 def queued_reply(ids: Sequence[str], recipients: Sequence[str]) -> bytes:
@@ -57,6 +62,7 @@ def queued_reply(ids: Sequence[str], recipients: Sequence[str]) -> bytes:
     return reply(250, "2.0.0", "\n".join(lines))
 
 
+@implementer(IHandshakeListener)
 class SMTPServerProtocol(LineReceiver, TimeoutMixin):
     MAX_LENGTH = MAX_LINE_LENGTH
     factory: SMTPFactory
@@ -69,6 +75,10 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
         self._output_full = False  # the client is not reading our replies
         self._socket_paused = False
         self._gone = False
+        self._counted = False  # holds a slot of the connection limits
+        self._handshaking = False  # a TLS handshake has begun and not finished
+        self._closing = False
+        self._abort_timer: Any = None
 
     # -- connection ---------------------------------------------------------
 
@@ -78,32 +88,57 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
         self._peer = getattr(peer, "host", "") or "unknown"
         trusted = factory.is_trusted(self._peer)
         self.session = SMTPSession(factory.policy, self._peer, tls=factory.implicit_tls, trusted=trusted)
+        self._handshaking = factory.implicit_tls
         if hasattr(self.transport, "setTcpNoDelay"):
             self.transport.setTcpNoDelay(True)
         # A client that does not read our replies is not read either: its
         # pipelined commands cannot pile up replies in our memory.
         self.transport.registerProducer(self, True)
-        refusal = factory.admit(self._peer, trusted)
-        factory.connections[self._peer] += 1
+        refusal = factory.limits.admit(self._peer, trusted)
         if refusal is not None:
             self.session.closed = True
-            self.transport.write(refusal)
-            self.transport.loseConnection()
+            self.transport.write(reply(421, "4.7.0", f"{factory.policy.hostname} {refusal}"))
+            self._close(await_handshake=True)
             return
+        self._counted = True
         self.setTimeout(factory.timeout)
         self._run(self.session.greeting())
+
+    def handshakeCompleted(self) -> None:
+        self._handshaking = False
 
     def connectionLost(self, reason: Any = None) -> None:
         self._gone = True
         self.setTimeout(None)
-        factory = self.factory
-        factory.connections[self._peer] -= 1
-        if factory.connections[self._peer] <= 0:
-            del factory.connections[self._peer]
+        if self._abort_timer is not None and self._abort_timer.active():
+            self._abort_timer.cancel()
+        if self._counted:
+            self._counted = False
+            self.factory.limits.release(self._peer)
 
     def timeoutConnection(self) -> None:
         if self.session is not None:
             self._run(self.session.timed_out())
+
+    def _close(self, await_handshake: bool = False) -> None:
+        """Close after what was written, within CLOSE_GRACE whatever the client does.
+
+        The TLS layer will not start its shutdown while a producer is
+        registered, and cannot send anything before its handshake is done.
+        A session that ends while a handshake is pending (it timed out) is
+        cut at once; a refusal at connect (``await_handshake``) gives the
+        handshake the grace period, so the client can read why.
+        """
+        if self._closing:
+            return
+        self._closing = True
+        self.setTimeout(None)
+        self.transport.unregisterProducer()
+        if self._handshaking and not await_handshake:
+            self.transport.abortConnection()
+            return
+        self.transport.loseConnection()
+        self._abort_timer = self.factory.clock.callLater(CLOSE_GRACE, self.transport.abortConnection)
 
     # -- flow control: IPushProducer for the transport, and our own waits ------
 
@@ -178,10 +213,10 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
                 # RFC 3207 §6: whatever the client sent behind STARTTLS in
                 # plaintext must not be read as if it came over TLS.
                 self.clearLineBuffer()
+                self._handshaking = True
                 self.transport.startTLS(self.factory.tls_context)
             elif isinstance(output, Close):
-                self.setTimeout(None)
-                self.transport.loseConnection()
+                self._close()
             elif isinstance(output, Authenticate):
                 self._wait(self._authenticate(output),
                            lambda: self.session.authenticated(None, temporary_failure=True))
@@ -225,14 +260,24 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
 
     async def _authenticate(self, request: Authenticate) -> list:
         session = self.session
+        throttle = self.factory.auth_throttle
+        username = request.credentials.username.decode("utf-8", "replace")
+        if throttle.start(self._peer, username, session.trusted) is not None:
+            return session.auth_throttled()
+        succeeded: bool | None = None
         try:
             _, login, _ = await self.factory.portal.login(request.credentials, None, ISMTPLogin)
+            succeeded = True
         except UnauthorizedLogin:
+            succeeded = False
+            log.info("AUTH failed: client={client} login={login}", client=self._peer, login=username[:256])
             await _sleep(self.factory.clock, AUTH_FAILURE_DELAY)
             return session.authenticated(None)
         except Exception as exc:
             log.warn("SMTP AUTH could not be checked: {exc!r}", exc=exc)
             return session.authenticated(None, temporary_failure=True)
+        finally:
+            throttle.finish(self._peer, username, succeeded, session.trusted)
         return session.authenticated(login)
 
     async def _deliver(self, request: Deliver) -> list:
@@ -273,8 +318,8 @@ class SMTPFactory(ServerFactory):
         implicit_tls: bool = False,
         trusted_networks: Sequence[Any] = (),
         trusted_account: str | None = None,
-        max_connections: int = 1000,
-        max_connections_per_client: int = 50,
+        limits: ConnectionLimits | None = None,
+        auth_throttle: AuthThrottle | None = None,
         timeout: float = 300.0,
         data_timeout: float = 600.0,
     ) -> None:
@@ -286,11 +331,11 @@ class SMTPFactory(ServerFactory):
         self.implicit_tls = implicit_tls
         self.trusted_networks = list(trusted_networks)
         self.trusted_account = trusted_account
-        self.max_connections = max_connections
-        self.max_connections_per_client = max_connections_per_client
+        # Shared by every listener of the service: a client is one client on any port.
+        self.limits = limits or ConnectionLimits(1000, 50)
+        self.auth_throttle = auth_throttle or AuthThrottle(clock)
         self.timeout = timeout
         self.data_timeout = data_timeout
-        self.connections: Counter[str] = Counter()
 
     def is_trusted(self, address: str) -> bool:
         if not self.trusted_networks or self.trusted_account is None:
@@ -300,15 +345,6 @@ class SMTPFactory(ServerFactory):
         except ValueError:
             return False
         return any(ip in network for network in self.trusted_networks)
-
-    def admit(self, address: str, trusted: bool) -> bytes | None:
-        """A 421 refusal if this connection would exceed a limit, else None."""
-        host = self.policy.hostname
-        if sum(self.connections.values()) >= self.max_connections:
-            return reply(421, "4.7.0", f"{host} Too many connections, try again later")
-        if not trusted and self.connections[address] >= self.max_connections_per_client:
-            return reply(421, "4.7.0", f"{host} Too many connections from your address")
-        return None
 
     def sender_for(self, client: Client) -> Sender | None:
         if client.login is not None:

@@ -114,7 +114,9 @@ _JUNK = {"EHLO", "HELO", "NOOP", "RSET", "VRFY", "HELP", "EXPN"}
 JUNK_COMMAND_LIMIT = 100
 # RFC 5321 allows 512 octets; SMTPUTF8 addresses and parameters need more room.
 MAX_COMMAND_LENGTH = 2048
-MAX_LINE_LENGTH = _SASL_MAX
+# The longest line read at all: "AUTH", a mechanism name (at most 20 characters,
+# RFC 4422 §3.1) and the longest initial response.
+MAX_LINE_LENGTH = len("AUTH ") + 20 + 1 + _SASL_MAX
 
 
 class SMTPSession:
@@ -174,6 +176,8 @@ class SMTPSession:
             return self._error(problem.code, problem.status, problem.text)
 
     def line_too_long(self) -> list[Output]:
+        if self.closed:  # the rest of the same line, arriving after we said so
+            return []
         return self._fatal(500, "5.5.2", "Error: line too long")
 
     def timed_out(self) -> list[Output]:
@@ -208,6 +212,10 @@ class SMTPSession:
         if temporary_failure:
             return self._error(454, "4.7.0", "Temporary authentication failure")
         return self._error(535, "5.7.8", "Authentication credentials invalid")
+
+    def auth_throttled(self) -> list[Output]:
+        """Too many failed attempts from this client or for this login: not even checked."""
+        return self._error(454, "4.7.0", "Too many failed authentication attempts; try again later")
 
     # -- helpers ---------------------------------------------------------------
 

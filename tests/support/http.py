@@ -22,6 +22,14 @@ class Response:
         return json.loads(self.body)
 
     @property
+    def error(self) -> str:
+        """The text of an error answer, which is exactly ``{"error": "text"}`` (SMTPeter's PHP
+        client prints ``$result->error``)."""
+        body = self.json
+        assert isinstance(body, dict) and list(body) == ["error"] and isinstance(body["error"], str), body
+        return body["error"]
+
+    @property
     def text(self) -> str:
         return self.body.decode("utf-8")
 

@@ -2,7 +2,8 @@
 
 Every /v1 call is scoped to the account of its token: another account's
 message ids answer 404, exactly like ids that do not exist. Errors are JSON,
-``{"error": {"message": ...}}``, with the HTTP status that fits.
+``{"error": "text"}`` (the shape SMTPeter's official PHP client documents and
+prints), with the HTTP status that fits.
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ def _json(request: Any, value: Any, status: int = 200) -> bytes:
 
 
 def _error(request: Any, status: int, message: str) -> bytes:
-    return _json(request, {"error": {"message": message}}, status)
+    return _json(request, {"error": message}, status)
 
 
 def _text(request: Any, value: str, content_type: bytes = b"text/plain; charset=utf-8") -> bytes:

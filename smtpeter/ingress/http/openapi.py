@@ -200,8 +200,7 @@ def document(server_url: str) -> dict[str, Any]:
                 "bearer": {"type": "http", "scheme": "bearer"},
             },
             "responses": {"Error": {"description": "An error", "content": {"application/json": {
-                "schema": {"type": "object", "required": ["error"], "properties": {"error": {
-                    "type": "object", "required": ["message"],
-                    "properties": {"message": {"type": "string"}}}}}}}}},
+                "schema": {"type": "object", "required": ["error"], "additionalProperties": False,
+                           "properties": {"error": {"type": "string"}}}}}}},
         },
     }

@@ -305,6 +305,49 @@ class APITests(unittest.TestCase):
         raw = (await self.storage.message_content(message_id))["mime"]
         self.assertNotIn(b'""john doe""', raw)  # a quoted local part is not quoted twice
 
+    async def test_headers_object(self) -> None:
+        """SMTPeter's ``headers`` convenience object, as third-party clients send it."""
+        await self.start()
+        base = {"recipient": "a@dest.example", "text": "x"}
+        (message_id,) = await self.send({**base, "headers": {
+            "From": "Info <info@example.com>", "to": "Ann <a@dest.example>", "CC": ["c@dest.example"],
+            "Reply-To": "reply@example.com", "Subject": "Hi there", "X-Custom": "v1"},
+            "extra": {"x-other": "v2"}})
+        stored = await self.stored(message_id)
+        self.assertEqual(stored["From"].addresses[0].display_name, "Info")
+        self.assertEqual(stored["To"].addresses[0].addr_spec, "a@dest.example")
+        self.assertEqual(stored["Cc"].addresses[0].addr_spec, "c@dest.example")
+        self.assertEqual(stored["Reply-To"].addresses[0].addr_spec, "reply@example.com")
+        self.assertEqual((stored["Subject"], stored["X-Custom"], stored["X-Other"]), ("Hi there", "v1", "v2"))
+        # Given both ways, a field must say the same thing both times: neither silently wins.
+        same = await self.send({**base, "from": "info@example.com", "subject": "S",
+                                "headers": {"subject": "S", "from": "info@example.com"},
+                                "replyto": "r@example.com", "replyTo": "r@example.com"})
+        self.assertEqual((await self.stored(next(iter(same))))["Subject"], "S")
+        fields = {**base, "from": "info@example.com"}
+        for body, status, text in (
+            ({**fields, "headers": {"Foo": "x"}}, 400, "'headers.Foo': only From, To, Cc, Reply-To, Subject"),
+            ({**fields, "headers": {"Bcc": "v@x.example"}}, 400, "use 'bcc'"),
+            ({**fields, "subject": "A", "headers": {"Subject": "B"}}, 400,
+             "'headers.Subject' and 'subject' differ"),
+            ({**fields, "extra": {"x-a": "1"}, "headers": {"X-A": "2"}}, 400,
+             "'headers.X-A' and 'extra.x-a'"),
+            ({**fields, "replyto": "a@example.com", "replyTo": "b@example.com"}, 400,
+             "'replyTo' and 'replyto'"),
+            ({**base, "headers": {"From": "Info <bad>"}}, 400, "'headers.From'"),
+            ({**fields, "headers": {"To": ["a@dest.example", "bad"]}}, 400, "'headers.To[1]'"),
+            ({**fields, "headers": {"Subject": "a\r\nBcc: v@x.example"}}, 400, "'headers.Subject'"),
+            ({**fields, "headers": {"X-Smtpeter-Tags": "a"}}, 400, "'headers.X-Smtpeter-Tags'"),
+            ({**fields, "headers": {"X-A": "=?utf-8?q?a=0D=0AX-Evil:_1?="}}, 400, "'headers.X-A'"),
+            ({**fields, "headers": "Subject: x"}, 400, "'headers' must be an object"),
+            ({"recipient": "a@dest.example", "mime": "From: <info@example.com>\r\n\r\nx",
+              "headers": {"Subject": "x"}}, 400, "either 'mime' or the message fields, not both ('headers')"),
+        ):
+            response = await self.api.post("/v1/send", json_body=body)
+            self.assertEqual(response.code, status, (body, response.body))
+            self.assertIn(text, response.error, body)
+        self.assertEqual(len(await self.storage.queue(limit=10)), 2)
+
     async def test_form_bodies(self) -> None:
         await self.start()
         base = "recipient=a%40dest.example&from=info%40example.com&text=x"
@@ -341,10 +384,16 @@ class APITests(unittest.TestCase):
             (b"[1, 2]", 400, "must be an object"),
             ({"from": "info@example.com", "text": "x"}, 400, "'recipient' or 'recipients' is required"),
             ({**base, "recipient": "not an address"}, 400, "'recipient'"),
+            # An error about one element of a list names that element.
+            ({**base, "recipients": ["b@dest.example", "x"]}, 400, "'recipients[1]': 'x' is not a valid"),
+            ({**base, "bcc": ["b@dest.example", "c@dest.example, x"]}, 400, "'bcc[1]'"),
+            ({**base, "to": ["b@dest.example", "Ann <x>"]}, 400, "'to[1]'"),
+            ({**base, "cc": ["b@dest.example", {}]}, 400, "'cc[1]' must be a string"),
+            ({**base, "tags": ["a", ["b"]]}, 400, "'tags[1]' must be a string"),
             ({**base, "recipient": ["a@d.example", "b@d.example", "c@d.example", "d@d.example"]}, 413,
              "too many recipients"),
             ({**base, "envelope": "@@"}, 400, "'envelope'"),
-            ({**base, "tags": ["has space"]}, 400, "'tags'"),
+            ({**base, "tags": ["ok", "has space"]}, 400, "'tags[1]'"),
             ({**base, "tags": "semi;colon"}, 400, "'tags'"),
             ({**base, "maxdelivertime": "tomorrow"}, 400, "'maxdelivertime'"),
             ({**base, "maxdelivertime": "2001-01-01 00:00:00"}, 400, "in the past"),

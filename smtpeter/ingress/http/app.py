@@ -297,7 +297,7 @@ class API:
         elif send.mime is not None:
             built = [(None, *compose.raw(send.mime))]
         else:
-            built = [(None, *await self._in_thread(compose.compose, send.fields))]
+            built = [(None, *await self._in_thread(compose.compose, send.fields, send.labels))]
         sender = Sender(account, dict(API_DEFAULTS))
         messages = []
         for recipient, data, utf8 in built:

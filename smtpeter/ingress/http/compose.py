@@ -23,7 +23,7 @@ from email.message import EmailMessage
 from typing import Any
 
 from smtpeter import message as msg
-from smtpeter.ingress.http.request import BadRequest, boolean_field, mailbox, text_field
+from smtpeter.ingress.http.request import BadRequest, boolean_field, elements, mailbox, text_field
 from smtpeter.transforms import mime
 
 _EXTRA_HEADER = re.compile(r"[Xx]-[A-Za-z0-9][A-Za-z0-9-]*")
@@ -90,15 +90,15 @@ def _address_text(display: str, addr_spec: str) -> str:
 
 def addresses(name: str, value: Any) -> list[tuple[str, str]]:
     """(display name, address) pairs from a string, a comma list, a list, or a mix."""
-    items = value if isinstance(value, list) else [value]
+    items = elements(name, value)
     if len(items) > MAX_ADDRESSES:
         raise BadRequest(f"'{name}' holds more than {MAX_ADDRESSES} addresses")
-    texts = [text_field(name, item) for item in items]
     found = []
-    for display, address in email.utils.getaddresses(texts):
-        if not address:
-            raise BadRequest(f"'{name}' holds something that is not an address")
-        found.append((header_text(name, display), mailbox(name, address)))
+    for where, item in items:
+        for display, address in email.utils.getaddresses([text_field(where, item)]):
+            if not address:
+                raise BadRequest(f"'{where}' holds something that is not an address")
+            found.append((header_text(where, display), mailbox(where, address)))
     if not found:
         raise BadRequest(f"'{name}' holds no address")
     return found
@@ -191,27 +191,30 @@ def _body(fields: dict[str, Any], smtputf8: bool) -> bytes:
     return body.as_bytes(policy=policy)
 
 
-def compose(fields: dict[str, Any]) -> tuple[bytes, bool]:
+def compose(fields: dict[str, Any], labels: dict[str, str] | None = None) -> tuple[bytes, bool]:
     """The message as CRLF bytes, and whether it needs SMTPUTF8 (non-ASCII addresses).
 
-    Message-ID and Date are added with every other submission's (Submission.identity_headers).
+    ``labels`` are the client's names of fields it gave another way (SendRequest.labels),
+    for error messages. Message-ID and Date are added with every other submission's
+    (Submission.identity_headers).
     """
-    senders = addresses("from", fields["from"])
+    labels = labels or {}
+    senders = addresses(labels.get("from", "from"), fields["from"])
     if len(senders) != 1:
-        raise BadRequest("'from' must be exactly one address")
+        raise BadRequest(f"'{labels.get('from', 'from')}' must be exactly one address")
     head = [address_field("From", senders)]
     every = list(senders)
     count = 0
     for name, header in (("to", "To"), ("cc", "Cc"), ("replyto", "Reply-To")):
         if fields.get(name):
-            pairs = addresses(name, fields[name])
+            pairs = addresses(labels.get(name, name), fields[name])
             count += len(pairs)
             every += pairs
             head.append(address_field(header, pairs))
     if count > MAX_ADDRESSES:
         raise BadRequest(f"to, cc and replyto hold more than {MAX_ADDRESSES} addresses together")
     if fields.get("subject") is not None:
-        head.append(unstructured("Subject", header_text("subject", fields["subject"])))
+        head.append(unstructured("Subject", header_text(labels.get("subject", "subject"), fields["subject"])))
     if fields.get("unsubscribe"):
         head += _unsubscribe(fields["unsubscribe"])
     extra = fields.get("extra") or {}
@@ -220,11 +223,12 @@ def compose(fields: dict[str, Any]) -> tuple[bytes, bool]:
     if len(extra) > MAX_EXTRA_HEADERS:
         raise BadRequest(f"'extra' holds more than {MAX_EXTRA_HEADERS} headers")
     for name, value in extra.items():
+        where = labels.get(f"extra.{name}", f"extra.{name}")
         if not _EXTRA_HEADER.fullmatch(name):
-            raise BadRequest(f"'extra': only x-* headers may be added, not {name!r}")
+            raise BadRequest(f"'{where}': only x-* headers may be added, not {name!r}")
         if name.lower().startswith("x-smtpeter-"):
-            raise BadRequest(f"'extra': {name} is an instruction header; use the option field instead")
-        head.append(unstructured(name, header_text(f"extra.{name}", value)))
+            raise BadRequest(f"'{where}': {name} is an instruction header; use the option field instead")
+        head.append(unstructured(name, header_text(where, value)))
     smtputf8 = any(not address.isascii() for _, address in every)
     body = _body(fields, smtputf8)
     composed = b"".join(head) + body

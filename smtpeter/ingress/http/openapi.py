@@ -63,7 +63,9 @@ SEND_SCHEMA: dict[str, Any] = {
         "extra": {"type": "object", "additionalProperties": {"type": "string"},
                   "description": "x-* headers to add."},
         "headers": {"type": "object", "additionalProperties": {"type": "string"},
-                    "description": "Another name for extra."},
+                    "description": "From, To, Cc, Reply-To and Subject (any case) set those fields, X-* "
+                                   "headers join extra; any other header is refused. A field given here "
+                                   "and at the top level must hold the same value."},
         "replyTo": {**_ADDRESSES, "description": "Another name for replyto."},
         "attachments": {"type": "array", "items": {"type": "object", "properties": {
             "data": {"type": "string", "format": "byte"}, "name": {"type": "string"},

@@ -120,7 +120,7 @@ def personalized(send: SendRequest, max_total: int) -> list[tuple[str, bytes, bo
                 data, smtputf8 = raw(filled.encode("utf-8"))
                 body_values.check(data)
             else:
-                data, smtputf8 = compose(_fill(fields, variables, budget))
+                data, smtputf8 = compose(_fill(fields, variables, budget), send.labels)
         except TemplateError as exc:
             raise BadRequest(f"personalization for {recipient}: {exc}") from None
         total += len(data)

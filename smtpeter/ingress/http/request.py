@@ -36,9 +36,15 @@ _LEGACY = {"clicktracking": "trackclicks", "bouncetracking": "trackbounces",
            "openstracking": "trackopens", "inlinizecss": "inlinecss"}
 _CONTENT_FIELDS = ("from", "to", "cc", "replyto", "subject", "text", "html", "unsubscribe", "extra",
                    "attachments")
+# Other names third-party clients give content fields (avido/smtpeter-php-api sends both).
+_CONTENT_ALIASES = ("headers", "replyTo")
+# SMTPeter's ``headers`` object: the standard fields it may set, by header name in lower case.
+_STANDARD_HEADERS = {"from": "from", "to": "to", "cc": "cc", "reply-to": "replyto", "subject": "subject"}
+_HEADER_HINTS = {"bcc": "; use 'bcc' (envelope only, never a header)",
+                 "list-unsubscribe": "; use 'unsubscribe'", "list-unsubscribe-post": "; use 'unsubscribe'"}
 _UNSUPPORTED = {"template": "templates", "patch": "template patches"}
 _KNOWN = {"recipient", "recipients", "bcc", "envelope", "mime", "tags", "maxdelivertime", "dsn", "images",
-          "data", "access_token", "headers", "replyTo", *_CONTENT_FIELDS, *BOOLEAN_OPTIONS, *_LEGACY}
+          "data", "access_token", *_CONTENT_FIELDS, *_CONTENT_ALIASES, *BOOLEAN_OPTIONS, *_LEGACY}
 _DATETIME = re.compile(r"(\d{4})-(\d{2})-(\d{2}) (\d{2}):(\d{2}):(\d{2})")
 _NOTIFY = {"SUCCESS", "FAILURE", "DELAY"}
 # Control characters no header may carry: C0 but TAB, DEL, C1, and the Unicode
@@ -177,6 +183,14 @@ def text_field(name: str, value: Any, *, allow_empty: bool = False, one_line: bo
     return value
 
 
+def elements(name: str, value: Any) -> list[tuple[str, Any]]:
+    """Each element of a list with the name an error about it gives (``to[1]``); any other value
+    as the one element, under the field's own name."""
+    if isinstance(value, list):
+        return [(f"{name}[{index}]", item) for index, item in enumerate(value)]
+    return [(name, value)]
+
+
 def boolean_field(name: str, value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -220,6 +234,9 @@ class SendRequest:
     # it is); else the data for everyone, and per recipient what it adds.
     data: dict[str, Any] | None = None
     personal: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The client's name for a field given another way ("subject" -> "headers.Subject"),
+    # so that an error names what the client sent.
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 def parse_send(body: dict[str, Any], max_recipients: int, now: float | None = None) -> SendRequest:
@@ -241,24 +258,65 @@ def parse_send(body: dict[str, Any], max_recipients: int, now: float | None = No
     tags = _tags(body.get("tags"))
     expires = _maxdelivertime(body["maxdelivertime"], now) if body.get("maxdelivertime") else None
     dsn = _dsn(body.get("dsn"))
-    content_given = [name for name in _CONTENT_FIELDS if name in body]
+    content_given = [name for name in (*_CONTENT_FIELDS, *_CONTENT_ALIASES) if name in body]
     if "mime" in body:
         if content_given:
             raise BadRequest(f"give either 'mime' or the message fields, not both ('{content_given[0]}')")
         mime = text_field("mime", body["mime"], one_line=False).encode("utf-8")
         return SendRequest(recipients, envelope, mime, {}, options, tags, expires, dsn, data, personal)
-    fields = {name: body[name] for name in content_given}
+    fields = {name: body[name] for name in _CONTENT_FIELDS if name in body}
+    labels: dict[str, str] = {}
     if "replyTo" in body:
-        fields.setdefault("replyto", body["replyTo"])
+        _merge(fields, labels, "replyto", body["replyTo"], "replyTo")
     if "headers" in body:
-        fields.setdefault("extra", body["headers"])
+        _merge_headers(fields, labels, body["headers"])
     if "from" not in fields and envelope:
         fields["from"] = envelope  # SMTPeter's 2015 examples send no 'from': the envelope is it
     if "from" not in fields:
         raise BadRequest("'from' is required (or give the whole message as 'mime')")
     if not (fields.get("text") or fields.get("html")):
         raise BadRequest("'text' or 'html' is required (or give the whole message as 'mime')")
-    return SendRequest(recipients, envelope, None, fields, options, tags, expires, dsn, data, personal)
+    return SendRequest(recipients, envelope, None, fields, options, tags, expires, dsn, data, personal,
+                       labels)
+
+
+def _merge(fields: dict[str, Any], labels: dict[str, str], name: str, value: Any, label: str) -> None:
+    """A field given under another name. Given both ways it must say the same: neither wins silently."""
+    if name in fields:
+        if fields[name] != value:
+            raise BadRequest(f"'{label}' and '{labels.get(name, name)}' differ: give one of them")
+        return
+    fields[name] = value
+    labels[name] = label
+
+
+def _merge_headers(fields: dict[str, Any], labels: dict[str, str], value: Any) -> None:
+    """SMTPeter's ``headers`` object: From, To, Cc, Reply-To and Subject (any case) set those
+    fields; x-* headers join ``extra``; any other header is refused by name."""
+    if not isinstance(value, dict):
+        raise BadRequest("'headers' must be an object of header names and values")
+    extra = fields.get("extra") or {}
+    if not isinstance(extra, dict):
+        raise BadRequest("'extra' must be an object of x-* header names and values")
+    extra = dict(extra)
+    for name, item in value.items():
+        label = f"headers.{name}"
+        standard = _STANDARD_HEADERS.get(name.lower())
+        if standard is not None:
+            _merge(fields, labels, standard, item, label)
+        elif name[:2].lower() == "x-":
+            same = [known for known in extra if known.lower() == name.lower()]
+            if same and extra[same[0]] != item:
+                raise BadRequest(f"'{label}' and '{labels.get('extra.' + same[0], 'extra.' + same[0])}' "
+                                 "differ: give one of them")
+            if not same:
+                extra[name] = item
+                labels[f"extra.{name}"] = label
+        else:
+            raise BadRequest(f"'{label}': only From, To, Cc, Reply-To, Subject and x-* headers may be given"
+                             + _HEADER_HINTS.get(name.lower(), ""))
+    if extra:
+        fields["extra"] = extra
 
 
 def _recipients(body: dict[str, Any], limit: int) -> tuple[list[str], dict[str, dict[str, Any]]]:
@@ -279,15 +337,13 @@ def _recipients(body: dict[str, Any], limit: int) -> tuple[list[str], dict[str, 
                 if data not in (None, "", [], {}):
                     personal[address] = _personal_data(f"{name}.{key}", data)
             continue
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, list):
+        if not isinstance(value, str | list):
             raise BadRequest(f"'{name}' must be an address, a list of them or an object keyed by them")
-        for item in value:
+        for where, item in elements(name, value):
             # The 2015 documentation allowed "a@x, b@y" inside one array element.
-            for part in text_field(name, item).split(","):
+            for part in text_field(where, item).split(","):
                 if part.strip():
-                    collected.append(mailbox(name, part.strip()))
+                    collected.append(mailbox(where, part.strip()))
     if not collected:
         raise BadRequest("'recipient' or 'recipients' is required")
     unique = list(dict.fromkeys(collected))
@@ -325,13 +381,15 @@ def _options(body: dict[str, Any]) -> dict[str, Any]:
 def _tags(value: Any) -> list[str]:
     if value in (None, "", []):
         return []
-    items = [value] if isinstance(value, str) else value
-    if not isinstance(items, list):
+    if not isinstance(value, str | list):
         raise BadRequest("'tags' must be a list of strings")
-    try:
-        return [check_tag(text_field("tags", tag)) for tag in items]
-    except Refused:
-        raise BadRequest("'tags': a tag has no white space or semicolons") from None
+    tags = []
+    for where, tag in elements("tags", value):
+        try:
+            tags.append(check_tag(text_field(where, tag)))
+        except Refused:
+            raise BadRequest(f"'{where}': a tag has no white space or semicolons") from None
+    return tags
 
 
 def _maxdelivertime(value: Any, now: float | None) -> float:

@@ -53,6 +53,14 @@ class SMTPConfig:
     max_errors: int = 20
     timeout: float = 300.0
     data_timeout: float = 600.0
+    # Failed AUTH attempts (over every listener) after which further ones are
+    # refused unchecked with 454 4.7.0, until they age out of the window.
+    auth_failures_per_client: int = 10
+    auth_failures_per_login: int = 30
+    auth_failure_window: float = 900.0
+    # Whether a display name in From/Sender may show an address at a domain the
+    # account does not own ("ceo@bank.example" <news@acme.example>). Also for the API.
+    allow_foreign_display_name_addresses: bool = False
 
     def networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         return [ipaddress.ip_network(n, strict=False) for n in self.trusted_networks]

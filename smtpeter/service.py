@@ -91,7 +91,9 @@ class SmtpeterService(service.Service):
                     f"[smtp] trusted_account {config.smtp.trusted_account!r} does not exist; "
                     "create it with: smtpeter account create NAME"
                 ) from None
-        submission = self.submission = Submission(self.storage, config.hostname, self.metrics)
+        submission = self.submission = Submission(
+            self.storage, config.hostname, self.metrics,
+            allow_foreign_display_names=config.smtp.allow_foreign_display_name_addresses)
         await self._start_delivery(submission)
         policy = SessionPolicy(
             hostname=config.hostname,
@@ -104,7 +106,8 @@ class SmtpeterService(service.Service):
         # One set of limits for every submission listener: a client is one client on any port.
         self.smtp_connections = ConnectionLimits(config.smtp.max_connections,
                                                  config.smtp.max_connections_per_client)
-        auth_throttle = AuthThrottle(self.reactor)
+        auth_throttle = AuthThrottle(self.reactor, config.smtp.auth_failures_per_client,
+                                     config.smtp.auth_failures_per_login, config.smtp.auth_failure_window)
 
         def factory(implicit_tls: bool) -> SMTPFactory:
             return SMTPFactory(

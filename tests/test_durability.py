@@ -31,6 +31,8 @@ class KillNineTests(unittest.TestCase):
             f'[server]\nhostname = "mx.test"\ndata_dir = "{directory / "data"}"\n{storage}'
             f'[smtp]\nlisten = ["tcp:{port}:interface=127.0.0.1"]\n'
             'trusted_networks = ["127.0.0.0/8"]\ntrusted_account = "apps"\n'
+            # Not the default tcp:8080, which another service on this machine may hold.
+            f'[http]\nlisten = ["tcp:{postgres.free_port()}:interface=127.0.0.1"]\n'
             # This test is about ingress: nothing leaves, everything stays queued.
             '[delivery]\nhold = true\n'
         )

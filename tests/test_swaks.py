@@ -87,7 +87,7 @@ class SwaksTests(unittest.TestCase):
             "--h-From", "ceo@bank.example", "--to", "someone@example.net",
         )
         self.assertNotEqual(code, 0)
-        self.assertIn("550 5.7.1 Sender domain bank.example is not an approved sender domain", out)
+        self.assertIn("550 5.7.1 From <ceo@bank.example>: bank.example is not an approved sender domain", out)
         self.assertEqual(await self.queued(), [])
 
     async def test_pipelining(self) -> None:

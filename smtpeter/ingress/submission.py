@@ -7,8 +7,12 @@ enqueue. Nothing is queued unless every check passes.
 
 from __future__ import annotations
 
+import email.errors
+import email.header
 import email.utils
 import functools
+import re
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +22,7 @@ from smtpeter.events.metrics import Metrics
 from smtpeter.ids import new_id
 from smtpeter.storage import Storage
 from smtpeter.storage.models import NewMessage, NewRecipient
+from smtpeter.transforms import wire
 
 BOOLEAN_OPTIONS = ("inlinecss", "trackclicks", "trackopens", "trackbounces", "preventscam")
 IMAGES_VALUES = ("default", "hosted")
@@ -66,33 +71,99 @@ def options_from_headers(fields: list[msg.Field]) -> tuple[dict[str, Any], list[
     return options, tags
 
 
-def sender_domains(fields: list[msg.Field]) -> list[str]:
-    """Domains of every address in the From header."""
-    values = [f.value for f in fields if f.name == "from"]
-    if not values:
+# Fields that say who sent the message (RFC 5322 §3.6.2, §3.6.6): every
+# address in them, and the envelope sender, must be the account's own.
+_SENDER_FIELDS = {"from": "From", "sender": "Sender", "resent-from": "Resent-From",
+                  "resent-sender": "Resent-Sender"}
+# Something a reader takes for an address, in a display name.
+_ADDRESS_CHAR = r'[^\s@<>"(),;:\[\]]'
+_SHOWN_ADDRESS = re.compile(rf"{_ADDRESS_CHAR}+@({_ADDRESS_CHAR}+\.{_ADDRESS_CHAR}+)")
+
+
+@dataclass(frozen=True)
+class Identity:
+    """One address the message claims to be from, and the domains a reader would see in it."""
+
+    where: str  # "MAIL FROM", "From", "Sender", ...
+    address: str
+    domain: str
+    shown_domains: tuple[str, ...] = ()  # of addresses written into its display name
+
+
+def domain_key(domain: str) -> str:
+    """A domain as sender domains are compared: lower case, no final dot, IDNs as A-labels."""
+    domain = domain.strip().rstrip(".").lower()
+    if domain.isascii():
+        return domain
+    try:
+        return domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        return domain
+
+
+def sender_identities(envelope: str | None, fields: list[msg.Field]) -> list[Identity]:
+    """The envelope sender and every address of the From, Sender and Resent-* fields."""
+    froms = [f for f in fields if f.name == "from"]
+    if not froms:
         raise Refused(550, "5.6.0", "Message refused: it has no From header")
-    if len(values) > 1:
+    if len(froms) > 1:
         # RFC 5322 §3.6 allows one; a second is how a forged sender hides behind an approved one.
         raise Refused(550, "5.6.0", "Message refused: more than one From header")
-    return list(_from_domains(values[0]))
+    if sum(1 for f in fields if f.name == "sender") > 1:
+        raise Refused(550, "5.6.0", "Message refused: more than one Sender header")
+    found = []
+    if envelope:
+        found.append(Identity("MAIL FROM", envelope, domain_key(envelope.rpartition("@")[2])))
+    for field in fields:
+        where = _SENDER_FIELDS.get(field.name)
+        if where is not None:
+            found += [Identity(where, address, domain, shown)
+                      for address, domain, shown in _mailboxes(where, field.value)]
+    return found
 
 
 @functools.lru_cache(maxsize=4096)
-def _from_domains(value: str) -> tuple[str, ...]:
-    """The domains in one From value; cached, as applications send the same From again and again."""
+def _mailboxes(where: str, value: str) -> tuple[tuple[str, str, tuple[str, ...]], ...]:
+    """(address, its domain, domains shown in its display name) for one field value; cached, as
+    applications send the same From again and again."""
     try:
-        addresses = email.utils.getaddresses([value])
+        pairs = email.utils.getaddresses([value])
     except RecursionError:
-        raise Refused(550, "5.6.0", "Message refused: the From header cannot be parsed") from None
-    domains = []
-    for _, address in addresses:
+        raise Refused(550, "5.6.0", f"Message refused: the {where} header cannot be parsed") from None
+    found = []
+    for display, address in pairs:
         local, at, domain = address.rpartition("@")
         if not at or not local or not domain:
-            raise Refused(550, "5.6.0", "Message refused: the From header holds no valid address")
-        domains.append(domain.lower().rstrip("."))
-    if not domains:
-        raise Refused(550, "5.6.0", "Message refused: the From header holds no valid address")
-    return tuple(domains)
+            raise Refused(550, "5.6.0", f"Message refused: the {where} header holds no valid address")
+        found.append((address, domain_key(domain), _shown_domains(display)))
+    if not found:
+        raise Refused(550, "5.6.0", f"Message refused: the {where} header holds no valid address")
+    return tuple(found)
+
+
+def _shown_domains(display: str) -> tuple[str, ...]:
+    """Domains of the addresses a reader would see in a display name, encoded-words and
+    look-alike characters (a full-width @) included."""
+    if not display:
+        return ()
+    if "=?" in display:
+        try:
+            display = str(email.header.make_header(email.header.decode_header(display)))
+        except (ValueError, LookupError, UnicodeError, email.errors.MessageError):
+            pass  # not decodable: a reader sees it as it is
+    display = unicodedata.normalize("NFKC", display)
+    return tuple(domain_key(match.group(1)) for match in _SHOWN_ADDRESS.finditer(display))
+
+
+def _separated(body: bytes) -> bytes:
+    """The body with the empty line that must start it.
+
+    Our header ends at the first line that is not a header field; a receiver
+    that reads on past such a line would see header fields we never checked
+    (a second From). With the empty line put in, as Postfix's cleanup does,
+    every reader ends the header where we did.
+    """
+    return body if not body or body.startswith(b"\r\n") else b"\r\n" + body
 
 
 @dataclass(frozen=True)
@@ -104,10 +175,13 @@ class Sender:
 
 
 class Submission:
-    def __init__(self, storage: Storage, hostname: str, metrics: Metrics | None = None) -> None:
+    def __init__(self, storage: Storage, hostname: str, metrics: Metrics | None = None,
+                 allow_foreign_display_names: bool = False) -> None:
         self.storage = storage
         self.hostname = hostname
         self.metrics = metrics or Metrics()
+        # Whether a display name may show an address of a domain the account does not own.
+        self.allow_foreign_display_names = allow_foreign_display_names
         self._domains: dict[str, tuple[float, set[str]]] = {}
         # Told after each message is stored, so delivery starts without polling delay.
         self.queued: Callable[[], None] = lambda: None
@@ -117,19 +191,36 @@ class Submission:
         cached = self._domains.get(account_id)
         if cached and cached[0] > now and not refresh:
             return cached[1]
-        domains = await self.storage.approved_domains(account_id)
+        domains = {domain_key(d) for d in await self.storage.approved_domains(account_id)}
         self._domains[account_id] = (now + _DOMAIN_CACHE_SECONDS, domains)
         return domains
 
-    async def check_sender_domains(self, account_id: str, domains: list[str]) -> None:
+    async def check_sender(self, account_id: str, envelope: str | None, fields: list[msg.Field]) -> None:
+        """Refuse a message that claims a sender outside the account's approved domains.
+
+        The envelope sender (empty, the null sender, is fine), every address
+        in From, Sender and Resent-From/-Sender, and (unless allowed) any
+        address shown in their display names.
+        """
+        identities = sender_identities(envelope, fields)
+        wanted = {i.domain for i in identities}
+        if not self.allow_foreign_display_names:
+            wanted.update(d for i in identities for d in i.shown_domains)
         approved = await self._approved(account_id)
-        if not set(domains) <= approved:
+        if not wanted <= approved:
             # The cache may predate a newly approved domain: ask once more.
             approved = await self._approved(account_id, refresh=True)
-        for domain in domains:
-            if domain not in approved:
-                raise Refused(550, "5.7.1",
-                              f"Sender domain {domain} is not an approved sender domain of this account")
+        for identity in identities:
+            claimed = f"{identity.where} <{identity.address}>"
+            if identity.domain not in approved:
+                raise Refused(550, "5.7.1", f"{claimed}: {identity.domain} is not an approved sender "
+                                            "domain of this account")
+            if self.allow_foreign_display_names:
+                continue
+            for shown in identity.shown_domains:
+                if shown not in approved:
+                    raise Refused(550, "5.7.1", f"{claimed}: its display name shows an address at {shown}, "
+                                                "which is not a sender domain of this account")
 
     def identity_headers(self, fields: list[msg.Field]) -> bytes:
         """Message-ID and Date for a message that lacks them (RFC 6409 §8)."""
@@ -147,7 +238,7 @@ class Submission:
         duplicates by Message-ID take it, and it sorts where it is read.
         """
         parsed = msg.parse(content["mime"])
-        await self.check_sender_domains(account_id, sender_domains(parsed.fields))
+        await self.check_sender(account_id, content["envelope"], parsed.fields)
         kept = [f for f in parsed.fields if f.name not in ("message-id", "date")]
         mime = self.identity_headers(kept) + msg.build(kept, parsed.body)
         message = NewMessage(
@@ -185,11 +276,15 @@ class Submission:
         parsed = msg.parse(data)
         if len(data) - len(parsed.body) > MAX_HEADER_SIZE:
             raise Refused(552, "5.3.4", f"Message refused: header larger than {MAX_HEADER_SIZE} octets")
-        await self.check_sender_domains(sender.account_id, sender_domains(parsed.fields))
+        for field in parsed.fields:
+            if not wire.foldable(field.raw):
+                raise Refused(550, "5.6.0", f"Message refused: a {field.name} header line is longer than 998 "
+                                            "octets and has no white space to fold it at (RFC 5322 §2.1.1)")
+        await self.check_sender(sender.account_id, envelope, parsed.fields)
         header_options, header_tags = options_from_headers(parsed.fields)
         merged = {**sender.defaults, **(options or {}), **header_options}
         kept = [f for f in parsed.fields if not f.name.startswith(_HEADER_PREFIX)]
-        mime = trace + self.identity_headers(kept) + msg.build(kept, parsed.body)
+        mime = trace + self.identity_headers(kept) + msg.build(kept, _separated(parsed.body))
         return NewMessage(
             account_id=sender.account_id,
             source=source,

@@ -71,6 +71,12 @@ def limit_line_length(raw: bytes, limit: int = 998) -> bytes:
     return raw if out == raw else out
 
 
+def foldable(field: bytes, limit: int = 998) -> bool:
+    """Whether a header field can go out with no line over ``limit`` octets, folded at white space
+    where it must be (what ``limit_line_length`` does to it)."""
+    return not _has_long_line(field, limit) or not _has_long_line(_fold_long_lines(field, limit), limit)
+
+
 def _make_7bit(raw: bytes, nesting: int) -> bytes:
     if nesting > _MAX_NESTING:
         raise CannotDowngrade("message/rfc822 parts nested too deeply to downgrade")

@@ -305,6 +305,65 @@ class APITests(unittest.TestCase):
         raw = (await self.storage.message_content(message_id))["mime"]
         self.assertNotIn(b'""john doe""', raw)  # a quoted local part is not quoted twice
 
+    async def test_addresses_are_taken_whole_or_refused(self) -> None:
+        """No part of what a client gave in from/to/cc/replyto is silently dropped or reread."""
+        await self.start()
+        base = {"recipient": "a@dest.example", "from": "info@example.com", "text": "x"}
+        for field, value, text in (
+            # getaddresses read "...X-Inj:" as a group name, dropped it and sent "To: _1?= <r@...>".
+            ("to", "=?utf-8?q?x=0D=0AX-Inj:_1?= <r@outside.test>", "'to'"),
+            ("to", "x=?utf-8?q?=0D=0AX-Inj:_1?= <r@outside.test>", "'to'"),
+            ("to", "undisclosed-recipients:;", "group syntax"),
+            ("cc", ["a@dest.example", "Team: b@dest.example, c@dest.example;"], "'cc[1]'"),
+            ("to", "a@dest.example (Ann)", "comments"),
+            ("to", "Ann (Sales) <a@dest.example>", "comments"),
+            ("replyto", "Ann <a@dest.example> <b@dest.example>", "'replyto'"),
+            ("replyto", "Ann <a@dest.example> trailing", "'replyto'"),
+            ("from", '"unterminated <info@example.com>', "'from'"),
+            ("from", "In[fo] <info@example.com>", "'from'"),
+            ("to", "a@dest.example b@dest.example", "'to'"),
+        ):
+            response = await self.api.post("/v1/send", json_body={**base, field: value})
+            self.assertEqual(response.code, 400, (field, value, response.body))
+            self.assertIn(text, response.error, value)
+        self.assertEqual(await self.storage.queue(), [])
+        (message_id,) = await self.send({
+            **base, "from": "Dr. Who <info@example.com>",
+            "to": ['"Ann, B." <ann@dest.example>, c@dest.example,',
+                   "=?utf-8?q?Caf=C3=A9?= <cafe@dest.example>", '"x@other.example" <x@dest.example>',
+                   "<bare@dest.example>"]})
+        stored = await self.stored(message_id)
+        self.assertEqual(stored["From"].addresses[0].display_name, "Dr. Who")
+        self.assertEqual([(a.display_name, a.addr_spec) for a in stored["To"].addresses], [
+            ("Ann, B.", "ann@dest.example"), ("", "c@dest.example"), ("Café", "cafe@dest.example"),
+            ("x@other.example", "x@dest.example"), ("", "bare@dest.example")])
+
+    async def test_attachment_names_that_mislead_are_refused(self) -> None:
+        await self.start()
+        base = {"recipient": "a@dest.example", "from": "info@example.com", "text": "x"}
+        for name, reason in (
+            ("..", "is a path"), (".", "is a path"), ("a/b.txt", "is a path"), ("..\\x.txt", "is a path"),
+            ("CON", "device name"), ("nul.txt", "device name"), ("Com1.tar.gz", "device name"),
+            ("LPT9", "device name"), ("aux .pdf", "device name"), ("conout$", "device name"),
+            ("report.pdf.", "ends in a dot or space"), ("report.pdf ", "ends in a dot or space"),
+            ("invoice\u202efdp.exe", "U+202E"), ("a\u202ab.pdf", "U+202A"), ("a\u2067b.pdf", "U+2067"),
+            ("a\u2069b.pdf", "U+2069"), ("a\u200eb.pdf", "U+200E"), ("a\u200fb.pdf", "U+200F"),
+            ("a\u061cb.pdf", "U+061C"), ("a\u2060b.pdf", "U+2060"), ("\ufeffa.pdf", "U+FEFF"),
+            ("=?utf-8?q?a=E2=80=AEfdp.exe?=", "U+202E"),
+        ):
+            attachments = [{"data": "eA==", "name": "ok.txt"}, {"data": "eA==", "name": name}]
+            response = await self.api.post("/v1/send", json_body={**base, "attachments": attachments})
+            self.assertEqual(response.code, 400, (name, response.body))
+            self.assertIn("'attachments[1].name'", response.error, name)
+            self.assertIn(reason, response.error, name)
+        self.assertEqual(await self.storage.queue(), [])
+        # Persian needs the zero-width non-joiner (U+200C): it is not refused.
+        fine = [".profile", "console.log", "nullable.txt", "com10.txt", "R\u00e9sum\u00e9 (final).docx",
+                "\u0646\u0627\u0645\u0647\u200c\u0647\u0627.pdf"]
+        (message_id,) = await self.send({**base, "attachments": [{"data": "eA==", "name": n} for n in fine]})
+        stored = await self.stored(message_id)
+        self.assertEqual([part.get_filename() for part in stored.iter_attachments()], fine)
+
     async def test_headers_object(self) -> None:
         """SMTPeter's ``headers`` convenience object, as third-party clients send it."""
         await self.start()

@@ -19,6 +19,7 @@ import email.policy
 import email.utils
 import mimetypes
 import re
+import unicodedata
 from email.message import EmailMessage
 from typing import Any
 
@@ -27,6 +28,18 @@ from smtpeter.ingress.http.request import BadRequest, boolean_field, elements, m
 from smtpeter.transforms import mime
 
 _EXTRA_HEADER = re.compile(r"[Xx]-[A-Za-z0-9][A-Za-z0-9-]*")
+_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
+# A word of a display name: a quoted string, an encoded-word (decoded and checked later), or
+# a run of characters that are not specials ("." and "@" pass: "Dr. Who", "a@b <c@d>").
+_PHRASE_WORD = re.compile(r'\s*(?:(?P<quoted>"(?:[^"\\]|\\.)*")|(?P<encoded>=\?[^?\s]+\?[A-Za-z]\?[^?\s]*\?=)'
+                          r'|(?P<atom>[^\s"<>()\[\]:;,\\]+))\s*', re.S)
+# Windows opens these as devices, whatever the extension or case ("con.txt", "Lpt1.pdf").
+_WINDOWS_DEVICE = re.compile(r"CON|PRN|AUX|NUL|CONIN\$|CONOUT\$|COM[0-9\u00b9\u00b2\u00b3]|"
+                             r"LPT[0-9\u00b9\u00b2\u00b3]", re.IGNORECASE)
+# Zero-width (non-)joiners are invisible formatting too, but Persian and Indic words and
+# emoji need them, and they cannot reorder text. Every other format character (bidi
+# overrides, embeddings, isolates and marks, soft hyphens, word joiners...) is refused.
+_JOINERS = {"\u200c", "\u200d"}
 _ATOMS = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~ -]*")
 _MAX_ATTACHMENT_NAME = 255
 MAX_HEADER_TEXT = 2000  # characters in a subject, a display name, an x-* value
@@ -89,19 +102,73 @@ def _address_text(display: str, addr_spec: str) -> str:
 
 
 def addresses(name: str, value: Any) -> list[tuple[str, str]]:
-    """(display name, address) pairs from a string, a comma list, a list, or a mix."""
+    """(display name, address) pairs from a string, a comma list, a list, or a mix.
+
+    Parsed here, not by ``email.utils.getaddresses``: that reads what it does not
+    understand as a group name or a comment and drops it, so ``=?utf-8?q?x=0D=0AX-Inj:_1?=
+    <r@x>`` became ``_1?= <r@x>``. Every character given must belong to an address or its
+    display name, or the request is refused.
+    """
     items = elements(name, value)
     if len(items) > MAX_ADDRESSES:
         raise BadRequest(f"'{name}' holds more than {MAX_ADDRESSES} addresses")
     found = []
     for where, item in items:
-        for display, address in email.utils.getaddresses([text_field(where, item)]):
-            if not address:
-                raise BadRequest(f"'{where}' holds something that is not an address")
-            found.append((header_text(where, display), mailbox(where, address)))
+        for piece in _split_list(text_field(where, item)):
+            if piece.strip():  # "a@x, , b@y": an empty element holds nothing to lose
+                found.append(_mailbox_item(where, piece.strip()))
     if not found:
         raise BadRequest(f"'{name}' holds no address")
     return found
+
+
+def _split_list(text: str) -> list[str]:
+    """``text`` cut at the commas outside quoted strings and angle brackets."""
+    pieces, start, quoted, escaped, angle = [], 0, False, False, False
+    for index, char in enumerate(text):
+        if escaped:
+            escaped = False
+        elif quoted:
+            escaped, quoted = char == "\\", char != '"'
+        elif char == '"':
+            quoted = True
+        elif char in "<>":
+            angle = char == "<"
+        elif char == "," and not angle:
+            pieces.append(text[start:index])
+            start = index + 1
+    pieces.append(text[start:])
+    return pieces
+
+
+def _mailbox_item(where: str, text: str) -> tuple[str, str]:
+    """One ``Name <address>``, ``<address>`` or ``address``: (decoded display name, address)."""
+    if not text.endswith(">"):
+        try:
+            return "", mailbox(where, text)
+        except BadRequest:
+            raise BadRequest(f"'{where}': {text!r} is not an address{_why(text)}") from None
+    opening = _QUOTED.sub(lambda m: "_" * len(m.group()), text).find("<")  # the first outside quotes
+    words, position = [], 0
+    while position < opening:
+        match = _PHRASE_WORD.match(text, position, opening)
+        if match is None:
+            if text[position:opening].strip():
+                raise BadRequest(f"'{where}': {text!r} is not an address{_why(text[:opening])}")
+            break
+        quoted = match["quoted"]
+        words.append(re.sub(r"\\(.)", r"\1", quoted[1:-1]) if quoted else match[match.lastgroup])
+        position = match.end()
+    return header_text(where, " ".join(words)), mailbox(where, text[opening:])
+
+
+def _why(text: str) -> str:
+    outside = _QUOTED.sub("", text)
+    if ":" in outside or ";" in outside:
+        return " (group syntax, 'name: addresses;', is not supported)"
+    if "(" in outside or ")" in outside:
+        return " (comments in parentheses are not supported: quote the name)"
+    return " (write 'Name <address>' or 'address'; quote a name that holds special characters)"
 
 
 def address_field(name: str, pairs: list[tuple[str, str]]) -> bytes:
@@ -157,9 +224,7 @@ def _attachments(value: Any) -> list[tuple[bytes, str, str]]:
             data = base64.b64decode(re.sub(r"\s+", "", encoded), validate=True)
         except (binascii.Error, ValueError):
             raise BadRequest(f"'{where}.data' is not valid base64") from None
-        name = header_text(f"{where}.name", item.get("name") or "attachment", allow_empty=False)
-        if len(name) > _MAX_ATTACHMENT_NAME or "/" in name or "\\" in name or "=?" in name:
-            raise BadRequest(f"'{where}.name' must be a plain file name")
+        name = _file_name(f"{where}.name", item.get("name") or "attachment")
         content_type = item.get("type") or mimetypes.guess_type(name)[0] or "application/octet-stream"
         content_type = text_field(f"{where}.type", content_type).split(";")[0].strip().lower()
         if not re.fullmatch(r"[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*", content_type):
@@ -169,6 +234,27 @@ def _attachments(value: Any) -> list[tuple[bytes, str, str]]:
                              "use application/octet-stream")
         found.append((data, name, content_type))
     return found
+
+
+def _file_name(where: str, value: Any) -> str:
+    """An attachment's name, refused (with the reason) where a recipient's system would read it
+    as something else: a path, a device, a name whose shown extension is not its real one."""
+    name = header_text(where, value, allow_empty=False)
+    if len(name) > _MAX_ATTACHMENT_NAME:
+        raise BadRequest(f"'{where}' is longer than {_MAX_ATTACHMENT_NAME} characters")
+    if "/" in name or "\\" in name or name in (".", ".."):
+        raise BadRequest(f"'{where}': {name!r} is a path, not a file name")
+    if "=?" in name:
+        raise BadRequest(f"'{where}' must be a plain file name, not an encoded-word")
+    if name.rstrip(". ") != name:
+        raise BadRequest(f"'{where}': {name!r} ends in a dot or space, which Windows drops from file names")
+    if _WINDOWS_DEVICE.fullmatch(name.split(".")[0].rstrip(" ")):
+        raise BadRequest(f"'{where}': {name!r} is a device name on Windows (with any extension)")
+    for char in name:
+        if unicodedata.category(char) == "Cf" and char not in _JOINERS:
+            raise BadRequest(f"'{where}' holds the invisible formatting character U+{ord(char):04X} "
+                             f"({unicodedata.name(char, 'unnamed')}), which can disguise a file's type")
+    return name
 
 
 def _body(fields: dict[str, Any], smtputf8: bool) -> bytes:

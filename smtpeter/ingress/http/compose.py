@@ -5,21 +5,24 @@ header parser: that parser decodes RFC 2047 encoded-words in what it is
 given and writes the decoded text out raw (CVE-2024-6923), so an
 ``=?utf-8?q?=0D=0A...?=`` in a subject would become a header of its own.
 Here every header-bound text is decoded first, checked, and encoded again by
-us. The stdlib builds only the body tree (parts, transfer encodings,
-attachment parameters), and the result is parsed once more to prove it has
-exactly the header fields we meant.
+us, folded so that no line passes 78 characters (RFC 5322 §2.1.1; a long
+field name aside), with encoded-words where text has no space to fold at.
+The stdlib builds only the body tree (parts, transfer encodings, attachment
+parameters), and the result is parsed once more to prove it has exactly the
+header fields we meant.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import email.errors
 import email.header
 import email.policy
-import email.utils
 import mimetypes
 import re
 import unicodedata
+from email import base64mime, quoprimime
 from email.message import EmailMessage
 from typing import Any
 
@@ -40,11 +43,18 @@ _WINDOWS_DEVICE = re.compile(r"CON|PRN|AUX|NUL|CONIN\$|CONOUT\$|COM[0-9\u00b9\u0
 # emoji need them, and they cannot reorder text. Every other format character (bidi
 # overrides, embeddings, isolates and marks, soft hyphens, word joiners...) is refused.
 _JOINERS = {"\u200c", "\u200d"}
+# RFC 6838 §4.2: type and subtype names of at most 127 characters.
+_MIME_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}")
 _ATOMS = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~ -]*")
+MAX_ENCODED_WORD = 75  # characters (RFC 2047 §2)
+_ENCODED_WORD_FRAME = len("=?utf-8?q??=")
+_MIN_FIRST_WORD = _ENCODED_WORD_FRAME + 12  # room for one 4-byte character, Q-encoded
 _MAX_ATTACHMENT_NAME = 255
 MAX_HEADER_TEXT = 2000  # characters in a subject, a display name, an x-* value
 MAX_ADDRESSES = 1000  # in to, cc and replyto together
 MAX_EXTRA_HEADERS = 100
+MAX_HEADER_NAME = 76  # "Name:" fits a line of 78
+MAX_URL = 900  # List-Unsubscribe may not be folded inside <...> (RFC 2369 §2); a line holds 998
 _PART_FIELDS = {"content-type", "content-transfer-encoding", "content-disposition", "mime-version",
                 "content-id"}
 
@@ -63,12 +73,67 @@ def header_text(name: str, value: Any, *, allow_empty: bool = True) -> str:
     return text
 
 
-def _needs_encoding(text: str) -> bool:
-    return not (text.isascii() and text.isprintable()) or "=?" in text
+def encoded_words(text: str, first: int = MAX_ENCODED_WORD) -> list[str]:
+    """``text`` as UTF-8 encoded-words (RFC 2047) of at most 75 characters, the first at most
+    ``first``; cut between characters, so each decodes alone, and together (a reader drops the
+    white space between encoded-words) they decode to exactly ``text``. Q where it is not
+    longer than B, as Q stays readable. Words fit in phrases too (RFC 2047 §5(3))."""
+    data = text.encode("utf-8")
+    q = quoprimime.header_length(data) <= base64mime.header_length(data)
+    measure = quoprimime.header_length if q else base64mime.header_length
+    encode = quoprimime.header_encode if q else base64mime.header_encode
+    words, chunk, room = [], b"", first - _ENCODED_WORD_FRAME
+    for char in text:
+        longer = chunk + char.encode("utf-8")
+        if chunk and measure(longer) > room:
+            words.append(encode(chunk, "utf-8"))
+            longer, room = char.encode("utf-8"), MAX_ENCODED_WORD - _ENCODED_WORD_FRAME
+        chunk = longer
+    words.append(encode(chunk, "utf-8"))
+    return words
+
+
+def _words(text: str, first: int, phrase: bool = False) -> list[str]:
+    """``text`` as the words of a header value, for _fold; ``first`` is what the field name
+    takes of the first line.
+
+    Printable ASCII words stay as they are (in a ``phrase``, a display name, quoted where they
+    hold specials); runs of other words (non-ASCII, too long for their line, or holding "=?")
+    become encoded-words. A decoder keeps the space between a plain word
+    and an encoded-word but drops it between two encoded-words (RFC 2047 §6.2), so a run is
+    encoded as one text, its spaces inside. Text whose white space folding would change (tabs,
+    double, leading or trailing spaces) is encoded whole.
+    """
+    budget = max(78 - first, _MIN_FIRST_WORD)
+    if " ".join(text.split()) != text:
+        return encoded_words(text, budget)
+    runs: list[tuple[bool, list[str]]] = []
+    for word in text.split(" "):
+        # Room on its line: the first shares one with the field name; quotes may come in a phrase.
+        width = len(word) + (word.count('"') + word.count("\\") + 2 if phrase else 0)
+        plain = (word.isascii() and word.isprintable() and "=?" not in word
+                 and width <= (budget if not runs else 77))
+        if runs and runs[-1][0] == plain:
+            runs[-1][1].append(word)
+        else:
+            runs.append((plain, [word]))
+    words: list[str] = []
+    for plain, run in runs:
+        joined = " ".join(run)
+        if not plain:
+            words += encoded_words(joined, budget if not words else MAX_ENCODED_WORD)
+        elif phrase and not _ATOMS.fullmatch(joined):
+            # A quoted string may be folded at its spaces too (RFC 5322 §3.2.4).
+            words += ('"' + joined.replace("\\", "\\\\").replace('"', '\\"') + '"').split(" ")
+        else:
+            words += run
+    return words
 
 
 def _fold(words: list[str], first: int) -> str:
-    """Join ``words`` with spaces, breaking lines (CRLF SP) before 78 columns where possible."""
+    """Join ``words`` with spaces, breaking lines (CRLF SP) before a word that would pass column
+    78; ``first`` is what the field name takes of the first line. Unfolding gives back the words
+    joined by single spaces."""
     lines, line, width = [], "", first
     for word in words:
         if line and width + len(line) + 1 + len(word) > 78:
@@ -81,24 +146,9 @@ def _fold(words: list[str], first: int) -> str:
 
 
 def unstructured(name: str, text: str) -> bytes:
-    """One unstructured header field (RFC 5322 §3.2.5), encoded-words only where needed."""
-    if _needs_encoding(text):
-        value = email.header.Header(text, "utf-8", header_name=name).encode(linesep="\r\n")
-    else:
-        value = _fold(text.split(" "), len(name) + 2)
-    return f"{name}: {value}\r\n".encode("ascii")
-
-
-def _address_text(display: str, addr_spec: str) -> str:
-    if not display:
-        return addr_spec
-    if _needs_encoding(display):
-        name = email.header.Header(display, "utf-8").encode(linesep="\r\n")
-    elif _ATOMS.fullmatch(display):
-        name = display
-    else:
-        name = '"' + display.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return f"{name} <{addr_spec}>"
+    """One unstructured header field (RFC 5322 §3.2.5); no line passes 78 characters but one
+    with a long field name."""
+    return f"{name}: {_fold(_words(text, len(name) + 2), len(name) + 2)}\r\n".encode("ascii")
 
 
 def addresses(name: str, value: Any) -> list[tuple[str, str]]:
@@ -172,8 +222,14 @@ def _why(text: str) -> str:
 
 
 def address_field(name: str, pairs: list[tuple[str, str]]) -> bytes:
-    value = _fold([_address_text(d, a) + "," for d, a in pairs], len(name) + 2)[:-1]
-    return f"{name}: {value}\r\n".encode()
+    first = len(name) + 2
+    words: list[str] = []
+    for display, address in pairs:
+        if display:
+            # Only the first address shares its line with the field name.
+            words += _words(display, first if not words else 1, phrase=True)
+        words.append(f"<{address}>," if display else f"{address},")
+    return f"{name}: {_fold(words, first)[:-1]}\r\n".encode()
 
 
 def _unsubscribe(value: Any) -> list[bytes]:
@@ -192,6 +248,8 @@ def _unsubscribe(value: Any) -> list[bytes]:
     url = None
     if value.get("url"):
         url = text_field("unsubscribe.url", value["url"])
+        if len(url) > MAX_URL:
+            raise BadRequest(f"'unsubscribe.url' is longer than {MAX_URL} characters")
         if not re.fullmatch(r"https?://[\x21-\x7e]+", url) or ">" in url or "<" in url:
             raise BadRequest("'unsubscribe.url' must be an http(s) URL")
         targets.append(f"<{url}>")
@@ -227,7 +285,7 @@ def _attachments(value: Any) -> list[tuple[bytes, str, str]]:
         name = _file_name(f"{where}.name", item.get("name") or "attachment")
         content_type = item.get("type") or mimetypes.guess_type(name)[0] or "application/octet-stream"
         content_type = text_field(f"{where}.type", content_type).split(";")[0].strip().lower()
-        if not re.fullmatch(r"[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*", content_type):
+        if not _MIME_TYPE.fullmatch(content_type):
             raise BadRequest(f"'{where}.type' must be a MIME type like application/pdf")
         if content_type.startswith(("multipart/", "message/")):
             raise BadRequest(f"'{where}.type': {content_type} cannot be sent as an attachment; "
@@ -312,6 +370,8 @@ def compose(fields: dict[str, Any], labels: dict[str, str] | None = None) -> tup
         where = labels.get(f"extra.{name}", f"extra.{name}")
         if not _EXTRA_HEADER.fullmatch(name):
             raise BadRequest(f"'{where}': only x-* headers may be added, not {name!r}")
+        if len(name) > MAX_HEADER_NAME:
+            raise BadRequest(f"'{where}': a header name has at most {MAX_HEADER_NAME} characters")
         if name.lower().startswith("x-smtpeter-"):
             raise BadRequest(f"'{where}': {name} is an instruction header; use the option field instead")
         head.append(unstructured(name, header_text(where, value)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import sqlite3
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -21,12 +22,14 @@ class CommandError(Exception):
 
 
 Command = Callable[[Storage, argparse.Namespace, Config], Coroutine[Any, Any, Any]]
+Printer = Callable[[Any, argparse.Namespace], None]
 
 
-def _time(value: float | None) -> str:
+def _time(value: float | None) -> str | None:
+    """UTC in ISO 8601 ("2026-12-02T05:11:38Z"): unambiguous, and --since/--until read it back."""
     if value is None:
-        return ""
-    return datetime.datetime.fromtimestamp(value, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
+        return None
+    return datetime.datetime.fromtimestamp(value, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _login_options(args: argparse.Namespace) -> dict[str, object]:
@@ -109,10 +112,22 @@ def _entry(entry: Any) -> dict:
     return {
         "id": entry.id, "recipient": entry.address, "envelope": entry.envelope,
         "state": entry.state, "attempts": entry.attempts, "size": entry.size,
-        "created": _time(entry.created), "next_attempt": _time(entry.next_attempt),
+        "created": _time(entry.created),
+        # Only waiting mail has a next attempt.
+        "next_attempt": _time(entry.next_attempt) if entry.state == "queued" else None,
         "last_code": entry.last_code, "last_status": entry.last_status,
         "last_description": entry.last_description, "last_state": entry.last_state,
     }
+
+
+_EVENT_TIMES = {"retry"}
+
+
+def _event(event: Any) -> dict:
+    """An event as the REST API names it: its kind is "event"; "type" in the data is
+    a failure's kind (failed or expired). Times, the retry time too, are UTC ISO 8601."""
+    data = {key: _time(value) if key in _EVENT_TIMES else value for key, value in event.data.items()}
+    return {"event": event.type, "time": _time(event.time), **data}
 
 
 async def queue_list(storage: Storage, args: argparse.Namespace, config: Config) -> list:
@@ -123,12 +138,11 @@ async def queue_list(storage: Storage, args: argparse.Namespace, config: Config)
 async def queue_show(storage: Storage, args: argparse.Namespace, config: Config) -> dict:
     entry = _entry(await storage.recipient(args.id))
     content = await storage.message_content(args.id)
+    account = await storage.account(content["account_id"])
     headers = content["mime"].split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace")
-    entry.update({"account_id": content["account_id"], "options": content["options"],
+    entry.update({"account": account.name, "account_id": account.id, "options": content["options"],
                   "tags": content["tags"], "expires": _time(content["expires"]),
-                  "headers": headers,
-                  "events": [{"type": e.type, "time": _time(e.time), **e.data}
-                             for e in await storage.events(args.id)]})
+                  "headers": headers, "events": [_event(e) for e in await storage.events(args.id)]})
     return entry
 
 
@@ -142,8 +156,7 @@ async def events_list(storage: Storage, args: argparse.Namespace, config: Config
     until = _parse_time(args.until) if args.until else storage.now()
     since = _parse_time(args.since) if args.since else until - 86400
     events = await storage.account_events(account.id, since, until, types=args.type or ())
-    return [{"time": _time(e.time), "type": e.type, "id": e.message_id, "recipient": e.recipient,
-             **{k: v for k, v in e.data.items() if k not in ("recipient",)}} for e in events]
+    return [{"id": e.message_id, **_event(e)} for e in events]
 
 
 def _parse_time(text: str) -> float:
@@ -164,23 +177,105 @@ async def queue_delete(storage: Storage, args: argparse.Namespace, config: Confi
 # -- output and plumbing ---------------------------------------------------------
 
 
-def _print_human(result: Any) -> None:
+def _human(value: Any) -> str:
+    """A value as a person reads it: "-" for nothing, yes/no, lists and tables spelled out."""
+    if value is None or value == "" or value == [] or value == {}:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        return ", ".join(_human(v) for v in value)
+    if isinstance(value, dict):
+        return " ".join(f"{k}={_human(v)}" for k, v in value.items())
+    return str(value)
+
+
+def _table(rows: list[dict], columns: list[str], indent: str = "") -> None:
+    cells = [[c.replace("_", " ").upper() for c in columns]]
+    cells += [[_human(row.get(c)) for c in columns] for row in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+    for line in cells:
+        padded = (cell.ljust(width) for cell, width in zip(line, widths, strict=True))
+        print((indent + "  ".join(padded)).rstrip())
+
+
+def _print_human(result: Any, args: argparse.Namespace) -> None:
     if isinstance(result, list):
-        if not result:
+        if result:
+            _table(result, list(result[0]))
+        else:
             print("(none)")
-        for item in result:
-            print("  ".join(f"{k}={v}" for k, v in item.items() if v not in (None, "")))
-    elif isinstance(result, dict):
-        for key, value in result.items():
-            if isinstance(value, list) and value and isinstance(value[0], dict):
-                print(f"{key}:")
-                for item in value:
-                    print("  " + "  ".join(f"{k}={v}" for k, v in item.items()))
-            elif isinstance(value, str) and "\n" in value:
-                print(f"{key}:")
-                print("  " + value.replace("\n", "\n  "))
-            else:
-                print(f"{key}: {value}")
+        return
+    for key, value in result.items():
+        if isinstance(value, list) and value and isinstance(value[0], dict):
+            print(f"{key}:")
+            _table(value, list(value[0]), indent="  ")
+        else:
+            print(f"{key}: {_human(value)}")
+
+
+def _reply(item: dict) -> str:
+    return " ".join(str(item[k]) for k in ("code", "status", "description") if item.get(k) not in (None, ""))
+
+
+def _event_details(event: dict) -> str:
+    """What one event says, in a line: the host and its reply, the next try."""
+    kind = event["event"]
+    host = f"{event['mx']} [{event['to']}]" if event.get("mx") else event.get("to") or ""
+    if event.get("tls"):
+        host += f" ({event['tls']['version']})"
+    reply = f"{host}: {_reply(event)}" if host else _reply(event)
+    if kind == "attempt":
+        return "accepted" + (f", tags {_human(event['tags'])}" if event.get("tags") else "")
+    if kind == "delivery":
+        return reply
+    if kind == "deferred":
+        return f"{reply}; next try {_human(event.get('retry'))}"
+    if kind == "failure":
+        return f"{event.get('type', 'failed')}, {reply}"
+    return _human({k: v for k, v in event.items() if k not in ("id", "event", "time", "recipient")})
+
+
+def _print_queue(entries: list[dict], args: argparse.Namespace) -> None:
+    if not entries:
+        print(f"(no {'' if args.state == 'all' else args.state + ' '}messages)")
+        return
+    rows = [{**e, "tries": e["attempts"], "next_try": e["next_attempt"],
+             "last_reply": " ".join(v for v in (e["last_status"], e["last_description"]) if v)}
+            for e in entries]
+    _table(rows, ["id", "created", "state", "tries", "next_try", "recipient", "last_reply"])
+    if len(entries) == args.limit:
+        print(f"(the first {args.limit}, oldest first: --limit N shows more, --state STATE filters)")
+
+
+def _print_message(shown: dict, args: argparse.Namespace) -> None:
+    # The null sender is a real envelope ("<>"); None means the message has none.
+    envelope = "<>" if shown["envelope"] == "" else shown["envelope"]
+    last = _reply({"code": shown["last_code"], "status": shown["last_status"],
+                   "description": shown["last_description"]})
+    fields = [
+        ("message", shown["id"]), ("recipient", shown["recipient"]), ("envelope", envelope),
+        ("account", shown["account"]), ("state", shown["state"]), ("attempts", shown["attempts"]),
+        ("created", shown["created"]), ("next attempt", shown["next_attempt"]),
+        ("expires", shown["expires"]),
+        ("last reply", f"{last} (at {shown['last_state']})" if last and shown["last_state"] else last),
+        ("size", f"{shown['size']} bytes"), ("options", shown["options"]), ("tags", shown["tags"]),
+    ]
+    for label, value in fields:
+        print(f"{label + ':':<14}{_human(value)}")
+    print("events:")
+    _table([{**e, "details": _event_details(e)} for e in shown["events"]], ["time", "event", "details"],
+           indent="  ")
+    print("headers:")
+    print("  " + shown["headers"].replace("\r\n", "\n").replace("\n", "\n  "))
+
+
+def _print_events(events: list[dict], args: argparse.Namespace) -> None:
+    if not events:
+        print("(no events)")
+        return
+    rows = [{**e, "details": _event_details(e)} for e in events]
+    _table(rows, ["time", "id", "recipient", "event", "details"])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -199,9 +294,10 @@ def build_parser() -> argparse.ArgumentParser:
     groups = parser.add_subparsers(dest="group", required=True,
                                    metavar="{account,login,token,domain,queue,events}")
 
-    def command(group: Any, name: str, fn: Command, help: str) -> argparse.ArgumentParser:
+    def command(group: Any, name: str, fn: Command, help: str,
+                human: Printer = _print_human) -> argparse.ArgumentParser:
         p = group.add_parser(name, parents=[common], help=help)
-        p.set_defaults(fn=fn)
+        p.set_defaults(fn=fn, human=human)
         return p
 
     account = groups.add_parser("account", help="accounts").add_subparsers(dest="action", required=True)
@@ -239,11 +335,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("account")
 
     queue = groups.add_parser("queue", help="the delivery queue").add_subparsers(dest="action", required=True)
-    p = command(queue, "list", queue_list, "list queued recipients")
-    p.add_argument("--state", default="queued",
-                   choices=["queued", "delivered", "failed", "expired", "all"])
+    p = command(queue, "list", queue_list, "list messages (one per recipient), oldest first", _print_queue)
+    p.add_argument("--state", default="all", choices=["queued", "delivered", "failed", "expired", "all"],
+                   help="only messages in this state (default: all)")
     p.add_argument("--limit", type=int, default=100)
-    p = command(queue, "show", queue_show, "show one message (by message id)")
+    p = command(queue, "show", queue_show, "show one message (by message id) with its events", _print_message)
     p.add_argument("id")
     p = command(queue, "delete", queue_delete, "delete one message (by message id) from the queue")
     p.add_argument("id")
@@ -251,13 +347,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id")
 
     events = groups.add_parser("events", help="delivery events").add_subparsers(dest="action", required=True)
-    p = command(events, "list", events_list, "an account's events (UTC times; default: the last day)")
+    p = command(events, "list", events_list, "an account's events (UTC times; default: the last day)",
+                _print_events)
     p.add_argument("account")
     p.add_argument("--since", help="YYYY-MM-DD[ HH:MM:SS]")
     p.add_argument("--until", help="YYYY-MM-DD[ HH:MM:SS]")
     p.add_argument("--type", action="append",
                    choices=["attempt", "delivery", "deferred", "failure", "bounce", "click", "open"])
     return parser
+
+
+def _fail(message: str, status: int, as_json: bool) -> None:
+    """Exit with ``message``: on stderr, or with --json as {"error": "text"} on stdout,
+    the shape of the REST API's errors."""
+    message = " ".join(message.split())  # one line, even when a driver's message has several
+    if as_json:
+        print(json.dumps({"error": message}, ensure_ascii=False))
+    else:
+        print(f"smtpeter: {message}", file=sys.stderr)
+    sys.exit(status)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -267,15 +375,15 @@ def main(argv: list[str] | None = None) -> None:
     try:
         config = load_config(getattr(args, "config", None))
     except ConfigError as exc:
-        print(f"smtpeter: {exc}", file=sys.stderr)
-        sys.exit(2)
+        _fail(str(exc), 2, as_json)
     outcome: dict[str, Any] = {}
 
     async def run(reactor: Any) -> None:
         try:
             storage = await open_storage(config.storage_url, reactor, 1)
-        except StorageError as exc:
-            outcome["error"] = f"cannot open storage: {exc}"
+        # sqlite3 raises its own errors when the file cannot be opened at all.
+        except (OSError, sqlite3.Error, StorageError) as exc:
+            outcome["error"] = f"cannot open storage {config.storage_label}: {exc}"
             return
         try:
             outcome["result"] = await args.fn(storage, args, config)
@@ -292,12 +400,8 @@ def main(argv: list[str] | None = None) -> None:
         if exit_.code not in (0, None):
             raise
     if "error" in outcome:
-        if as_json:
-            print(json.dumps({"error": {"message": outcome["error"]}}))
-        else:
-            print(f"smtpeter: {outcome['error']}", file=sys.stderr)
-        sys.exit(1)
+        _fail(outcome["error"], 1, as_json)
     if as_json:
         print(json.dumps(outcome["result"], indent=2, ensure_ascii=False))
     else:
-        _print_human(outcome["result"])
+        args.human(outcome["result"], args)

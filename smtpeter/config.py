@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
 import re
 import socket
 import tomllib
@@ -15,6 +16,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 
 class ConfigError(Exception):
@@ -196,6 +198,14 @@ class Config:
         return self.storage.url or f"sqlite:///{self.data_path.resolve() / 'smtpeter.sqlite3'}"
 
     @property
+    def storage_label(self) -> str:
+        """The storage url for messages: without its password."""
+        parts = urlsplit(self.storage_url)
+        if parts.password is None:
+            return self.storage_url
+        return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
+
+    @property
     def hostname(self) -> str:
         return self.server.hostname or socket.getfqdn()
 
@@ -270,7 +280,12 @@ def _build_section(cls: type, section: str, raw: object) -> object:
 
 
 def parse_config(raw: dict, path: str = "") -> Config:
-    """Build a validated Config from a parsed TOML document."""
+    """Build a validated Config from a parsed TOML document.
+
+    With the ``path`` of the file it came from, relative paths in it (and the
+    default data directory) are taken relative to that file's folder, so the
+    service and the CLI find the same data from any working directory.
+    """
     sections = {}
     hints = typing.get_type_hints(Config)
     for name, value in raw.items():
@@ -279,7 +294,23 @@ def parse_config(raw: dict, path: str = "") -> Config:
         sections[name] = _build_section(hints[name], name, value)
     config = Config(**sections, path=path)
     _validate(config)
+    if path:
+        _resolve_paths(config, Path(os.path.abspath(path)).parent)
     return config
+
+
+def _resolve_paths(config: Config, base: Path) -> None:
+    def resolve(value: str) -> str:
+        return value if not value or os.path.isabs(value) else os.path.normpath(base / value)
+
+    config.server.data_dir = resolve(config.server.data_dir)
+    config.tls.certificate = resolve(config.tls.certificate)
+    config.tls.key = resolve(config.tls.key)
+    config.http.access_log = resolve(config.http.access_log)
+    # sqlite:///relative/file or sqlite:////absolute/file (":memory:" stays as it is).
+    database = config.storage.url.removeprefix("sqlite:///")
+    if database != config.storage.url and database not in ("", ":memory:"):
+        config.storage.url = "sqlite:///" + resolve(database)
 
 
 def _validate(config: Config) -> None:
@@ -367,4 +398,7 @@ def load_config(path: str | None) -> Config:
         raise ConfigError(f"config file not found: {path}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: {exc}") from None
-    return parse_config(raw, path)
+    try:
+        return parse_config(raw, path)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None

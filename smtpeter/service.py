@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 
 from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
@@ -23,13 +25,20 @@ from smtpeter.ingress.smtp.protocol import SMTPFactory
 from smtpeter.ingress.smtp.session import SessionPolicy
 from smtpeter.ingress.submission import Submission
 from smtpeter.scheduler.scheduler import Scheduler
-from smtpeter.storage import NotFound, Storage, open_storage
+from smtpeter.storage import NotFound, Storage, StorageError, open_storage
 
 log = Logger()
 
 
+class StartupError(Exception):
+    """The service cannot start; the message says why in one line, for the operator."""
+
+
 def listen(reactor: Any, description: str, factory: Any, what: str) -> defer.Deferred:
-    d = serverFromString(reactor, description).listen(factory)
+    try:
+        d = serverFromString(reactor, description).listen(factory)
+    except ValueError as exc:  # a malformed endpoint string
+        raise StartupError(f"cannot listen on {description}: {exc}") from exc
 
     def listening(port: Any) -> Any:
         host = port.getHost()
@@ -37,7 +46,13 @@ def listen(reactor: Any, description: str, factory: Any, what: str) -> defer.Def
                  what=what, host=host.host, port=host.port, description=description)
         return port
 
-    return d.addCallback(listening)
+    def refused(failure: Any) -> Any:
+        failure.trap(CannotListenError)
+        error = failure.value.socketError
+        reason = error.strerror.lower() if isinstance(error, OSError) and error.strerror else error
+        raise StartupError(f"cannot listen on {description}: {reason}")
+
+    return d.addCallbacks(listening, refused)
 
 
 class SmtpeterService(service.Service):
@@ -67,27 +82,39 @@ class SmtpeterService(service.Service):
         d = defer.Deferred.fromCoroutine(self._start())
 
         def failed(failure: Any) -> None:
-            log.failure("smtpeter could not start", failure)
+            if failure.check(StartupError):
+                log.critical("smtpeter could not start: {reason}", reason=failure.value)
+            else:
+                log.failure("smtpeter could not start", failure)
+            # Whoever started us decides what a failed start means (twistd: exit non-zero).
             self.ready.errback(failure)
-            if self.reactor.running:
-                self.reactor.stop()
 
         d.addCallbacks(self.ready.callback, failed)
 
     async def _start(self) -> SmtpeterService:
         config = self.config
-        config.data_path.mkdir(parents=True, exist_ok=True)
-        self.storage = await open_storage(config.storage_url, self.reactor, config.storage.pool_size,
-                                          config.delivery.max_deliver_time)
+        try:
+            config.data_path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StartupError(f"cannot create data directory {config.data_path}: {exc.strerror}") from exc
+        try:
+            self.storage = await open_storage(config.storage_url, self.reactor, config.storage.pool_size,
+                                              config.delivery.max_deliver_time)
+        # sqlite3 raises its own errors when the file cannot be opened at all.
+        except (OSError, sqlite3.Error, StorageError) as exc:
+            raise StartupError(f"cannot open storage {config.storage_label}: {exc}") from exc
         self.storage.clock = self.clock
-        cert_path, key_path = tls.certificate_files(config)
-        context = tls.server_context(cert_path, key_path)
+        try:
+            cert_path, key_path = tls.certificate_files(config)
+            context = tls.server_context(cert_path, key_path)
+        except (OSError, ValueError) as exc:
+            raise StartupError(f"cannot load the TLS certificate and key: {exc}") from exc
         trusted_account = None
         if config.smtp.trusted_account:
             try:
                 trusted_account = (await self.storage.account(config.smtp.trusted_account)).id
             except NotFound:
-                raise RuntimeError(
+                raise StartupError(
                     f"[smtp] trusted_account {config.smtp.trusted_account!r} does not exist; "
                     "create it with: smtpeter account create NAME"
                 ) from None
@@ -201,9 +228,3 @@ def _within(d: defer.Deferred, seconds: float, clock: Any) -> defer.Deferred:
 
     d.addBoth(done)
     return result
-
-
-def make_service(config: Config) -> service.IService:
-    top = service.MultiService()
-    SmtpeterService(config).setServiceParent(top)
-    return top

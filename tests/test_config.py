@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from twisted.trial import unittest
@@ -45,7 +48,42 @@ class ConfigTests(unittest.TestCase):
             self.assertIn(message, str(caught.exception))
 
     def test_example_config_loads(self) -> None:
-        config = load_config(str(Path(__file__).parent.parent / "etc" / "smtpeter.toml"))
+        checkout = Path(os.path.abspath(Path(__file__).parent.parent))
+        config = load_config(str(checkout / "etc" / "smtpeter.toml"))
         self.assertEqual(config.server.hostname, "localhost")
+        # make run keeps its data where the README says, from any working directory.
+        self.assertEqual(config.data_path, checkout / "var" / "smtpeter")
         with self.assertRaises(ConfigError):
             load_config("/nonexistent.toml")
+
+    def test_relative_paths_follow_the_config_file(self) -> None:
+        directory = Path(tempfile.mkdtemp(prefix="smtpeter-config-"))
+        self.addCleanup(shutil.rmtree, directory)
+        (directory / "etc").mkdir()
+        path = Path(os.path.relpath(directory / "etc" / "smtpeter.toml"))  # as on a command line
+        path.write_text('[server]\ndata_dir = "../var"\n[storage]\nurl = "sqlite:///db/s.sqlite3"\n'
+                        '[tls]\ncertificate = "tls/cert.pem"\nkey = "/abs/key.pem"\n'
+                        '[http]\naccess_log = "access.log"\n')
+        config = load_config(str(path))
+        etc = Path(os.path.abspath(path.parent))
+        self.assertEqual(config.data_path, etc.parent / "var")
+        self.assertEqual(config.storage_url, f"sqlite:///{etc / 'db' / 's.sqlite3'}")
+        self.assertEqual(config.tls.certificate, str(etc / "tls" / "cert.pem"))
+        self.assertEqual(config.tls.key, "/abs/key.pem")
+        self.assertEqual(config.http.access_log, str(etc / "access.log"))
+        # Without data_dir, the default data directory sits next to the file too.
+        path.write_text('[storage]\nurl = "sqlite:///:memory:"\n')
+        config = load_config(str(path))
+        self.assertEqual((config.data_path, config.storage.url), (etc / "var" / "smtpeter", "sqlite:///:memory:"))
+
+    def test_without_a_file_paths_are_relative_to_the_working_directory(self) -> None:
+        config = parse_config({"server": {"data_dir": "data"}})
+        self.assertEqual(config.server.data_dir, "data")
+
+    def test_errors_in_a_file_name_it(self) -> None:
+        path = Path(tempfile.mkdtemp(prefix="smtpeter-config-")) / "smtpeter.toml"
+        self.addCleanup(shutil.rmtree, path.parent)
+        path.write_text("[smtp]\nfoo = 1\n")
+        with self.assertRaises(ConfigError) as caught:
+            load_config(str(path))
+        self.assertEqual(str(caught.exception), f"{path}: unknown key 'foo' in [smtp]")

@@ -132,7 +132,9 @@ def _event(event: Any) -> dict:
 
 async def queue_list(storage: Storage, args: argparse.Namespace, config: Config) -> list:
     state = None if args.state == "all" else args.state
-    return [_entry(e) for e in await storage.queue(state=state, limit=args.limit)]
+    # The newest, shown oldest first so the latest is the last line, as in a log.
+    newest = await storage.queue(state=state, limit=args.limit, newest_first=True)
+    return [_entry(e) for e in reversed(newest)]
 
 
 async def queue_show(storage: Storage, args: argparse.Namespace, config: Config) -> dict:
@@ -245,7 +247,7 @@ def _print_queue(entries: list[dict], args: argparse.Namespace) -> None:
             for e in entries]
     _table(rows, ["id", "created", "state", "tries", "next_try", "recipient", "last_reply"])
     if len(entries) == args.limit:
-        print(f"(the first {args.limit}, oldest first: --limit N shows more, --state STATE filters)")
+        print(f"(the newest {args.limit}: --limit N shows more, --state STATE filters)")
 
 
 def _print_message(shown: dict, args: argparse.Namespace) -> None:

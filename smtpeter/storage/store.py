@@ -370,7 +370,8 @@ class Storage:
         ]
 
     async def queue(
-        self, state: str | None = QUEUED, limit: int = 100, account_id: str | None = None
+        self, state: str | None = QUEUED, limit: int = 100, account_id: str | None = None,
+        newest_first: bool = False,
     ) -> list[QueuedRecipient]:
         where, params = [], []
         if state:
@@ -382,7 +383,8 @@ class Storage:
         clause = ("WHERE " + " AND ".join(where)) if where else ""
         rows = await self.db.query(
             f"SELECT {_QUEUE_COLUMNS} FROM recipients r JOIN messages m ON m.id = r.message_id "  # noqa: S608 - clause is built from constants
-            f"{clause} ORDER BY r.created, r.id LIMIT ?",
+            # Ids are time-ordered: the newest are found on the primary key without a sort.
+            f"{clause} ORDER BY {'r.id DESC' if newest_first else 'r.created, r.id'} LIMIT ?",
             (*params, limit),
         )
         return [_queued(row) for row in rows]

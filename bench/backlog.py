@@ -10,6 +10,7 @@ deep queue, next to the memory of the same process with an empty queue.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -75,7 +76,7 @@ def main() -> None:
         delivered_files = len(list(sink.dir.iterdir()))
         elapsed = time.monotonic() - begin
         memory = smtpeter.memory()
-        depth = smtpeter.cli("queue", "list", "--limit", "1").count("\n")
+        waiting = json.loads(smtpeter.cli("queue", "list", "--state", "queued", "--limit", "1", "--json"))
     finally:
         smtpeter.stop()
         sink.stop()
@@ -84,7 +85,7 @@ def main() -> None:
     print(f"empty queue: RSS {empty['VmRSS'] // 1024} MiB; with the backlog, after {elapsed:.0f} s of "
           f"delivery: RSS {memory['VmRSS'] // 1024} MiB (peak {memory['VmHWM'] // 1024} MiB)")
     print(f"delivered {delivered_files} transactions of up to 100 recipients to smtp-sink in {elapsed:.0f} s "
-          f"({delivered_files * 100 / elapsed:.0f} recipients/s); queue still non-empty: {bool(depth)}")
+          f"({delivered_files * 100 / elapsed:.0f} recipients/s); queue still non-empty: {bool(waiting)}")
 
 
 if __name__ == "__main__":

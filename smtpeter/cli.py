@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import sqlite3
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -383,8 +382,7 @@ def main(argv: list[str] | None = None) -> None:
     async def run(reactor: Any) -> None:
         try:
             storage = await open_storage(config.storage_url, reactor, 1)
-        # sqlite3 raises its own errors when the file cannot be opened at all.
-        except (OSError, sqlite3.Error, StorageError) as exc:
+        except StorageError as exc:
             outcome["error"] = f"cannot open storage {config.storage_label}: {exc}"
             return
         try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
 from twisted.application import service
@@ -100,8 +99,7 @@ class SmtpeterService(service.Service):
         try:
             self.storage = await open_storage(config.storage_url, self.reactor, config.storage.pool_size,
                                               config.delivery.max_deliver_time)
-        # sqlite3 raises its own errors when the file cannot be opened at all.
-        except (OSError, sqlite3.Error, StorageError) as exc:
+        except StorageError as exc:
             raise StartupError(f"cannot open storage {config.storage_label}: {exc}") from exc
         self.storage.clock = self.clock
         try:

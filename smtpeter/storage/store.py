@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -625,7 +626,14 @@ def _check_id(recipient_id: str) -> None:
 
 async def open_storage(url: str, reactor: Any, pool_size: int = 4,
                        max_deliver_time: float = DEFAULT_MAX_DELIVER_TIME) -> Storage:
-    """Open (and migrate) the database that ``url`` names."""
+    """Open (and migrate) the database that ``url`` names; StorageError when that cannot be done."""
+    try:
+        return await _open_storage(url, reactor, pool_size, max_deliver_time)
+    except (OSError, sqlite3.Error) as exc:  # SQLite's own errors when the file cannot be opened at all
+        raise StorageError(str(exc)) from exc
+
+
+async def _open_storage(url: str, reactor: Any, pool_size: int, max_deliver_time: float) -> Storage:
     if url.startswith("sqlite:///"):
         from smtpeter.storage.sqlite import SQLiteDatabase
 

@@ -14,12 +14,15 @@ import urllib.parse
 from types import SimpleNamespace
 from xml.etree import ElementTree
 
+from twisted.internet import defer
 from twisted.trial import unittest
+from twisted.web.client import ResponseNeverReceived
 
 from smtpeter.ingress.http.app import API
 from smtpeter.ingress.http.openapi import document
 from tests.support.harness import Harness, Login
 from tests.support.http import Client
+from tests.support.rig import sleep
 
 # Request shapes as SMTPeter's own documentation and client libraries send them (smtpeter-api.md §2.3).
 SMTPETER_MIME = {"recipient": "john@doe.example", "mime": "MIME-Version: 1.0\r\nFrom: <info@example.com>\r\n"
@@ -450,10 +453,13 @@ class APITests(unittest.TestCase):
         await self.start()
         base = "recipient=a%40dest.example&from=info%40example.com&text=x"
         # Conflicting shapes of one field are a 400, never a 500.
-        for form in (base + "&tags=a&tags%5Bk%5D=b", base + "&dsn%5Bret%5D=FULL&dsn=x",
-                     base + "&extra%5Bx-a%5D=1&extra%5Bx-a%5D%5Bb%5D=2", base + "&subject=%FF"):
+        for form, text in ((base + "&tags=a&tags%5Bk%5D=b", "conflicts"),
+                           (base + "&dsn%5Bret%5D=FULL&dsn=x", "dsn"),
+                           (base + "&extra%5Bx-a%5D=1&extra%5Bx-a%5D%5Bb%5D=2", "conflicts"),
+                           (base + "&subject=%FF", "not valid UTF-8")):
             response = await self.api.post("/v1/send", form=form)
             self.assertEqual(response.code, 400, (form, response.body))
+            self.assertIn(text, response.error, form)
         # bcc recipients are envelope recipients only; "0" is a false oneclick; base64 may wrap.
         attachment = base64.encodebytes(b"x" * 200).decode()
         form = (base + "&bcc%5B%5D=hidden%40dest.example&unsubscribe%5Burl%5D=https%3A%2F%2Fu.example%2F1"
@@ -534,6 +540,52 @@ class APITests(unittest.TestCase):
         self.assertEqual(response.code, 413)
         self.assertIn("larger than", response.error)
         self.assertEqual(await self.storage.queue(), [])
+
+    async def test_large_bodies_take_their_turn(self) -> None:
+        """Large bodies are decoded and composed a budget's worth at a time, not all at once; a
+        body over the size limit is refused without waiting; a client that leaves while it
+        waits gives its turn up and has nothing stored."""
+        await self.start(max_body_size=4_000_000)
+        api = self.harness.service.api
+        budget = api.large_bodies
+        budget.limit = 3_000_000
+        seen: list[tuple[int, int]] = []
+        store = api.submission.store
+
+        async def watched_store(messages: list) -> list:
+            seen.append((budget.held, budget.waiting))
+            return await store(messages)
+
+        self.patch(api.submission, "store", watched_store)
+        await budget.acquire(budget.limit)  # someone else's large body is in work
+
+        def big(name: str) -> dict:
+            data = base64.b64encode(name.encode() * (1_400_000 // len(name))).decode()
+            return {"recipient": "a@dest.example", "from": "info@example.com", "text": "x",
+                    "attachments": [{"name": name, "data": data}]}
+
+        size = len(json.dumps(big("one.bin")))
+        self.assertGreater(size, 1024 * 1024)
+        waiting = [defer.ensureDeferred(self.api.post("/v1/send", json_body=big(n)))
+                   for n in ("one.bin", "two.bin", "six.bin")]
+        leaving = defer.ensureDeferred(self.api.post("/v1/send", json_body=big("gone.bin")))
+        while budget.waiting < 4:
+            await sleep(0.01)
+        response = await self.api.post("/v1/send", json_body={**big("over.bin"), "text": "x" * 5_000_000})
+        self.assertEqual(response.code, 413)
+        leaving.cancel()
+        with self.assertRaises(ResponseNeverReceived):
+            await leaving
+        while budget.waiting > 3:
+            await sleep(0.01)
+        self.assertEqual(await self.storage.queue(), [])
+        budget.release(budget.limit)
+        responses = [await d for d in waiting]
+        self.assertEqual([r.code for r in responses], [200, 200, 200])
+        # Two bodies do not fit the budget together: each was in work alone, the others waiting.
+        self.assertEqual(seen, [(size, 2), (size, 1), (size, 0)])
+        self.assertEqual(budget.held, 0)
+        self.assertEqual(len(await self.storage.queue(limit=10)), 3)
 
     async def test_sender_domain_rule_and_account_scope(self) -> None:
         await self.start()

@@ -34,15 +34,18 @@ from smtpeter import credentials
 from smtpeter.config import Config, incoming_server
 from smtpeter.events.metrics import Metrics, render
 from smtpeter.ingress.http import archive, autoconfig, compose, logfiles, personal
+from smtpeter.ingress.http.budget import ByteBudget
 from smtpeter.ingress.http.openapi import document
-from smtpeter.ingress.http.request import BadRequest, decode_body, parse_send
+from smtpeter.ingress.http.request import BadRequest, SendRequest, decode_body, parse_send
 from smtpeter.ingress.submission import Refused, Sender, Submission
 from smtpeter.storage import EVENTS_LIMIT, NotFound, Storage, StorageError, StorageUnavailable
-from smtpeter.storage.models import NewRecipient
+from smtpeter.storage.models import NewMessage, NewRecipient
 
 log = Logger()
 
 _TOKEN_CACHE_SECONDS = 10.0
+LARGE_BODY = 1024 * 1024  # bodies from this size on are decoded off the reactor and wait their turn
+LARGE_BODY_BUDGET = 64 * 1024 * 1024  # of large bodies in work at once (ByteBudget)
 MAX_TAG_FILTER = 20  # tags one events query may name
 # SMTPeter's documented defaults for /v1/send (rest-send-advanced.md).
 API_DEFAULTS: dict[str, Any] = {"trackclicks": True, "trackopens": True, "trackbounces": True,
@@ -72,6 +75,9 @@ class LimitedRequest(Request):
     def handleContentChunk(self, data: bytes) -> None:
         self.body_seen += len(data)
         if self.body_seen > self.max_body:
+            if not self.too_big:
+                self.content.seek(0)
+                self.content.truncate()  # it is answered 413 unread: give its disk space back now
             self.too_big = True
             return
         super().handleContentChunk(data)
@@ -222,6 +228,9 @@ class API:
         self._tokens: dict[str, tuple[float, str | None]] = {}
         # MIME building and parsing run in threads, a few at a time.
         self._heavy = defer.DeferredSemaphore(4)
+        # Large bodies are decoded, composed and stored a budget's worth at a time; the rest
+        # wait (holding only their spooled body file), so memory stays bounded (budget.py).
+        self.large_bodies = ByteBudget(LARGE_BODY_BUDGET)
 
     def site(self) -> Site:
         access_log = self.config.http.access_log or str(self.config.data_path / "http-access.log")
@@ -283,37 +292,60 @@ class API:
         if getattr(request, "too_big", False):
             raise BadRequest(f"request body larger than {self.config.http.max_body_size} bytes", 413)
         content_type = _header(request, b"content-type").strip()
-        return decode_body(content_type, request.content.read())
+        if _body_size(request) < LARGE_BODY:
+            return decode_body(content_type, request.content)
+        return await self._in_thread(decode_body, content_type, request.content)  # not on the reactor
 
     # -- sending -------------------------------------------------------------------------
 
     @app.route("/v1/send", methods=["POST"])
     @api
     async def send(self, request: Any) -> bytes:
+        # A body over the size limit was never kept: it is refused without waiting its turn.
+        size = 0 if getattr(request, "too_big", False) else _body_size(request)
+        if size < LARGE_BODY:
+            return await self._send(request)
+        turn = self.large_bodies.acquire(size)
+        # A client that goes away while it waits gives its turn up: nothing was stored, and no
+        # one is left to answer (CancelledError, which the api wrapper answers with nothing).
+        request.notifyFinish().addErrback(lambda _: turn.cancel())
+        await turn
+        try:
+            return await self._send(request)
+        finally:
+            self.large_bodies.release(size)
+
+    async def _send(self, request: Any) -> bytes:
         account, body = await self._authenticated_body(request)
         send = parse_send(body, self.config.http.max_recipients, self.clock.seconds())
+        del body  # large strings live on in ``send`` only; the rest goes now
         if personal.uses_templates(send):
             built = await self._in_thread(personal.personalized, send, self.config.http.max_body_size)
         elif send.mime is not None:
             built = [(None, *compose.raw(send.mime))]
+            send.mime = None  # the client's copy is not needed any more
         else:
             built = [(None, *await self._in_thread(compose.compose, send.fields, send.labels))]
+            send.fields.clear()  # the attachments' base64 text, which may be most of the body
         sender = Sender(account, dict(API_DEFAULTS))
-        messages = []
-        for recipient, data, utf8 in built:
-            if len(data) > self.config.smtp.max_message_size:
-                raise BadRequest(f"message larger than {self.config.smtp.max_message_size} bytes", 413)
-            addresses = [recipient] if recipient else send.recipients
-            smtputf8 = utf8 or any(not a.isascii() for a in [*addresses, send.envelope or ""])
-            orcpt = send.dsn.orcpt if len(send.recipients) == 1 else None
-            messages.append(await self.submission.prepare(
-                sender, "api", send.envelope, [NewRecipient(a, orcpt, send.dsn.notify) for a in addresses],
-                data, options=send.options, tags=send.tags, expires=send.expires, smtputf8=smtputf8,
-                dsn_ret=send.dsn.ret, dsn_envid=send.dsn.envid,
-            ))
+        messages = [await self._prepare(sender, send, *item) for item in built]
+        del built  # each message holds its own prepared copy now
         groups = await self.submission.store(messages)
         return _json(request, {i: r.address for message, ids in zip(messages, groups, strict=True)
                                for i, r in zip(ids, message.recipients, strict=True)})
+
+    async def _prepare(self, sender: Sender, send: SendRequest, recipient: str | None, data: bytes,
+                       utf8: bool) -> NewMessage:
+        if len(data) > self.config.smtp.max_message_size:
+            raise BadRequest(f"message larger than {self.config.smtp.max_message_size} bytes", 413)
+        addresses = [recipient] if recipient else send.recipients
+        smtputf8 = utf8 or any(not a.isascii() for a in [*addresses, send.envelope or ""])
+        orcpt = send.dsn.orcpt if len(send.recipients) == 1 else None
+        return await self.submission.prepare(
+            sender, "api", send.envelope, [NewRecipient(a, orcpt, send.dsn.notify) for a in addresses],
+            data, options=send.options, tags=send.tags, expires=send.expires, smtputf8=smtputf8,
+            dsn_ret=send.dsn.ret, dsn_envid=send.dsn.envid,
+        )
 
     @app.route("/v1/resend", methods=["POST"])
     @api
@@ -559,6 +591,13 @@ class API:
             request.setHeader(b"allow", ", ".join(error.valid_methods).encode())
         messages = {404: "Not found", 405: "Method not allowed"}
         return _error(request, error.code or 400, messages.get(error.code, error.name))
+
+
+def _body_size(request: Any) -> int:
+    """Bytes in the request's body (Twisted keeps a body over 100 KB in a temporary file)."""
+    size = request.content.seek(0, os.SEEK_END)
+    request.content.seek(0)
+    return size
 
 
 def _add_months(timestamp: float, months: int) -> float:

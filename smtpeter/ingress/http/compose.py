@@ -14,17 +14,18 @@ header fields we meant.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import email.errors
 import email.header
 import email.policy
+import io
 import mimetypes
 import re
+import secrets
 import unicodedata
 from email import base64mime, quoprimime
-from email.message import EmailMessage
-from typing import Any
+from email.message import EmailMessage, MIMEPart
+from typing import IO, Any
 
 from smtpeter import message as msg
 from smtpeter.ingress.http.request import BadRequest, boolean_field, elements, mailbox, text_field
@@ -50,6 +51,7 @@ MAX_ENCODED_WORD = 75  # characters (RFC 2047 §2)
 _ENCODED_WORD_FRAME = len("=?utf-8?q??=")
 _MIN_FIRST_WORD = _ENCODED_WORD_FRAME + 12  # room for one 4-byte character, Q-encoded
 _MAX_ATTACHMENT_NAME = 255
+_BASE64_STEP = 4 * 65536  # characters of an attachment's base64 handled at a time
 MAX_HEADER_TEXT = 2000  # characters in a subject, a display name, an x-* value
 MAX_ADDRESSES = 1000  # in to, cc and replyto together
 MAX_EXTRA_HEADERS = 100
@@ -263,7 +265,9 @@ def _unsubscribe(value: Any) -> list[bytes]:
     return fields
 
 
-def _attachments(value: Any) -> list[tuple[bytes, str, str]]:
+def _attachments(value: Any) -> list[tuple[str, str, str, str]]:
+    """(where, base64 text, name, MIME type) of each attachment; the base64 is checked as it is
+    written (_write_base64)."""
     if not isinstance(value, list):
         raise BadRequest("'attachments' must be a list")
     found = []
@@ -277,11 +281,6 @@ def _attachments(value: Any) -> list[tuple[bytes, str, str]]:
         if "url" in item:
             raise BadRequest(f"'{where}.url': attachments by URL are not fetched; send them as 'data'")
         encoded = text_field(f"{where}.data", item.get("data"), allow_empty=True, one_line=False)
-        try:
-            # PHP's chunk_split and the base64 tool break lines: white space is not data.
-            data = base64.b64decode(re.sub(r"\s+", "", encoded), validate=True)
-        except (binascii.Error, ValueError):
-            raise BadRequest(f"'{where}.data' is not valid base64") from None
         name = _file_name(f"{where}.name", item.get("name") or "attachment")
         content_type = item.get("type") or mimetypes.guess_type(name)[0] or "application/octet-stream"
         content_type = text_field(f"{where}.type", content_type).split(";")[0].strip().lower()
@@ -290,8 +289,41 @@ def _attachments(value: Any) -> list[tuple[bytes, str, str]]:
         if content_type.startswith(("multipart/", "message/")):
             raise BadRequest(f"'{where}.type': {content_type} cannot be sent as an attachment; "
                              "use application/octet-stream")
-        found.append((data, name, content_type))
+        found.append((where, encoded, name, content_type))
     return found
+
+
+def _write_base64(out: IO[bytes], encoded: str) -> bool:
+    """The client's base64 written to ``out`` as lines of 76 characters, decoded and encoded again
+    a block at a time, so that a large attachment is never copied whole; False if it is not
+    valid base64. (PHP's chunk_split and the base64 tool break lines: white space is not data.)"""
+    pending, tail, padded = b"", b"", False
+    for start in range(0, len(encoded), _BASE64_STEP):
+        piece = encoded[start:start + _BASE64_STEP]
+        if not piece.isascii():
+            return False
+        chunk = pending + piece.encode("ascii").translate(None, b" \t\r\n\x0b\x0c")
+        whole = len(chunk) - len(chunk) % 4
+        pending = chunk[whole:]
+        if not whole:
+            continue
+        if padded:
+            return False  # data after the padding
+        try:
+            tail += binascii.a2b_base64(chunk[:whole], strict_mode=True)
+        except binascii.Error:
+            return False
+        padded = chunk[whole - 1] == ord("=")
+        lines = len(tail) // 57 * 57  # 57 octets make a line of 76 characters
+        _write_lines(out, tail[:lines])
+        tail = tail[lines:]
+    _write_lines(out, tail)
+    return not pending
+
+
+def _write_lines(out: IO[bytes], data: bytes) -> None:
+    encoded = binascii.b2a_base64(data, newline=False)
+    out.write(b"".join(encoded[i:i + 76] + b"\r\n" for i in range(0, len(encoded), 76)))
 
 
 def _file_name(where: str, value: Any) -> str:
@@ -315,24 +347,55 @@ def _file_name(where: str, value: Any) -> str:
     return name
 
 
-def _body(fields: dict[str, Any], smtputf8: bool) -> bytes:
-    """The MIME body tree (text, HTML, attachments) with its own Content-* header fields."""
+def _write_body(out: IO[bytes], fields: dict[str, Any], smtputf8: bool) -> list[bytes]:
+    """The MIME body (text, HTML, attachments) with its own Content-* fields, written to ``out``.
+
+    The stdlib makes the text and HTML, and each attachment's fields (RFC 2231 file names);
+    we join them in a multipart/mixed and stream the attachments' data in (_write_base64), as
+    the stdlib would hold a large attachment several times over. Returns what the stdlib made:
+    every byte of the body but the attachments' data and our boundary lines, for _verify.
+    """
     # 7-bit bodies (quoted-printable or base64) survive any next hop unchanged.
     policy = (email.policy.SMTPUTF8 if smtputf8 else email.policy.SMTP).clone(
         max_line_length=78, cte_type="8bit" if smtputf8 else "7bit")
-    body = EmailMessage(policy=policy)
+    attachments = _attachments(fields.get("attachments") or [])
+    content = (MIMEPart if attachments else EmailMessage)(policy=policy)
     text = text_field("text", fields["text"], one_line=False) if fields.get("text") else None
     html = text_field("html", fields["html"], one_line=False) if fields.get("html") else None
     if text is not None:
-        body.set_content(text)
+        content.set_content(text)
         if html is not None:
-            body.add_alternative(html, subtype="html")
+            content.add_alternative(html, subtype="html")
     else:
-        body.set_content(html, subtype="html")
-    for data, name, content_type in _attachments(fields.get("attachments") or []):
+        content.set_content(html, subtype="html")
+    made = [content.as_bytes(policy=policy)]
+    if not attachments:
+        out.write(made[0])
+        return made
+    boundary = _boundary(made[0])
+    out.write(f'Content-Type: multipart/mixed; boundary="{boundary}"\r\nMIME-Version: 1.0\r\n\r\n'
+              f"--{boundary}\r\n".encode())
+    out.write(made[0])
+    for where, encoded, name, content_type in attachments:
+        part = MIMEPart(policy=policy)
         maintype, subtype = content_type.split("/", 1)
-        body.add_attachment(data, maintype=maintype, subtype=subtype, filename=name)
-    return body.as_bytes(policy=policy)
+        part.set_content(b"", maintype, subtype, disposition="attachment", filename=name, cte="base64")
+        made.append(part.as_bytes(policy=policy))
+        out.write(f"\r\n--{boundary}\r\n".encode())
+        out.write(made[-1])
+        if not _write_base64(out, encoded):
+            raise BadRequest(f"'{where}.data' is not valid base64")
+    out.write(f"\r\n--{boundary}--\r\n".encode())
+    return made
+
+
+def _boundary(content: bytes) -> str:
+    """A multipart boundary: "=_" is in no base64 or quoted-printable text, and the random
+    rest is checked against the one part that may hold text as it is (7bit)."""
+    while True:
+        boundary = f"=_{secrets.token_hex(16)}"
+        if boundary.encode() not in content:
+            return boundary
 
 
 def compose(fields: dict[str, Any], labels: dict[str, str] | None = None) -> tuple[bytes, bool]:
@@ -376,20 +439,20 @@ def compose(fields: dict[str, Any], labels: dict[str, str] | None = None) -> tup
             raise BadRequest(f"'{where}': {name} is an instruction header; use the option field instead")
         head.append(unstructured(name, header_text(where, value)))
     smtputf8 = any(not address.isascii() for _, address in every)
-    body = _body(fields, smtputf8)
-    composed = b"".join(head) + body
-    _verify(composed, [msg.parse(field).fields[0].name for field in head])
-    return composed, smtputf8
+    out = io.BytesIO()
+    out.writelines(head)
+    _verify(head, _write_body(out, fields, smtputf8))
+    return out.getvalue(), smtputf8  # BytesIO hands over its buffer: no copy
 
 
-def _verify(composed: bytes, expected: list[str]) -> None:
-    """Refuse anything whose header is not exactly what we wrote (the last line of defence)."""
-    tree = mime.parse(composed)
-    names = [field.name for field in tree.fields]
-    ok = names[: len(expected)] == expected and set(names[len(expected):]) <= _PART_FIELDS
-    for part in tree.walk():
-        if part is not tree and not {f.name for f in part.fields} <= _PART_FIELDS:
-            ok = False
+def _verify(head: list[bytes], made: list[bytes]) -> None:
+    """Refuse anything whose header is not exactly what we wrote (the last line of defence):
+    our fields parse back as exactly themselves, and what the stdlib made holds part fields only."""
+    expected = [msg.parse(field).fields[0].name for field in head]
+    ok = [field.name for field in msg.parse(b"".join(head) + b"\r\n").fields] == expected
+    for piece in made:
+        ok = ok and all({field.name for field in part.fields} <= _PART_FIELDS
+                        for part in mime.parse(piece).walk())
     if not ok:
         raise BadRequest("the message fields could not be encoded safely")
 
@@ -398,7 +461,12 @@ def raw(mime: bytes) -> tuple[bytes, bool]:
     """A whole message as the client gave it, with CRLF line ends; and whether it needs SMTPUTF8."""
     crlf = mime.count(b"\r\n")
     if mime.count(b"\n") != crlf or mime.count(b"\r") != crlf:  # JSON clients often send LF
-        mime = mime.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+        # One copy for the usual LF-only message; mixed line ends take a pass more each.
+        if crlf:
+            mime = mime.replace(b"\r\n", b"\n")
+        if b"\r" in mime:
+            mime = mime.replace(b"\r", b"\n")
+        mime = mime.replace(b"\n", b"\r\n")
     if not mime.endswith(b"\r\n"):
         mime += b"\r\n"
     end = mime.find(b"\r\n\r\n")

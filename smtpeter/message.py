@@ -34,7 +34,13 @@ class Field:
 @dataclass(frozen=True)
 class Parsed:
     fields: list[Field]
-    body: bytes  # everything after the header, the separating blank line included
+    raw: bytes
+    body_start: int  # where the header ended: the separating blank line, if any, starts the body
+
+    @property
+    def body(self) -> bytes:
+        """Everything after the header, the separating blank line included (a copy)."""
+        return self.raw[self.body_start:]
 
 
 def parse(raw: bytes) -> Parsed:
@@ -63,11 +69,11 @@ def parse(raw: bytes) -> Parsed:
         position = end
     if start >= 0:
         fields.append(Field(name, raw[start:position]))
-    return Parsed(fields, raw[position:])
+    return Parsed(fields, raw, position)
 
 
-def build(fields: Iterable[Field], body: bytes) -> bytes:
-    return b"".join(f.raw for f in fields) + body
+def build(fields: Iterable[Field], body: bytes | memoryview) -> bytes:
+    return b"".join([*(f.raw for f in fields), body])
 
 
 def remove_fields(raw: bytes, unwanted: Callable[[str], bool]) -> tuple[bytes, list[Field]]:
@@ -78,7 +84,7 @@ def remove_fields(raw: bytes, unwanted: Callable[[str], bool]) -> tuple[bytes, l
         (removed if unwanted(field.name) else kept).append(field)
     if not removed:
         return raw, []
-    return build(kept, parsed.body), removed
+    return build(kept, memoryview(raw)[parsed.body_start:]), removed
 
 
 def first(fields: Iterable[Field], name: str) -> Field | None:

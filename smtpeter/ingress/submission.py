@@ -155,15 +155,16 @@ def _shown_domains(display: str) -> tuple[str, ...]:
     return tuple(domain_key(match.group(1)) for match in _SHOWN_ADDRESS.finditer(display))
 
 
-def _separated(body: bytes) -> bytes:
-    """The body with the empty line that must start it.
+def _separator(data: bytes, body_start: int) -> bytes:
+    """The empty line the body must start with, when it is missing.
 
     Our header ends at the first line that is not a header field; a receiver
     that reads on past such a line would see header fields we never checked
     (a second From). With the empty line put in, as Postfix's cleanup does,
     every reader ends the header where we did.
     """
-    return body if not body or body.startswith(b"\r\n") else b"\r\n" + body
+    missing = body_start < len(data) and not data.startswith(b"\r\n", body_start)
+    return b"\r\n" if missing else b""
 
 
 @dataclass(frozen=True)
@@ -240,7 +241,7 @@ class Submission:
         parsed = msg.parse(content["mime"])
         await self.check_sender(account_id, content["envelope"], parsed.fields)
         kept = [f for f in parsed.fields if f.name not in ("message-id", "date")]
-        mime = self.identity_headers(kept) + msg.build(kept, parsed.body)
+        mime = self.identity_headers(kept) + msg.build(kept, memoryview(parsed.raw)[parsed.body_start:])
         message = NewMessage(
             account_id=account_id, source="api", envelope=content["envelope"], mime=mime,
             recipients=[recipient], options=content["options"], tags=content["tags"],
@@ -274,7 +275,7 @@ class Submission:
         Raises Refused.
         """
         parsed = msg.parse(data)
-        if len(data) - len(parsed.body) > MAX_HEADER_SIZE:
+        if parsed.body_start > MAX_HEADER_SIZE:
             raise Refused(552, "5.3.4", f"Message refused: header larger than {MAX_HEADER_SIZE} octets")
         for field in parsed.fields:
             if not wire.foldable(field.raw):
@@ -284,7 +285,9 @@ class Submission:
         header_options, header_tags = options_from_headers(parsed.fields)
         merged = {**sender.defaults, **(options or {}), **header_options}
         kept = [f for f in parsed.fields if not f.name.startswith(_HEADER_PREFIX)]
-        mime = trace + self.identity_headers(kept) + msg.build(kept, _separated(parsed.body))
+        # One copy of what may be 50 MB: the body goes in as a view of ``data``.
+        mime = b"".join([trace, self.identity_headers(kept), *(f.raw for f in kept),
+                         _separator(data, parsed.body_start), memoryview(data)[parsed.body_start:]])
         return NewMessage(
             account_id=sender.account_id,
             source=source,

@@ -92,6 +92,12 @@ class Postfix:
         wait_for_port(self.port)
         return self
 
+    def release_held(self) -> None:
+        """Move every held message to the deferred queue and flush it: delivery starts now."""
+        for command in (["postsuper", "-c", str(self.config_dir), "-H", "ALL"],
+                        ["postqueue", "-c", str(self.config_dir), "-f"]):
+            subprocess.run(command, check=True, capture_output=True)
+
     def queued(self, queue: str) -> int:
         return sum(len(files) for _, _, files in os.walk(self.dir / "queue" / queue))
 
@@ -109,16 +115,21 @@ class Smtpeter:
         self.dir = Path(tempfile.mkdtemp(prefix="smtpeter-bench-"))
         self.port = free_port()
         self.config = self.dir / "smtpeter.toml"
-        storage = f'[storage]\nurl = "{storage_url}"\n' if storage_url else ""
+        self.storage_url = storage_url
+        self.configure(extra_toml)
+        self.cli("account", "create", "apps")
+        self.cli("domain", "add", "apps", "example.com", "--approve")
+        self.process: subprocess.Popen | None = None
+
+    def configure(self, extra_toml: str) -> None:
+        """(Re)write the config file; a running process sees it at its next start."""
+        storage = f'[storage]\nurl = "{self.storage_url}"\n' if self.storage_url else ""
         self.config.write_text(
             f'[server]\nhostname = "smtpeter.bench.test"\ndata_dir = "{self.dir / "data"}"\n{storage}'
             f'[smtp]\nlisten = ["tcp:{self.port}:interface=127.0.0.1"]\n'
             'trusted_networks = ["127.0.0.0/8"]\ntrusted_account = "apps"\n'
             'max_connections_per_client = 1000\n' + extra_toml
         )
-        self.cli("account", "create", "apps")
-        self.cli("domain", "add", "apps", "example.com", "--approve")
-        self.process: subprocess.Popen | None = None
 
     def cli(self, *args: str) -> str:
         return subprocess.run([str(BIN / "smtpeter"), "--config", str(self.config), *args],

@@ -9,6 +9,7 @@ from __future__ import annotations
 import email
 import email.policy
 
+from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from tests.support.rig import SENDER_IP, Rig, message, sleep
@@ -57,6 +58,7 @@ class DeliveryTests(unittest.TestCase):
         delivery = events[1].data
         self.assertEqual((delivery["to"], delivery["mx"], delivery["code"], delivery["from"]),
                          ("127.0.0.2", "mx1.dest.test", 250, "127.0.0.1"))
+        self.assertEqual(delivery["attempt"], 1)  # counted from 1, as the queue counts
         self.assertIn("250", delivery["description"])
 
     async def test_connection_reuse(self) -> None:
@@ -208,8 +210,9 @@ class DeliveryTests(unittest.TestCase):
         await rig.advance(605)
         entry = await rig.wait_for(mid, "delivered")
         self.assertEqual(entry.attempts, 3)
-        self.assertEqual([e.type for e in await rig.events(mid)],
-                         ["attempt", "deferred", "deferred", "delivery"])
+        events = await rig.events(mid)
+        self.assertEqual([e.type for e in events], ["attempt", "deferred", "deferred", "delivery"])
+        self.assertEqual([e.data["attempt"] for e in events[1:]], [1, 2, 3])
 
     async def test_greylisting_hint_is_honoured(self) -> None:
         rig = await self.one_destination(Behaviour(greylist=True))
@@ -370,6 +373,26 @@ class DeliveryTests(unittest.TestCase):
         for mid in ids:
             await rig.wait_for(mid, "delivered")
         self.assertEqual(len(sink.received), 5)
+
+    async def test_a_backlog_drains_at_the_default_rate_without_a_gap(self) -> None:
+        # The default profile (100 messages/s); a window of 100 caps a destination at 25
+        # waiting recipients, so 300 messages fill it a dozen times over.
+        rig = await self.one_destination(window=100)
+        sink = rig.sinks["127.0.0.2"]
+        started = reactor.seconds()
+        await defer.gatherResults([defer.Deferred.fromCoroutine(rig.send(f"user{n}@dest.test"))
+                                   for n in range(300)])
+        count, progress = 0, started
+        while count < 300:
+            now = reactor.seconds()
+            if len(sink.received) > count:
+                count, progress = len(sink.received), now
+            self.assertLess(now - progress, 2.0, f"no delivery for 2 s after {count} of 300")
+            await sleep(0.05)
+        # A hand-back on a timer would stall for a minute; 300 at 100/s (after a
+        # burst of 100) take about 2 s.
+        self.assertLess(reactor.seconds() - started, 10)
+        self.assertEqual(len({r.recipients[0] for r in sink.received}), 300)
 
     async def test_window_bounds_the_work_in_memory(self) -> None:
         rig = await self.one_destination(Behaviour(stall_at="dot"), window=10, timeouts={"data_done": 2})

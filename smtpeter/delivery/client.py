@@ -474,9 +474,11 @@ def needs_smtputf8(tx: Transaction) -> bool:
     return not (tx.message if end < 0 else tx.message[:end]).isascii()
 
 
-async def connect(reactor: Any, mx: str, ip: str, port: int, timeouts: Timeouts) -> SMTPClientProtocol:
-    """Open a TCP connection; raises SessionError("connect", ...)."""
-    factory = _ClientFactory(reactor)
+async def connect(reactor: Any, mx: str, ip: str, port: int, timeouts: Timeouts,
+                  clock: Any = None) -> SMTPClientProtocol:
+    """Open a TCP connection (its reply timers on ``clock``, by default the reactor);
+    raises SessionError("connect", ...)."""
+    factory = _ClientFactory(clock or reactor)
     connector = reactor.connectTCP(ip, port, factory, timeout=timeouts.connect)
     try:
         return await factory.result

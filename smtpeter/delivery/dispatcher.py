@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
@@ -31,8 +33,12 @@ class Dispatcher:
         self.context = context
         self.hostname = hostname.lower()
         self.destinations: dict[str, Destination] = {}
+        # Called when claiming may find work again for domains held back before.
+        self.on_room: Callable[[], None] = lambda: None
         self._profiles = profiles(config)
         self._domains: dict[str, set[str]] = {}  # destination key -> domains seen for it
+        self._resolving: Counter[str] = Counter()  # domains whose destination is being looked up
+        self._held_resolving: set[str] = set()  # of those, the ones a claim left out
         self._closing = False
         self._last_prune = 0.0
 
@@ -40,6 +46,7 @@ class Dispatcher:
         """Deliver to ``domain``; one result per recipient. May raise HandBack."""
         if self._closing:
             raise HandBack(self.context.clock.seconds(), "shutting down")
+        self._resolving[domain] += 1
         try:
             destination = await self.destination(domain)
         except dns.DNSError as exc:
@@ -47,7 +54,18 @@ class Dispatcher:
         except Loop as loop:
             return [RecipientResult(r.address, "dns", None, "5.4.6", str(loop), permanent=True)
                     for r in transaction.recipients]
+        finally:
+            self._resolved(domain)
         return await destination.submit(transaction)
+
+    def _resolved(self, domain: str) -> None:
+        self._resolving[domain] -= 1
+        if self._resolving[domain]:
+            return
+        del self._resolving[domain]
+        if domain in self._held_resolving:
+            self._held_resolving.discard(domain)
+            self.on_room()
 
     async def destination(self, domain: str) -> Destination:
         route = self.config.route(domain)
@@ -69,7 +87,8 @@ class Dispatcher:
         destination = self.destinations.get(key)
         if destination is None:
             shaping = shaping_for(mx_names, self.config, self._profiles)
-            destination = Destination(key, hosts, shaping, self.context, implicit_mx=implicit)
+            destination = Destination(key, hosts, shaping, self.context, implicit_mx=implicit,
+                                      on_room=lambda: self.on_room())
             self.destinations[key] = destination
             log.info("new destination {key} (profile {profile})", key=key, profile=shaping.name)
         else:
@@ -96,10 +115,18 @@ class Dispatcher:
         for destination in self.destinations.values():
             destination.abort()
 
+    @property
+    def claim_limit(self) -> int:
+        """Recipients one claim may lease (a destination that is not busy has room for them)."""
+        return self.context.claim_limit
+
     def held_domains(self) -> list[str]:
-        """Domains whose destination is paused or full now: the scheduler leaves them queued."""
-        return [domain for key, destination in self.destinations.items()
+        """Domains the scheduler leaves queued: their destination is paused or busy, or not
+        known yet (its lookup is under way: a second claim could overfill it)."""
+        held = [domain for key, destination in self.destinations.items()
                 if destination.paused or destination.busy for domain in self._domains.get(key, ())]
+        self._held_resolving.update(self._resolving)
+        return list(dict.fromkeys([*held, *self._resolving]))
 
     @staticmethod
     def _dns_failure(transaction: Transaction, domain: str, exc: dns.DNSError) -> list[RecipientResult]:

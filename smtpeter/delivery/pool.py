@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -141,6 +142,33 @@ class RateLimiter:
         return 0.0
 
 
+class Turns:
+    """Events at a RateLimiter's pace: one goes now, or one timer calls ``retry`` when
+    the next may go (however many are waiting)."""
+
+    def __init__(self, limiter: RateLimiter, clock: Any, sleep: Callable[[float], defer.Deferred],
+                 retry: Callable[[], None]) -> None:
+        self._limiter = limiter
+        self._clock = clock
+        self._sleep = sleep
+        self._retry = retry
+        self._timer = False
+
+    def take(self) -> bool:
+        """True: go now (counted). False: ``retry`` runs once the next event may go."""
+        wait = self._limiter.delay(self._clock.seconds())
+        if wait <= 0:
+            return True
+        if not self._timer:
+            self._timer = True
+            self._sleep(wait).addCallback(self._fired)
+        return False
+
+    def _fired(self, _: object) -> None:
+        self._timer = False
+        self._retry()
+
+
 class HandBack(Exception):
     """Not attempted: return these recipients to the queue, due at ``until``.
 
@@ -165,16 +193,21 @@ class Job:
 class Context:
     """What every destination shares."""
 
-    reactor: Any
-    clock: Any
+    reactor: Any  # for connections only
+    clock: Any  # every timer and "now" (tests drive it by hand)
     resolver: dns.Resolver
     timeouts: Timeouts
     helo_name: str
-    # Work held for one destination, at most (so one slow destination cannot
-    # fill the scheduler's whole window), and how long it may wait in the pool
-    # (well inside the lease, so nobody else takes it meanwhile).
+    # Recipients waiting in one destination, at most (so one slow destination
+    # cannot fill the scheduler's whole window), and how long they may wait
+    # there (well inside the lease, so nobody else takes them meanwhile).
     max_backlog: int = 500
     max_wait: float = 900.0
+
+    @property
+    def claim_limit(self) -> int:
+        """Recipients one claim may lease: a destination with this much room takes them all."""
+        return max(1, self.max_backlog // 2)
 
 
 # A destination no host of which answers rests this long, doubling up to DOWN_MAX.
@@ -182,14 +215,25 @@ DOWN_MIN, DOWN_MAX = 60.0, 600.0
 
 
 class Destination:
+    """One destination's waiting work and sessions.
+
+    Backpressure: while it holds more than ``max_backlog - claim_limit``
+    recipients it is ``busy`` and the scheduler claims nothing for it; once
+    its sessions have taken enough to make room for a whole claim again it
+    calls ``on_room``, and the scheduler claims at once. So a backlog in
+    storage drains at the rate the sessions take it, without hand-backs.
+    """
+
     def __init__(self, key: str, hosts: list[tuple[str, int]], shaping: Shaping, context: Context,
-                 implicit_mx: bool = False) -> None:
+                 implicit_mx: bool = False, on_room: Callable[[], None] = lambda: None) -> None:
         self.key = key
         self.hosts = hosts  # (host name or IP, port), in the order to try them
         self.shaping = shaping
         self.context = context
         self.implicit_mx = implicit_mx
+        self.on_room = on_room
         self.queue: deque[Job] = deque()
+        self.backlog = 0  # recipients in the queue
         self.sessions = 0  # connecting or connected
         self.connected = 0
         self.idle: deque[defer.Deferred] = deque()  # sessions waiting for a job
@@ -199,12 +243,14 @@ class Destination:
         self._down_error: SessionError | None = None
         self._failures = 0  # connection attempts in a row that reached no host
         self._override: tuple[float, Rule] | None = None
-        self._connect_rate = RateLimiter(shaping.connections_per_minute)
         self._message_rate = RateLimiter(shaping.messages_per_minute)
+        self._connect_turns = Turns(RateLimiter(shaping.connections_per_minute), context.clock,
+                                    self._sleep, self._pump)
+        self._message_turns = Turns(self._message_rate, context.clock, self._sleep, self._give_slots)
         self._no_tls_until: dict[str, float] = {}
         self._timers: set[Any] = set()  # pending pumps, rate waits and sweeps, cancelled on close
-        self._pump_timer = False
         self._sweep_timer = False
+        self._rate_waiters: deque[defer.Deferred] = deque()  # sessions waiting for a message slot
         self._live: set[SMTPSession] = set()
         self._closing = False
         self._ended: list[defer.Deferred] = []
@@ -242,8 +288,8 @@ class Destination:
 
     @property
     def busy(self) -> bool:
-        """Holding as much work as it may; the scheduler leaves its domains alone meanwhile."""
-        return sum(len(job.transaction.recipients) for job in self.queue) >= self.context.max_backlog
+        """Without room for another claim's worth: the scheduler leaves its domains alone meanwhile."""
+        return self.backlog > self.context.max_backlog - self.context.claim_limit
 
     @property
     def idle_for(self) -> float:
@@ -266,39 +312,49 @@ class Destination:
         elif self.down and self._down_error is not None:
             # No host answered a moment ago: fail at once (a retry on the schedule).
             job.result.callback(self._session_results(transaction, self._down_error, None))
-        elif self.busy:
-            job.result.errback(HandBack(now + 60, "destination backlog is full"))
+        elif self.backlog and self.backlog + len(transaction.recipients) > self.context.max_backlog:
+            # Rare: claims stop before this (see busy). The work is due again at once,
+            # and stays unclaimed while this destination is busy.
+            job.result.errback(HandBack(now, "destination backlog is full"))
         else:
-            self.queue.append(job)
+            self._put(job)
             self._pump()
             self._schedule_sweep()
         return job.result
+
+    def _put(self, job: Job, front: bool = False) -> None:
+        if front:
+            self.queue.appendleft(job)
+        else:
+            self.queue.append(job)
+        self.backlog += len(job.transaction.recipients)
+
+    def _take(self) -> Job:
+        """The first waiting job; tells the scheduler when that makes room for a claim."""
+        was_busy = self.busy
+        job = self.queue.popleft()
+        self.backlog -= len(job.transaction.recipients)
+        if was_busy and not self.busy:
+            self.on_room()
+        return job
 
     def _pump(self) -> None:
         """Give queued jobs to idle sessions; open sessions while the limits allow."""
         if self._closing:
             return
         while self.queue and self.idle:
-            self.idle.popleft().callback(self.queue.popleft())
+            self.idle.popleft().callback(self._take())
         if not self.queue or self.paused or self.down or self.sessions >= self.max_connections:
             return
         if self.sessions >= len(self.queue) and self.sessions > 0:
             return  # sessions that are busy now will take the waiting jobs
-        wait = self._connect_rate.delay(self._now())
-        if wait > 0:
-            if not self._pump_timer:
-                self._pump_timer = True
-                self._sleep(wait).addCallback(self._scheduled_pump)
+        if not self._connect_turns.take():
             return
         self.sessions += 1
         defer.Deferred.fromCoroutine(self._session()).addErrback(
             lambda f: log.failure("delivery session to {key} crashed", f, key=self.key))
         if self.queue:
             self._pump()
-
-    def _scheduled_pump(self, _: object) -> None:
-        self._pump_timer = False
-        self._pump()
 
     def _schedule_sweep(self) -> None:
         if not self._sweep_timer and self.queue:
@@ -312,7 +368,7 @@ class Destination:
             return
         now = self._now()
         while self.queue and now - self.queue[0].queued_at > self.context.max_wait:
-            self.queue.popleft().result.errback(HandBack(now, "waited too long for a connection"))
+            self._take().result.errback(HandBack(now, "waited too long for a connection"))
         self._schedule_sweep()
 
     def _sleep(self, seconds: float) -> defer.Deferred:
@@ -323,7 +379,7 @@ class Destination:
             self._timers.discard(timer)
             d.callback(None)
 
-        timer = self.context.reactor.callLater(seconds, wake)
+        timer = self.context.clock.callLater(seconds, wake)
         self._timers.add(timer)
         return d
 
@@ -348,11 +404,11 @@ class Destination:
 
     def _hand_back_all(self, reason: HandBack) -> None:
         while self.queue:
-            self.queue.popleft().result.errback(reason)
+            self._take().result.errback(reason)
 
     def _next_job(self) -> defer.Deferred:
         if self.queue:
-            return defer.succeed(self.queue.popleft())
+            return defer.succeed(self._take())
         waiter: defer.Deferred = defer.Deferred()
         self.idle.append(waiter)
 
@@ -361,7 +417,7 @@ class Destination:
                 self.idle.remove(waiter)
                 waiter.callback(None)
 
-        timer = self.context.reactor.callLater(self.shaping.idle_timeout, expire)
+        timer = self.context.clock.callLater(self.shaping.idle_timeout, expire)
 
         def stop_timer(result: Job | None) -> Job | None:
             if timer.active():
@@ -375,7 +431,7 @@ class Destination:
         if self._closing:
             job.result.errback(HandBack(self._now(), "shutting down"))
         else:
-            self.queue.appendleft(job)
+            self._put(job, front=True)
 
     # -- sessions ---------------------------------------------------------------------
 
@@ -471,12 +527,21 @@ class Destination:
             result.peer = session.peer
         return list(results.values())
 
-    async def _wait_for_rate(self) -> None:
-        while not self._closing:
-            wait = self._message_rate.delay(self._now())
-            if wait <= 0:
+    def _wait_for_rate(self) -> defer.Deferred:
+        """Fires when this session may send a message. Sessions queue for the slots in
+        turn, under one timer: not one wake-up per waiting session per slot."""
+        if not self._rate_waiters and (self._closing or self._message_turns.take()):
+            return defer.succeed(None)
+        waiter: defer.Deferred = defer.Deferred()
+        self._rate_waiters.append(waiter)
+        self._give_slots()
+        return waiter
+
+    def _give_slots(self) -> None:
+        while self._rate_waiters:
+            if not self._closing and not self._message_turns.take():
                 return
-            await self._sleep(wait)
+            self._rate_waiters.popleft().callback(None)
 
     async def _open(self) -> SMTPSession:
         """Connect to the first host that answers, in MX order; raises the last SessionError."""
@@ -511,7 +576,7 @@ class Destination:
         tls = self.shaping.tls
         if tls == "opportunistic" and self._no_tls_until.get(ip, 0) > self._now():
             tls = "disabled"
-        proto = await connect(context.reactor, host, ip, port, context.timeouts)
+        proto = await connect(context.reactor, host, ip, port, context.timeouts, context.clock)
         local = proto.transport.getHost()
         session = SMTPSession(proto, Peer(host, ip, port, getattr(local, "host", "")), context.helo_name,
                               context.timeouts, context.clock)
@@ -549,7 +614,7 @@ class Destination:
             self.down_until = self._now() + min(DOWN_MIN * 2 ** (self._failures - 1), DOWN_MAX)
             self._down_error = exc
         while self.queue:
-            job = self.queue.popleft()
+            job = self._take()
             job.result.callback(self._session_results(job.transaction, exc, None))
 
     # -- response-driven backoff ---------------------------------------------------

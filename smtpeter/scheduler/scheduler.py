@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import socket
 from collections import defaultdict
+from time import perf_counter
 from typing import Any
 
 from twisted.internet import defer
@@ -36,6 +37,11 @@ RECORD_ATTEMPTS = 6
 POLL_INTERVAL = 1.0
 # A wake-up waits this long so the messages queued meanwhile share one claim.
 WAKE_DELAY = 0.02
+# A claim that leaves busy destinations' domains out reads past their due rows
+# first. After one that came back short, the next waits this many times as long
+# as it took: a deep backlog to one destination must not keep storage busy with
+# claims that find nothing (while mail pours in, each commit wakes us).
+SHORT_CLAIM_REST = 4.0
 # The last attempt before a message expires comes this long before the end.
 FINAL_ATTEMPT_MARGIN = 30.0
 # A server's "try again in N minutes" is honoured within these bounds.
@@ -84,10 +90,15 @@ class Scheduler:
         self._held_bytes = 0
         self._filling = False
         self._fill_again = False
+        self._rest_until = 0.0  # no claim before this (see SHORT_CLAIM_REST)
+        # The last claim was held back by the window: a finished job makes room for more.
+        self._window_full = False
         self._timer: Any = None
         self._wake_timer: Any = None
         self._running = False
         self._jobs: set[defer.Deferred] = set()
+        # A full destination with room again, or a domain now looked up, may have due work.
+        dispatcher.on_room = self.wake
 
     # -- life cycle -------------------------------------------------------------
 
@@ -118,14 +129,16 @@ class Scheduler:
         self._timer = self.clock.callLater(POLL_INTERVAL, self._tick)
 
     def wake(self) -> None:
-        """Look for due work soon (called when mail is queued and when work finishes)."""
+        """Look for due work soon: mail was queued, room was made in the window or in a
+        destination that was full."""
         if not self._running:
             return
         if self._filling:
             self._fill_again = True
             return
         self._filling = True
-        self._wake_timer = self.clock.callLater(WAKE_DELAY, self._start_fill)
+        delay = max(WAKE_DELAY, self._rest_until - self.clock.seconds())
+        self._wake_timer = self.clock.callLater(delay, self._start_fill)
 
     def _start_fill(self) -> None:
         self._wake_timer = None
@@ -133,25 +146,35 @@ class Scheduler:
             lambda f: log.failure("scheduler: claiming work failed", f))
 
     async def _fill(self) -> None:
+        again = False
         try:
             while self._running:
                 self._fill_again = False
                 room = self.config.window - self.in_flight
-                if room <= 0 or self._held_bytes >= self.config.window_bytes:
+                self._window_full = room <= 0 or self._held_bytes >= self.config.window_bytes
+                if self._window_full:
                     return
-                limit = min(room, CLAIM_BATCH)
+                # At most what a destination with room can take: a claim never overfills one.
+                limit = min(room, CLAIM_BATCH, self.dispatcher.claim_limit)
+                held = self.dispatcher.held_domains()
+                started = perf_counter()
                 try:
-                    leases = await self.storage.claim(self.node, limit, self.config.lease,
-                                                      self.dispatcher.held_domains())
+                    leases = await self.storage.claim(self.node, limit, self.config.lease, held)
                 except StorageError as exc:
                     log.warn("scheduler: cannot claim work: {exc}", exc=exc)
                     return
+                if held and len(leases) < limit:
+                    self._rest_until = self.clock.seconds() + SHORT_CLAIM_REST * (perf_counter() - started)
                 if leases:
                     await self._start_jobs(leases)
-                if len(leases) < limit and not self._fill_again:
+                if len(leases) < limit:
+                    # All there was; a wake meanwhile claims again, after its delay.
+                    again = self._fill_again
                     return
         finally:
             self._filling = False
+            if again:
+                self.wake()
 
     # -- jobs ---------------------------------------------------------------------
 
@@ -207,7 +230,10 @@ class Scheduler:
             self._messages[message_id] = (message, count - 1)
         if isinstance(result, defer.Failure) and not result.check(defer.CancelledError):
             log.failure("scheduler: a delivery job failed", result)
-        self.wake()
+        if self._window_full:
+            # Otherwise a claim now would find nothing the last one left: destinations wake
+            # us when they have room, new mail when it is queued, retries at the next poll.
+            self.wake()
 
     async def _deliver(self, message: StoredMessage, domain: str, leases: list[Lease]) -> None:
         transaction = Transaction(
@@ -267,6 +293,8 @@ class Scheduler:
         for attempt in range(RECORD_ATTEMPTS):
             try:
                 await self.storage.record(self.node, outcomes, notices)
+                if notices:
+                    self.wake()  # the DSNs are new mail
                 return
             except StorageError as exc:
                 log.warn("scheduler: cannot record delivery outcomes yet: {exc}", exc=exc)
@@ -283,7 +311,7 @@ class Scheduler:
         attempts = lease.attempts + (0 if expired else 1)
         peer = result.peer
         event: dict[str, Any] = {
-            "recipient": lease.address, "envelope": message.envelope or "", "attempt": lease.attempts,
+            "recipient": lease.address, "envelope": message.envelope or "", "attempt": attempts,
             "from": peer.local_ip if peer else "", "to": peer.ip if peer else "",
             "mx": peer.mx if peer else "", "code": result.code, "status": result.status,
             "description": result.description, "state": result.state, "tags": message.tags,

@@ -178,10 +178,8 @@ class SmtpeterService(service.Service):
         config = self.config
         nameservers = [dns.parse_nameserver(n) for n in config.dns.nameservers] or None
         resolver = dns.Resolver(self.reactor, nameservers, timeout=config.dns.timeout, clock=self.clock)
-        context = Context(self.reactor, self.clock, resolver, config.delivery.timeouts,
-                          config.delivery.helo_name or config.hostname,
-                          max_backlog=max(10, config.delivery.window // 4),
-                          max_wait=config.delivery.lease / 2)
+        context = Context.for_config(config.delivery, self.reactor, self.clock, resolver,
+                                     config.delivery.helo_name or config.hostname)
         self.dispatcher = Dispatcher(config.delivery, context, config.hostname)
         self.scheduler = Scheduler(self.storage, self.dispatcher, config.delivery, config.hostname,
                                    self.clock, config.delivery.node or None, self.metrics)

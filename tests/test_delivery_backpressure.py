@@ -145,8 +145,7 @@ class BackpressureTests(unittest.TestCase):
         routes = {"slow.test": "192.0.2.2:25", "*": "192.0.2.1:25"}
         config = parse_config({"delivery": {"hold": False, "routes": routes, **delivery}}).delivery
         # No reactor: every timer must go through the clock.
-        context = Context(None, self.clock, None, config.timeouts, "out.test",
-                          max_backlog=max(10, config.window // 4), max_wait=config.lease / 2)  # as service.py
+        context = Context.for_config(config, None, self.clock, None, "out.test")
         self.context = context
         dispatcher = Dispatcher(config, context, "out.test")
         queue = MemoryQueue(self.clock)

@@ -204,6 +204,13 @@ class Context:
     max_backlog: int = 500
     max_wait: float = 900.0
 
+    @classmethod
+    def for_config(cls, config: DeliveryConfig, reactor: Any, clock: Any, resolver: dns.Resolver,
+                   helo_name: str) -> Context:
+        """A quarter of the scheduler's window per destination; waits of at most half a lease."""
+        return cls(reactor, clock, resolver, config.timeouts, helo_name,
+                   max_backlog=max(10, config.window // 4), max_wait=config.lease / 2)
+
     @property
     def claim_limit(self) -> int:
         """Recipients one claim may lease: a destination with this much room takes them all."""

@@ -11,17 +11,16 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
-from smtpeter import tls
+from smtpeter import dns, tls
 from smtpeter.config import Config
-from smtpeter.delivery import dns
 from smtpeter.delivery.dispatcher import Dispatcher
 from smtpeter.delivery.pool import Context
 from smtpeter.events.metrics import Metrics
 from smtpeter.ingress.http.app import API
 from smtpeter.ingress.smtp.auth import login_portal
 from smtpeter.ingress.smtp.limits import AuthThrottle, ConnectionLimits
-from smtpeter.ingress.smtp.protocol import SMTPFactory
-from smtpeter.ingress.smtp.session import SessionPolicy
+from smtpeter.ingress.smtp.server_connection import SMTPFactory
+from smtpeter.ingress.smtp.server_session import SessionPolicy
 from smtpeter.ingress.submission import Submission
 from smtpeter.scheduler.scheduler import Scheduler
 from smtpeter.storage import NotFound, Storage, StorageError, open_storage

@@ -16,7 +16,7 @@ from twisted.internet import defer, task
 from twisted.trial import unittest
 
 from smtpeter.config import parse_config
-from smtpeter.delivery.client import Peer, RecipientResult, Transaction, TransactionRecipient
+from smtpeter.delivery.client_connection import Peer, RecipientResult, Transaction, TransactionRecipient
 from smtpeter.delivery.dispatcher import Dispatcher
 from smtpeter.delivery.pool import Context, Destination, HandBack, profiles, shaping_for
 from smtpeter.scheduler import scheduler as scheduler_module

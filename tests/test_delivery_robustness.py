@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from twisted.trial import unittest
 
-from smtpeter.delivery.client import SMTPSession
+from smtpeter.delivery.client_connection import SMTPSession
 from smtpeter.storage import StorageUnavailable
 from tests.support.rig import SENDER_IP, Rig, message, sleep
 from tests.support.sink import Behaviour

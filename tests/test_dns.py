@@ -18,8 +18,8 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from smtpeter.delivery import dns as dns_module
-from smtpeter.delivery.dns import (
+from smtpeter import dns as dns_module
+from smtpeter.dns import (
     MXHost,
     MXResult,
     NoSuchDomain,

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial import unittest
 
-from smtpeter.transforms.personalize import Budget, Template, TemplateError, has_tags, is_variable_name
+from smtpeter.ingress.http.template import Budget, Template, TemplateError, has_tags, is_variable_name
 
 
 def render(template: str, /, **variables: object) -> str:

@@ -9,7 +9,7 @@ from twisted.internet import defer
 from twisted.internet.threads import deferToThread
 from twisted.trial import unittest
 
-from smtpeter import message
+from smtpeter.mime import header
 from tests.support import postgres
 from tests.support.harness import Harness, RawClient, auth_plain
 from tests.test_smtp_data import FAKE_ENDS, SMUGGLED
@@ -225,7 +225,7 @@ class SubmissionServerTests(unittest.TestCase):
         content = await harness.storage.message_content(entry.id)
         self.assertEqual(content["options"], {"trackclicks": True, "inlinecss": False})
         self.assertEqual(content["tags"], ["a", "b"])
-        names = [f.name for f in message.parse(content["mime"]).fields]
+        names = [f.name for f in header.parse(content["mime"]).fields]
         self.assertNotIn("x-smtpeter-trackclicks", names)
         self.assertIn("x-other", names)
         self.assertEqual(names[0], "received")
@@ -350,9 +350,9 @@ class SubmissionServerTests(unittest.TestCase):
         self.assertEqual([code for code, _ in replies], [454, 250])
 
     async def test_storage_that_never_answers_gets_451(self) -> None:
-        from smtpeter.ingress.smtp import protocol
+        from smtpeter.ingress.smtp import server_connection
 
-        self.patch(protocol, "STORAGE_DEADLINE", 0.5)
+        self.patch(server_connection, "STORAGE_DEADLINE", 0.5)
         harness = await self.start()
         never: list = []
 

@@ -7,7 +7,7 @@ import base64
 from twisted.trial import unittest
 
 from smtpeter.ingress.smtp.data import BARE_NEWLINE
-from smtpeter.ingress.smtp.session import (
+from smtpeter.ingress.smtp.server_session import (
     Authenticate,
     BeginData,
     Close,

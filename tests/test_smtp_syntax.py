@@ -6,6 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial import unittest
 
+from smtpeter.address import encode as xtext_encode
 from smtpeter.ingress.smtp.syntax import (
     SyntaxProblem,
     check_mailbox,
@@ -14,7 +15,6 @@ from smtpeter.ingress.smtp.syntax import (
     split_command,
     xtext_decode,
 )
-from smtpeter.xtext import encode as xtext_encode
 
 
 class CommandTests(unittest.TestCase):

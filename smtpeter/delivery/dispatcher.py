@@ -9,9 +9,9 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from smtpeter import dns
 from smtpeter.config import DeliveryConfig
-from smtpeter.delivery import dns
-from smtpeter.delivery.client import RecipientResult, Transaction
+from smtpeter.delivery.client_connection import RecipientResult, Transaction
 from smtpeter.delivery.pool import Context, Destination, HandBack, profiles, shaping_for
 
 log = Logger()

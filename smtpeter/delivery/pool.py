@@ -18,9 +18,9 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from smtpeter import dns
 from smtpeter.config import BackoffRule, DeliveryConfig, Profile, Timeouts
-from smtpeter.delivery import dns
-from smtpeter.delivery.client import (
+from smtpeter.delivery.client_connection import (
     Peer,
     RecipientResult,
     SessionError,

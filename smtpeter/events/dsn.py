@@ -16,8 +16,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from smtpeter.message import make_field, parse
-from smtpeter.xtext import encode as xtext_encode
+from smtpeter.address import encode as xtext_encode
+from smtpeter.mime.header import make_field, parse
 
 ACTIONS = ("failed", "delayed", "delivered", "relayed", "expanded")
 

@@ -17,12 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from smtpeter import message as msg
 from smtpeter.events.metrics import Metrics
 from smtpeter.ids import new_id
+from smtpeter.mime import header as msg
+from smtpeter.outbound import wire
 from smtpeter.storage import Storage
 from smtpeter.storage.models import NewMessage, NewRecipient
-from smtpeter.transforms import wire
 
 BOOLEAN_OPTIONS = ("inlinecss", "trackclicks", "trackopens", "trackbounces", "preventscam")
 IMAGES_VALUES = ("default", "hosted")

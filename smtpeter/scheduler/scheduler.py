@@ -18,16 +18,16 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from smtpeter.config import DeliveryConfig
-from smtpeter.delivery.client import RecipientResult, Transaction, TransactionRecipient
+from smtpeter.delivery.client_connection import RecipientResult, Transaction, TransactionRecipient
 from smtpeter.delivery.dispatcher import Dispatcher
 from smtpeter.delivery.pool import HandBack
 from smtpeter.events.dsn import RecipientStatus, build_dsn
 from smtpeter.events.metrics import Metrics
 from smtpeter.ids import new_id
+from smtpeter.outbound import pipeline
 from smtpeter.storage import Storage, StorageError
 from smtpeter.storage.models import Lease, NewMessage, NewRecipient, Outcome, StoredMessage
 from smtpeter.storage.store import DELIVERED, EXPIRED, FAILED, QUEUED
-from smtpeter.transforms import pipeline
 
 log = Logger()
 

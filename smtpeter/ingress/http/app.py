@@ -32,8 +32,9 @@ from zope.interface import provider
 
 from smtpeter import credentials
 from smtpeter.config import Config, incoming_server
+from smtpeter.events import logfiles
 from smtpeter.events.metrics import Metrics, render
-from smtpeter.ingress.http import archive, autoconfig, compose, logfiles, personal
+from smtpeter.ingress.http import archive, autoconfig, compose, personalize
 from smtpeter.ingress.http.budget import ByteBudget
 from smtpeter.ingress.http.openapi import document
 from smtpeter.ingress.http.request import BadRequest, SendRequest, decode_body, parse_send
@@ -319,8 +320,8 @@ class API:
         account, body = await self._authenticated_body(request)
         send = parse_send(body, self.config.http.max_recipients, self.clock.seconds())
         del body  # large strings live on in ``send`` only; the rest goes now
-        if personal.uses_templates(send):
-            built = await self._in_thread(personal.personalized, send, self.config.http.max_body_size)
+        if personalize.uses_templates(send):
+            built = await self._in_thread(personalize.personalized, send, self.config.http.max_body_size)
         elif send.mime is not None:
             built = [(None, *compose.raw(send.mime))]
             send.mime = None  # the client's copy is not needed any more

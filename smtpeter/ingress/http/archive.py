@@ -7,7 +7,7 @@ import email.policy
 from dataclasses import dataclass
 from email.message import EmailMessage
 
-from smtpeter import message as msg
+from smtpeter.mime import header as msg
 
 
 @dataclass(frozen=True)

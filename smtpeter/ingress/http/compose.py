@@ -27,9 +27,9 @@ from email import base64mime, quoprimime
 from email.message import EmailMessage, MIMEPart
 from typing import IO, Any
 
-from smtpeter import message as msg
 from smtpeter.ingress.http.request import BadRequest, boolean_field, elements, mailbox, text_field
-from smtpeter.transforms import mime
+from smtpeter.mime import header as msg
+from smtpeter.mime import tree
 
 _EXTRA_HEADER = re.compile(r"[Xx]-[A-Za-z0-9][A-Za-z0-9-]*")
 _QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
@@ -452,7 +452,7 @@ def _verify(head: list[bytes], made: list[bytes]) -> None:
     ok = [field.name for field in msg.parse(b"".join(head) + b"\r\n").fields] == expected
     for piece in made:
         ok = ok and all({field.name for field in part.fields} <= _PART_FIELDS
-                        for part in mime.parse(piece).walk())
+                        for part in tree.parse(piece).walk())
     if not ok:
         raise BadRequest("the message fields could not be encoded safely")
 

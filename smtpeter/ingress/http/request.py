@@ -17,9 +17,9 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from smtpeter.ingress.http.template import is_variable_name
 from smtpeter.ingress.smtp.syntax import SyntaxProblem, check_mailbox
 from smtpeter.ingress.submission import BOOLEAN_OPTIONS, IMAGES_VALUES, Refused, check_tag
-from smtpeter.transforms.personalize import is_variable_name
 
 
 class BadRequest(Exception):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from smtpeter import xtext
+from smtpeter import address as xtext
 
 
 class SyntaxProblem(Exception):

@@ -20,10 +20,10 @@ from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from zope.interface import implementer
 
+from smtpeter.address import encode as xtext_encode
 from smtpeter.config import Timeouts
-from smtpeter.delivery.protocol import Capabilities, ProtocolError, Reply, ReplyParser, data_payload
-from smtpeter.transforms import wire
-from smtpeter.xtext import encode as xtext_encode
+from smtpeter.delivery.client_session import Capabilities, ProtocolError, Reply, ReplyParser, data_payload
+from smtpeter.outbound import wire
 
 log = Logger()
 

@@ -20,11 +20,10 @@ from twisted.protocols.basic import LineReceiver
 from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
-from smtpeter import message
 from smtpeter.ingress.smtp.auth import ISMTPLogin
 from smtpeter.ingress.smtp.data import DataReader
 from smtpeter.ingress.smtp.limits import AuthThrottle, ConnectionLimits
-from smtpeter.ingress.smtp.session import (
+from smtpeter.ingress.smtp.server_session import (
     MAX_LINE_LENGTH,
     Authenticate,
     BeginData,
@@ -38,6 +37,7 @@ from smtpeter.ingress.smtp.session import (
     reply,
 )
 from smtpeter.ingress.submission import Refused, Sender, Submission
+from smtpeter.mime.header import date_now
 from smtpeter.storage import StorageError
 from smtpeter.storage.models import NewRecipient
 
@@ -296,7 +296,7 @@ def received_header(hostname: str, client: Client, recipients: list[str], smtput
     protocol = ("UTF8SMTP" if smtputf8 else "ESMTP") + ("S" if client.tls else "") + (
         "A" if client.login else "")
     recipient = f"\r\n\tfor <{recipients[0]}>" if len(recipients) == 1 else ""
-    when = message.date_now()
+    when = date_now()
     helo = "".join(c for c in client.helo if c.isprintable() and c not in "()\\")[:255]
     return (
         f"Received: from {helo} ([{client.address}])\r\n\tby {hostname} (smtpeter) "

@@ -14,9 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial import unittest
 
-from smtpeter.message import Field
-from smtpeter.transforms import mime
-from smtpeter.transforms.wire import CannotDowngrade, has_8bit, limit_line_length, make_7bit
+from smtpeter.mime import tree as mime
+from smtpeter.mime.header import Field
+from smtpeter.outbound.wire import CannotDowngrade, has_8bit, limit_line_length, make_7bit
 
 # --- strategies -------------------------------------------------------------------------------------------
 

@@ -24,8 +24,8 @@ import re
 import urllib.parse
 from collections.abc import Iterator
 
-from smtpeter import message
-from smtpeter.message import Field
+from smtpeter.mime import header
+from smtpeter.mime.header import Field
 
 # Deeper multiparts stay leaves, so hostile nesting cannot exhaust the stack.
 MAX_DEPTH = 40
@@ -58,7 +58,7 @@ class Part:
     default_type: str = "text/plain"  # message/rfc822 for the children of a multipart/digest
 
     def header(self, name: str) -> Field | None:
-        return message.first(self.fields, name.lower())
+        return header.first(self.fields, name.lower())
 
     @property
     def content_type(self) -> str:
@@ -117,7 +117,7 @@ class Part:
 
     def set_field(self, name: str, value: str) -> None:
         """Replace the first field called ``name`` (dropping repeats of it), or append one."""
-        new = Field(name.lower(), message.make_field(name, value))
+        new = Field(name.lower(), header.make_field(name, value))
         kept: list[Field] = []
         replaced = False
         for existing in self.fields:
@@ -197,7 +197,7 @@ def _qp_escape(match: re.Match[bytes]) -> bytes:
 
 
 def _parse(raw: bytes, default_type: str, depth: int) -> Part:
-    head = message.parse(raw)
+    head = header.parse(raw)
     rest = head.body
     separator = b"\r\n" if rest.startswith(b"\r\n") else b"\n" if rest.startswith(b"\n") else b""
     part = Part(head.fields, separator, rest[len(separator):], default_type=default_type)

@@ -17,8 +17,8 @@ from typing import Any
 
 from smtpeter.ingress.http.compose import compose, raw
 from smtpeter.ingress.http.request import HEADER_FORBIDDEN, BadRequest, SendRequest
-from smtpeter.transforms import mime
-from smtpeter.transforms.personalize import Budget, Template, TemplateError, has_tags
+from smtpeter.ingress.http.template import Budget, Template, TemplateError, has_tags
+from smtpeter.mime import tree
 
 _TEMPLATE_FIELDS = ("from", "to", "cc", "replyto", "subject", "text", "html", "extra", "unsubscribe")
 _HEADER_END = re.compile(r"\r?\n\r?\n")
@@ -65,7 +65,7 @@ class _BodyValues:
         """No remembered value may hold a delimiter line of any multipart in ``message``."""
         if not self.dashed:
             return
-        boundaries = [part.boundary.decode("utf-8", "replace") for part in mime.parse(message).walk()
+        boundaries = [part.boundary.decode("utf-8", "replace") for part in tree.parse(message).walk()
                       if part.boundary]
         for text in self.dashed:
             for line in re.split(r"\r\n|\r|\n", text):

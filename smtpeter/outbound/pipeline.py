@@ -10,8 +10,8 @@ from collections.abc import Callable
 
 from twisted.logger import Logger
 
+from smtpeter.outbound import wire
 from smtpeter.storage.models import StoredMessage
-from smtpeter.transforms import wire
 
 log = Logger()
 

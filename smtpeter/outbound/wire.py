@@ -11,9 +11,9 @@ from __future__ import annotations
 import base64
 import re
 
-from smtpeter.message import Field
-from smtpeter.transforms import mime
-from smtpeter.transforms.mime import Part
+from smtpeter.mime import tree
+from smtpeter.mime.header import Field
+from smtpeter.mime.tree import Part
 
 
 class CannotDowngrade(Exception):
@@ -80,7 +80,7 @@ def foldable(field: bytes, limit: int = 998) -> bool:
 def _make_7bit(raw: bytes, nesting: int) -> bytes:
     if nesting > _MAX_NESTING:
         raise CannotDowngrade("message/rfc822 parts nested too deeply to downgrade")
-    root = mime.parse(raw)
+    root = tree.parse(raw)
     reencoded = False
     for part in root.walk():
         for index, field in enumerate(part.fields):
@@ -102,14 +102,14 @@ def _make_7bit(raw: bytes, nesting: int) -> bytes:
                 reencoded = True
     if reencoded:
         _declare_mime(root)
-    out = mime.serialize(root)
+    out = tree.serialize(root)
     if not out.isascii():
         raise CannotDowngrade("8-bit bytes where no encoding can reach them (a multipart boundary?)")
     return out
 
 
 def _limit_line_length(raw: bytes, limit: int, nesting: int) -> bytes:
-    root = mime.parse(raw)
+    root = tree.parse(raw)
     reencoded = False
     for part in root.walk():
         for index, field in enumerate(part.fields):
@@ -127,7 +127,7 @@ def _limit_line_length(raw: bytes, limit: int, nesting: int) -> bytes:
                 reencoded = True
     if reencoded:
         _declare_mime(root)
-    return mime.serialize(root)
+    return tree.serialize(root)
 
 
 def _is_message(part: Part) -> bool:

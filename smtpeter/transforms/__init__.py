@@ -1,1 +1,0 @@
-"""Message transforms applied at delivery time: plain functions on bytes."""

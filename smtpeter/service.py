@@ -13,8 +13,8 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from smtpeter import dns, tls
 from smtpeter.config import Config
+from smtpeter.delivery.destination import Context
 from smtpeter.delivery.dispatcher import Dispatcher
-from smtpeter.delivery.pool import Context
 from smtpeter.events.metrics import Metrics
 from smtpeter.ingress.http.app import API
 from smtpeter.ingress.smtp.auth import login_portal

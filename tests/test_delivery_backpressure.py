@@ -17,8 +17,9 @@ from twisted.trial import unittest
 
 from smtpeter.config import parse_config
 from smtpeter.delivery.client_connection import Peer, RecipientResult, Transaction, TransactionRecipient
+from smtpeter.delivery.destination import Context, Destination, HandBack
 from smtpeter.delivery.dispatcher import Dispatcher
-from smtpeter.delivery.pool import Context, Destination, HandBack, profiles, shaping_for
+from smtpeter.delivery.shaping import profiles, shaping_for
 from smtpeter.scheduler import scheduler as scheduler_module
 from smtpeter.scheduler.scheduler import SHORT_CLAIM_REST, Scheduler
 from smtpeter.storage.models import Lease, Outcome, StoredMessage

@@ -8,7 +8,7 @@ from twisted.trial import unittest
 
 from smtpeter.config import parse_config
 from smtpeter.delivery.client_session import Capabilities, ProtocolError, Reply, ReplyParser, data_payload
-from smtpeter.delivery.pool import RateLimiter, profiles, shaping_for
+from smtpeter.delivery.shaping import RateLimiter, profiles, shaping_for
 from smtpeter.ingress.smtp.data import DataReader
 from smtpeter.scheduler.scheduler import retry_delay, retry_hint
 

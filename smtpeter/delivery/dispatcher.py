@@ -12,7 +12,8 @@ from twisted.logger import Logger
 from smtpeter import dns
 from smtpeter.config import DeliveryConfig
 from smtpeter.delivery.client_connection import RecipientResult, Transaction
-from smtpeter.delivery.pool import Context, Destination, HandBack, profiles, shaping_for
+from smtpeter.delivery.destination import Context, Destination, HandBack
+from smtpeter.delivery.shaping import profiles, shaping_for
 
 log = Logger()
 

@@ -19,8 +19,8 @@ from twisted.logger import Logger
 
 from smtpeter.config import DeliveryConfig
 from smtpeter.delivery.client_connection import RecipientResult, Transaction, TransactionRecipient
+from smtpeter.delivery.destination import HandBack
 from smtpeter.delivery.dispatcher import Dispatcher
-from smtpeter.delivery.pool import HandBack
 from smtpeter.events.dsn import RecipientStatus, build_dsn
 from smtpeter.events.metrics import Metrics
 from smtpeter.ids import new_id

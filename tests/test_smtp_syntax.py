@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial import unittest
 
-from smtpeter.address import encode as xtext_encode
+from smtpeter.address import xtext_encode
 from smtpeter.ingress.smtp.syntax import (
     SyntaxProblem,
     check_mailbox,

@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from zope.interface import implementer
 
-from smtpeter.address import encode as xtext_encode
+from smtpeter.address import xtext_encode
 from smtpeter.config import Timeouts
 from smtpeter.delivery.client_session import Capabilities, ProtocolError, Reply, ReplyParser, data_payload
 from smtpeter.outbound import wire

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from smtpeter.address import encode as xtext_encode
+from smtpeter.address import xtext_encode
 from smtpeter.mime.header import make_field, parse
 
 ACTIONS = ("failed", "delayed", "delivered", "relayed", "expanded")

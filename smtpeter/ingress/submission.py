@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from smtpeter.address import domain_key
 from smtpeter.events.metrics import Metrics
 from smtpeter.ids import new_id
 from smtpeter.mime import header as msg
@@ -88,17 +89,6 @@ class Identity:
     address: str
     domain: str
     shown_domains: tuple[str, ...] = ()  # of addresses written into its display name
-
-
-def domain_key(domain: str) -> str:
-    """A domain as sender domains are compared: lower case, no final dot, IDNs as A-labels."""
-    domain = domain.strip().rstrip(".").lower()
-    if domain.isascii():
-        return domain
-    try:
-        return domain.encode("idna").decode("ascii")
-    except UnicodeError:
-        return domain
 
 
 def sender_identities(envelope: str | None, fields: list[msg.Field]) -> list[Identity]:

@@ -17,8 +17,8 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from smtpeter.address import AddressError, check_mailbox
 from smtpeter.ingress.http.template import is_variable_name
-from smtpeter.ingress.smtp.syntax import SyntaxProblem, check_mailbox
 from smtpeter.ingress.submission import BOOLEAN_OPTIONS, IMAGES_VALUES, Refused, check_tag
 
 
@@ -215,7 +215,7 @@ def mailbox(name: str, value: Any) -> str:
         text = text[1:-1]
     try:
         return check_mailbox(text, utf8=True)
-    except SyntaxProblem:
+    except AddressError:
         raise BadRequest(f"'{name}': {value!r} is not a valid email address") from None
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from smtpeter import address as xtext
+from smtpeter import address as address_syntax
+from smtpeter.address import AddressError
 
 
 class SyntaxProblem(Exception):
@@ -20,25 +21,6 @@ class SyntaxProblem(Exception):
         self.code, self.status, self.text = code, status, text
 
 
-_ATEXT = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~\-"
-_UTF8 = r"\u0080-\U0010ffff"
-_LDH = r"[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?"
-_ULDH = rf"[A-Za-z0-9{_UTF8}](?:[A-Za-z0-9\-{_UTF8}]{{0,61}}[A-Za-z0-9{_UTF8}])?"
-_QTEXT = r"\x20\x21\x23-\x5b\x5d-\x7e"
-_IPV4 = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?:\.(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}"
-
-
-def _mailbox_re(utf8: bool) -> re.Pattern[str]:
-    atext = _ATEXT + (_UTF8 if utf8 else "")
-    qtext = _QTEXT + (_UTF8 if utf8 else "")
-    label = _ULDH if utf8 else _LDH
-    return re.compile(
-        rf"(?P<local>[{atext}]+(?:\.[{atext}]+)*|\"(?:[{qtext}]|\\[\x20-\x7e])*\")"
-        rf"@(?P<domain>{label}(?:\.{label})*|\[(?:{_IPV4}|IPv6:[0-9A-Fa-f:.]+)\])"
-    )
-
-
-_MAILBOX = {False: _mailbox_re(False), True: _mailbox_re(True)}
 # Source routes (A-d-l) must be accepted and ignored (RFC 5321 §4.1.2, §C).
 _ROUTE = re.compile(r"@[^:,<>]+(?:,@[^:,<>]+)*:")
 _PARAM_KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9\-]*")
@@ -124,24 +106,18 @@ def _closing_bracket(text: str) -> int:
 
 
 def check_mailbox(address: str, utf8: bool) -> str:
-    """Validate a mailbox; return it with the domain lower-cased.
-
-    ``utf8`` allows internationalised local parts and domains (SMTPUTF8).
-    """
-    if not address.isascii() and not utf8:
-        raise SyntaxProblem(553, "5.6.7", "Non-ASCII address needs the SMTPUTF8 parameter")
-    match = _MAILBOX[utf8].fullmatch(address)
-    if not match:
-        raise SyntaxProblem(501, "5.1.3", f"Bad address syntax: {address}")
-    local, domain = match.group("local"), match.group("domain")
-    if len(local.encode("utf-8")) > 64 or len(domain.encode("utf-8")) > 255:
-        raise SyntaxProblem(501, "5.1.3", "Address too long")
-    return f"{local}@{domain.lower()}"
+    """A mailbox with its domain lower-cased, or the SyntaxProblem to answer."""
+    try:
+        return address_syntax.check_mailbox(address, utf8)
+    except AddressError as exc:
+        if exc.needs_smtputf8:
+            raise SyntaxProblem(553, "5.6.7", str(exc)) from None
+        raise SyntaxProblem(501, "5.1.3", str(exc)) from None
 
 
 def xtext_decode(value: str) -> str:
     """RFC 3461 xtext decoding, with the SMTP reply for malformed input."""
     try:
-        return xtext.decode(value)
+        return address_syntax.xtext_decode(value)
     except ValueError as exc:
         raise SyntaxProblem(501, "5.5.4", str(exc)) from None

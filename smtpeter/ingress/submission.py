@@ -21,7 +21,7 @@ from smtpeter.address import domain_key
 from smtpeter.events.metrics import Metrics
 from smtpeter.ids import new_id
 from smtpeter.mime import header as msg
-from smtpeter.outbound import wire
+from smtpeter.mime.lines import foldable
 from smtpeter.storage import Storage
 from smtpeter.storage.models import NewMessage, NewRecipient
 
@@ -268,7 +268,7 @@ class Submission:
         if parsed.body_start > MAX_HEADER_SIZE:
             raise Refused(552, "5.3.4", f"Message refused: header larger than {MAX_HEADER_SIZE} octets")
         for field in parsed.fields:
-            if not wire.foldable(field.raw):
+            if not foldable(field.raw):
                 raise Refused(550, "5.6.0", f"Message refused: a {field.name} header line is longer than 998 "
                                             "octets and has no white space to fold it at (RFC 5322 §2.1.1)")
         await self.check_sender(sender.account_id, envelope, parsed.fields)

@@ -8,11 +8,12 @@ was, and give back the very same object when nothing needed doing.
 
 from __future__ import annotations
 
-import base64
 import re
 
 from smtpeter.mime import tree
+from smtpeter.mime.encoded_words import MAX_ENCODED_WORD, encoded_words
 from smtpeter.mime.header import Field
+from smtpeter.mime.lines import break_long_lines, fold, fold_long_lines, has_long_line
 from smtpeter.mime.tree import Part
 
 
@@ -32,10 +33,7 @@ _WITH_PARAMETERS = frozenset({"content-type", "content-disposition"})
 _MAX_NESTING = 20  # message/rfc822 within message/rfc822 ...
 _FOLD_WIDTH = 76  # RFC 2047 §2: a line holding encoded-words is at most 76 characters
 _UNFOLD = re.compile(rb"\r?\n(?=[ \t])")
-_WORD = re.compile(rb"[ \t]*[^ \t]+")
 _TO_ASCII = bytes.maketrans(bytes(range(128, 256)), b"?" * 128)
-# RFC 2047 §5(3): the characters a "Q" encoded-word may carry as they are, in any position.
-_Q_LITERAL = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!*+-/")
 # RFC 2231 attribute-char: what may appear unescaped in an extended parameter value.
 _ATTRIBUTE_CHAR = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!#$&+-.^_`|~")
 _ADDRESS_PIECE = re.compile(
@@ -65,16 +63,10 @@ def limit_line_length(raw: bytes, limit: int = 998) -> bytes:
     others base64); long header lines are folded at white space, and left as
     they are where there is none.
     """
-    if not _has_long_line(raw, limit):
+    if not has_long_line(raw, limit):
         return raw
     out = _limit_line_length(raw, limit, 0)
     return raw if out == raw else out
-
-
-def foldable(field: bytes, limit: int = 998) -> bool:
-    """Whether a header field can go out with no line over ``limit`` octets, folded at white space
-    where it must be (what ``limit_line_length`` does to it)."""
-    return not _has_long_line(field, limit) or not _has_long_line(_fold_long_lines(field, limit), limit)
 
 
 def _make_7bit(raw: bytes, nesting: int) -> bytes:
@@ -113,12 +105,12 @@ def _limit_line_length(raw: bytes, limit: int, nesting: int) -> bytes:
     reencoded = False
     for part in root.walk():
         for index, field in enumerate(part.fields):
-            if _has_long_line(field.raw, limit):
-                part.fields[index] = Field(field.name, _fold_long_lines(field.raw, limit))
+            if has_long_line(field.raw, limit):
+                part.fields[index] = Field(field.name, fold_long_lines(field.raw, limit))
         if part.is_multipart:
-            part.preamble = _break_long_lines(part.preamble, limit)
-            part.epilogue = _break_long_lines(part.epilogue, limit)
-        elif _has_long_line(part.body, limit):
+            part.preamble = break_long_lines(part.preamble, limit)
+            part.epilogue = break_long_lines(part.epilogue, limit)
+        elif has_long_line(part.body, limit):
             if _is_message(part) and part.transfer_encoding in ("7bit", "8bit", "binary"):
                 if nesting < _MAX_NESTING:
                     part.body = _limit_line_length(part.body, limit, nesting + 1)
@@ -149,80 +141,6 @@ def _declare_mime(root: Part) -> None:
         root.set_field("MIME-Version", "1.0")
 
 
-def _has_long_line(data: bytes, limit: int) -> bool:
-    """Whether a line of ``data`` has more than ``limit`` octets before its CRLF.
-
-    Such a line holds a whole aligned window of ``limit // 2 + 1`` octets
-    without LF, so probing those windows with ``find`` is enough.
-    """
-    if len(data) <= limit:
-        return False
-    window = limit // 2 + 1
-    for start in range(0, len(data) - window + 1, window):
-        if data.find(b"\n", start, start + window) < 0:
-            line_start = data.rfind(b"\n", 0, start) + 1
-            line_end = data.find(b"\n", start)
-            if line_end < 0:
-                line_end = len(data)
-            elif data[line_end - 1] == 0x0D:
-                line_end -= 1
-            if line_end - line_start > limit:
-                return True
-    return False
-
-
-def _lines(data: bytes) -> list[tuple[bytes, bytes]]:
-    """(content, line break) for each line."""
-    lines = []
-    for line in re.findall(rb"[^\n]*\n|[^\n]+", data):
-        ending = b"\r\n" if line.endswith(b"\r\n") else b"\n" if line.endswith(b"\n") else b""
-        lines.append((line[: len(line) - len(ending)], ending))
-    return lines
-
-
-def _fold_long_lines(raw: bytes, limit: int) -> bytes:
-    """Fold each line longer than ``limit``; one that cannot be folded to fit is left as it is."""
-    out = []
-    for content, ending in _lines(raw):
-        if len(content) > limit:
-            folded = _fold(content, 78)
-            if max(map(len, folded.split(b"\r\n"))) <= limit:
-                content = folded
-        out.append(content + ending)
-    return b"".join(out)
-
-
-def _break_long_lines(data: bytes, limit: int) -> bytes:
-    if not _has_long_line(data, limit):
-        return data
-    out = []
-    for content, ending in _lines(data):
-        out.append(b"\r\n".join(content[i : i + limit] for i in range(0, len(content), limit)) + ending)
-    return b"".join(out)
-
-
-def _fold(line: bytes, width: int) -> bytes:
-    """RFC 5322 §3.2.2 folding: CRLF inserted before white space, lines at most ``width`` where possible.
-
-    No line is left holding white space only, and a word longer than
-    ``width`` stays whole on an over-long line.
-    """
-    content_end = len(line.rstrip(b" \t"))
-    pieces, start = [], 0
-    while len(line) - start > width:
-        word = _WORD.match(line, start)
-        if word is None or word.end() >= content_end:
-            break
-        earliest, latest = word.end(), min(start + width, content_end - 1)
-        cut = max(line.rfind(b" ", earliest, latest + 1), line.rfind(b"\t", earliest, latest + 1))
-        if cut < 0:
-            cut = earliest
-        pieces.append(line[start:cut])
-        start = cut
-    pieces.append(line[start:])
-    return b"\r\n".join(pieces)
-
-
 def _downgrade_field(field: Field) -> Field:
     raw_name, _, value = field.raw.partition(b":")
     value = _UNFOLD.sub(b"", value).strip(b" \t\r\n")
@@ -240,55 +158,11 @@ def _downgrade_field(field: Field) -> Field:
         new = _encode_parameters(value)
     else:
         raise CannotDowngrade(f"8-bit text in the {name} header field")
-    return Field(name, _fold(raw_name + b": " + new, _FOLD_WIDTH) + b"\r\n")
+    return Field(name, fold(raw_name + b": " + new, _FOLD_WIDTH) + b"\r\n")
 
 
-def _encoded_words(text: bytes, first: int = 75) -> list[bytes]:
-    """RFC 2047 encoded-words for ``text``, never splitting a character.
-
-    Each is at most 75 characters; the first at most ``first`` (if that leaves
-    room for some text), so that it can share the line before it.
-    """
-    try:
-        units = [character.encode() for character in text.decode("utf-8")]
-        charset = b"utf-8"
-    except UnicodeDecodeError:
-        units = [bytes([octet]) for octet in text]
-        charset = b"unknown-8bit"
-    quoted = [b"".join(_q(octet) for octet in unit) for unit in units]
-    use_q = sum(map(len, quoted)) <= 4 * -(-len(text) // 3)
-    prefix = b"=?" + charset + (b"?Q?" if use_q else b"?B?")
-    words, current, size = [], [], 0
-    budget = _budget(first if first >= len(prefix) + 14 else 75, len(prefix), use_q)
-    for unit, encoded in zip(units, quoted, strict=True):
-        cost = len(encoded) if use_q else len(unit)
-        if current and size + cost > budget:
-            words.append(current)
-            current, size = [], 0
-            budget = _budget(75, len(prefix), use_q)
-        current.append(encoded if use_q else unit)
-        size += cost
-    if current:
-        words.append(current)
-    if use_q:
-        return [prefix + b"".join(word) + b"?=" for word in words]
-    return [prefix + base64.b64encode(b"".join(word)) + b"?=" for word in words]
-
-
-def _budget(length: int, prefix: int, use_q: bool) -> int:
-    """How much text an encoded-word of ``length`` characters carries (encoded for Q, raw for B)."""
-    room = length - prefix - 2
-    return room if use_q else room // 4 * 3
-
-
-def _q(octet: int) -> bytes:
-    if octet in _Q_LITERAL:
-        return bytes([octet])
-    return b"_" if octet == 0x20 else b"=%02X" % octet
-
-
-def _encode_phrase(text: bytes, first: int = 75) -> bytes:
-    return b" ".join(_encoded_words(text, first))
+def _encode_phrase(text: bytes, first: int = MAX_ENCODED_WORD) -> bytes:
+    return b" ".join(encoded_words(text, first))
 
 
 def _encode_unstructured(value: bytes, lead: int) -> bytes:

@@ -23,13 +23,13 @@ import mimetypes
 import re
 import secrets
 import unicodedata
-from email import base64mime, quoprimime
 from email.message import EmailMessage, MIMEPart
 from typing import IO, Any
 
 from smtpeter.ingress.http.request import BadRequest, boolean_field, elements, mailbox, text_field
 from smtpeter.mime import header as msg
 from smtpeter.mime import tree
+from smtpeter.mime.encoded_words import MAX_ENCODED_WORD, encoded_words
 
 _EXTRA_HEADER = re.compile(r"[Xx]-[A-Za-z0-9][A-Za-z0-9-]*")
 _QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
@@ -47,7 +47,6 @@ _JOINERS = {"\u200c", "\u200d"}
 # RFC 6838 §4.2: type and subtype names of at most 127 characters.
 _MIME_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}")
 _ATOMS = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~ -]*")
-MAX_ENCODED_WORD = 75  # characters (RFC 2047 §2)
 _ENCODED_WORD_FRAME = len("=?utf-8?q??=")
 _MIN_FIRST_WORD = _ENCODED_WORD_FRAME + 12  # room for one 4-byte character, Q-encoded
 _MAX_ATTACHMENT_NAME = 255
@@ -75,24 +74,8 @@ def header_text(name: str, value: Any, *, allow_empty: bool = True) -> str:
     return text
 
 
-def encoded_words(text: str, first: int = MAX_ENCODED_WORD) -> list[str]:
-    """``text`` as UTF-8 encoded-words (RFC 2047) of at most 75 characters, the first at most
-    ``first``; cut between characters, so each decodes alone, and together (a reader drops the
-    white space between encoded-words) they decode to exactly ``text``. Q where it is not
-    longer than B, as Q stays readable. Words fit in phrases too (RFC 2047 §5(3))."""
-    data = text.encode("utf-8")
-    q = quoprimime.header_length(data) <= base64mime.header_length(data)
-    measure = quoprimime.header_length if q else base64mime.header_length
-    encode = quoprimime.header_encode if q else base64mime.header_encode
-    words, chunk, room = [], b"", first - _ENCODED_WORD_FRAME
-    for char in text:
-        longer = chunk + char.encode("utf-8")
-        if chunk and measure(longer) > room:
-            words.append(encode(chunk, "utf-8"))
-            longer, room = char.encode("utf-8"), MAX_ENCODED_WORD - _ENCODED_WORD_FRAME
-        chunk = longer
-    words.append(encode(chunk, "utf-8"))
-    return words
+def _encoded(text: str, first: int = MAX_ENCODED_WORD) -> list[str]:
+    return [word.decode("ascii") for word in encoded_words(text.encode("utf-8"), first)]
 
 
 def _words(text: str, first: int, phrase: bool = False) -> list[str]:
@@ -108,7 +91,7 @@ def _words(text: str, first: int, phrase: bool = False) -> list[str]:
     """
     budget = max(78 - first, _MIN_FIRST_WORD)
     if " ".join(text.split()) != text:
-        return encoded_words(text, budget)
+        return _encoded(text, budget)
     runs: list[tuple[bool, list[str]]] = []
     for word in text.split(" "):
         # Room on its line: the first shares one with the field name; quotes may come in a phrase.
@@ -123,7 +106,7 @@ def _words(text: str, first: int, phrase: bool = False) -> list[str]:
     for plain, run in runs:
         joined = " ".join(run)
         if not plain:
-            words += encoded_words(joined, budget if not words else MAX_ENCODED_WORD)
+            words += _encoded(joined, budget if not words else MAX_ENCODED_WORD)
         elif phrase and not _ATOMS.fullmatch(joined):
             # A quoted string may be folded at its spaces too (RFC 5322 §3.2.4).
             words += ('"' + joined.replace("\\", "\\\\").replace('"', '\\"') + '"').split(" ")

@@ -21,8 +21,9 @@ from twisted.internet import defer, task
 
 from bench.peers import Smtpeter
 from bench.relay import SINK_HOST, SmtpSink
+from smtpeter.envelope import Envelope, Recipient
 from smtpeter.storage import open_storage
-from smtpeter.storage.models import NewMessage, NewRecipient
+from smtpeter.storage.models import NewMessage
 
 PER_MESSAGE = 1000
 
@@ -35,9 +36,9 @@ async def fill(reactor: object, url: str, account_name: str, recipients: int) ->
         pending = []
         for start in range(0, recipients, PER_MESSAGE):
             count = min(PER_MESSAGE, recipients - start)
-            pending.append(storage.enqueue(NewMessage(
-                account.id, "smtp", "app@example.com", mime,
-                [NewRecipient(f"r{start + n}@example.net") for n in range(count)])))
+            rcpts = tuple(Recipient(f"r{start + n}@example.net") for n in range(count))
+            pending.append(storage.enqueue(NewMessage(account.id, "smtp", Envelope("app@example.com", rcpts),
+                                                      mime)))
             if len(pending) >= 50:
                 await defer.gatherResults(pending)
                 pending = []

@@ -12,7 +12,7 @@ from typing import Any
 from twisted.internet import defer, task
 
 from smtpeter.config import Config, ConfigError, load_config
-from smtpeter.ingress.submission import BOOLEAN_OPTIONS
+from smtpeter.envelope import BOOLEAN_OPTIONS, IMAGES_VALUES, OPTION_NAMES, MessageOptions, OptionError
 from smtpeter.storage import Conflict, NotFound, Storage, StorageError, open_storage
 
 
@@ -31,8 +31,13 @@ def _time(value: float | None) -> str | None:
     return datetime.datetime.fromtimestamp(value, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _login_options(args: argparse.Namespace) -> dict[str, object]:
-    return {name: True for name in BOOLEAN_OPTIONS if getattr(args, name, False)}
+def _login_options(args: argparse.Namespace) -> MessageOptions:
+    """The options given as --NAME / --no-NAME (those not given stay unset)."""
+    try:
+        return MessageOptions.parse({name: getattr(args, name) for name in OPTION_NAMES
+                                     if getattr(args, name, None) is not None})
+    except OptionError as exc:
+        raise CommandError(f"--{exc}") from None
 
 
 def validation_record(domain: str, token: str) -> dict[str, str]:
@@ -60,7 +65,7 @@ async def login_create(storage: Storage, args: argparse.Namespace, config: Confi
     account = await storage.account(args.account)
     password = await storage.create_smtp_login(account.id, args.username, _login_options(args))
     return {"account": account.name, "smtp_username": args.username, "smtp_password": password,
-            "options": _login_options(args)}
+            "options": _login_options(args).as_dict()}
 
 
 async def token_create(storage: Storage, args: argparse.Namespace, config: Config) -> dict:
@@ -138,11 +143,11 @@ async def queue_list(storage: Storage, args: argparse.Namespace, config: Config)
 
 async def queue_show(storage: Storage, args: argparse.Namespace, config: Config) -> dict:
     entry = _entry(await storage.recipient(args.id))
-    content = await storage.message_content(args.id)
-    account = await storage.account(content["account_id"])
-    headers = content["mime"].split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace")
-    entry.update({"account": account.name, "account_id": account.id, "options": content["options"],
-                  "tags": content["tags"], "expires": _time(content["expires"]),
+    stored = await storage.message_content(args.id)
+    account = await storage.account(stored.account_id)
+    headers = stored.mime.split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace")
+    entry.update({"account": account.name, "account_id": account.id, "options": stored.options.as_dict(),
+                  "tags": stored.tags, "expires": _time(stored.expires),
                   "headers": headers, "events": [_event(e) for e in await storage.events(args.id)]})
     return entry
 
@@ -288,7 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     def options(p: argparse.ArgumentParser) -> None:
         for name in BOOLEAN_OPTIONS:
-            p.add_argument(f"--{name}", action="store_true", help=f"default {name} on for this login")
+            p.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=None,
+                           help=f"mail sent with this login has {name} on (--no-{name}: off) unless it says")
+        p.add_argument("--images", choices=IMAGES_VALUES, default=None,
+                       help="mail sent with this login has this images option unless it says")
 
     parser = argparse.ArgumentParser(prog="smtpeter", parents=[common],
                                      description="Administer an smtpeter installation.")

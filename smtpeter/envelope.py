@@ -122,6 +122,7 @@ class OptionError(ValueError):
 
 # The SMTPeter names of the options, and the old names its API still accepts.
 BOOLEAN_OPTIONS = ("inlinecss", "trackclicks", "trackopens", "trackbounces", "preventscam")
+OPTION_NAMES = (*BOOLEAN_OPTIONS, "images")
 LEGACY_NAMES = {"clicktracking": "trackclicks", "bouncetracking": "trackbounces",
                 "openstracking": "trackopens", "inlinizecss": "inlinecss"}
 

@@ -18,6 +18,7 @@ from twisted.internet import defer
 from twisted.trial import unittest
 from twisted.web.client import ResponseNeverReceived
 
+from smtpeter.envelope import MessageOptions
 from smtpeter.ingress.http.app import API
 from smtpeter.ingress.http.openapi import document
 from tests.support.harness import Harness, Login
@@ -56,7 +57,7 @@ class APITests(unittest.TestCase):
 
     async def stored(self, message_id: str) -> email.message.EmailMessage:
         content = await self.storage.message_content(message_id)
-        return email.message_from_bytes(content["mime"], policy=email.policy.default)
+        return email.message_from_bytes(content.mime, policy=email.policy.default)
 
     # -- authentication -------------------------------------------------------------
 
@@ -88,13 +89,13 @@ class APITests(unittest.TestCase):
         entry = await self.storage.recipient(message_id)
         self.assertEqual(entry.account_id, self.acme.account_id)
         content = await self.storage.message_content(message_id)
-        self.assertIn(b"Subject: Hello\r\n", content["mime"])
-        self.assertNotIn(b"\n\n", content["mime"].replace(b"\r\n", b""))
-        self.assertIn(b"Message-ID: <", content["mime"])
-        self.assertEqual(content["envelope"], None)
-        self.assertEqual(content["source"], "api")
-        self.assertEqual(content["options"], {"trackclicks": True, "trackopens": True, "trackbounces": True,
-                                              "inlinecss": False, "preventscam": False})
+        self.assertIn(b"Subject: Hello\r\n", content.mime)
+        self.assertNotIn(b"\n\n", content.mime.replace(b"\r\n", b""))
+        self.assertIn(b"Message-ID: <", content.mime)
+        self.assertEqual(content.envelope.sender, None)
+        self.assertEqual(content.source, "api")
+        self.assertEqual(content.options, MessageOptions(trackclicks=True, trackopens=True, trackbounces=True,
+                                                         inlinecss=False, preventscam=False))
 
     async def test_send_builds_correct_mime_from_fields(self) -> None:
         await self.start()
@@ -130,7 +131,7 @@ class APITests(unittest.TestCase):
         self.assertEqual(attachment.get_filename(), "Rechnung Ä.pdf")
         self.assertEqual(attachment.get_content_type(), "application/pdf")
         self.assertEqual(attachment.get_content(), pdf)
-        raw = (await self.storage.message_content(message_id))["mime"]
+        raw = (await self.storage.message_content(message_id)).mime
         self.assertTrue(raw.isascii(), "ASCII addresses: the message is 7-bit clean")
         self.assertTrue(all(len(line) <= 998 for line in raw.split(b"\r\n")))
 
@@ -139,14 +140,14 @@ class APITests(unittest.TestCase):
         self.assertEqual(list((await self.send(SMTPETER_FIELDS)).values()), ["john@doe.example"])
         advanced = await self.send(SMTPETER_ADVANCED)
         content = await self.storage.message_content(next(iter(advanced)))
-        self.assertEqual(content["options"]["trackopens"], False)
-        self.assertEqual(content["options"]["images"], "hosted")
-        self.assertEqual(content["tags"], ["tag1", "tag2"])
+        self.assertEqual(content.options.trackopens, False)
+        self.assertEqual(content.options.images, "hosted")
+        self.assertEqual(content.tags, ["tag1", "tag2"])
         # 2099 means "keep trying": capped at 30 days rather than refused.
-        self.assertLess(abs(content["expires"] - (time.time() + 30 * 86400)), 60)
+        self.assertLess(abs(content.expires - (time.time() + 30 * 86400)), 60)
         soon = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(time.time() + 7200))
         soon_id = next(iter(await self.send({**SMTPETER_ADVANCED, "maxdelivertime": soon})))
-        self.assertEqual((await self.storage.message_content(soon_id))["expires"],
+        self.assertEqual((await self.storage.message_content(soon_id)).expires,
                          float(calendar.timegm(time.strptime(soon, "%Y-%m-%d %H:%M:%S"))))
         multi = await self.send(SMTPETER_MULTI)
         self.assertEqual(sorted(multi.values()), ["one@example.net", "two@example.net"])
@@ -156,7 +157,7 @@ class APITests(unittest.TestCase):
         (form_id,) = form.json
         parsed = await self.stored(form_id)
         self.assertEqual(parsed["From"].addresses[0].addr_spec, "info@example.com")
-        self.assertEqual((await self.storage.message_content(form_id))["envelope"], "info@example.com")
+        self.assertEqual((await self.storage.message_content(form_id)).envelope.sender, "info@example.com")
         # PHP's http_build_query brackets, and the object form of recipients.
         php = ("recipients%5B0%5D=a%40dest.example&recipients%5B1%5D=b%40dest.example&from=info%40example.com"
                "&text=hi&dsn%5Bret%5D=FULL&dsn%5Bnotify%5D=FAILURE%2CDELAY&extra%5Bx-id%5D=7&trackclicks=false")
@@ -164,7 +165,7 @@ class APITests(unittest.TestCase):
         self.assertEqual(response.code, 200, response.body)
         self.assertEqual(sorted(response.json.values()), ["a@dest.example", "b@dest.example"])
         content = await self.storage.message_content(next(iter(response.json)))
-        self.assertEqual((content["dsn_ret"], content["options"]["trackclicks"]), ("FULL", False))
+        self.assertEqual((content.envelope.ret, content.options.trackclicks), ("FULL", False))
         keyed = await self.send({"recipients": {"x@dest.example": {"name": "X"}, "y@dest.example": {}},
                                  "from": "info@example.com", "text": "hi"})
         self.assertEqual(sorted(keyed.values()), ["x@dest.example", "y@dest.example"])
@@ -193,7 +194,7 @@ class APITests(unittest.TestCase):
         self.assertIn("no orders", john.get_body(("plain",)).get_content())
         self.assertIn("<style>p{color:red}</style><p>Hi Jane</p>", jane.get_body(("html",)).get_content())
         # Each message holds only its own recipient.
-        jane_message = (await self.storage.message_content(by_address["jane@dest.example"]))["message_id"]
+        jane_message = (await self.storage.message_content(by_address["jane@dest.example"])).id
         queued = await self.storage.queue(limit=100)
         self.assertEqual([r.address for r in queued if r.message_id == jane_message], ["jane@dest.example"])
         # Whole MIME messages are templates too; "data" serves a single recipient.
@@ -215,7 +216,7 @@ class APITests(unittest.TestCase):
         plain = await self.send({"recipients": {"p@dest.example": {}, "q@dest.example": {}},
                                  "from": "info@example.com", "text": "no tags here {not a tag}"})
         contents = [await self.storage.message_content(i) for i in plain]
-        self.assertEqual(contents[0]["message_id"], contents[1]["message_id"])
+        self.assertEqual(contents[0].id, contents[1].id)
         # Mistakes are 400s that say what is wrong, and nothing is stored.
         before = len(await self.storage.queue(limit=1000))
         for body, message in (
@@ -268,9 +269,9 @@ class APITests(unittest.TestCase):
                                           "orcpt": "a@dest.example"}})
         (message_id,) = answer
         content = await self.storage.message_content(message_id)
-        self.assertEqual((content["dsn_ret"], content["dsn_envid"], content["envelope"]),
+        self.assertEqual((content.envelope.ret, content.envelope.envid, content.envelope.sender),
                          ("HDRS", "ENV 1", "bounces@example.com"))
-        self.assertFalse(content["options"]["trackclicks"])
+        self.assertFalse(content.options.trackclicks)
         rows = await self.storage.db.query("SELECT notify, orcpt FROM recipients WHERE id = ?", (message_id,))
         self.assertEqual(rows, [("SUCCESS,FAILURE", "rfc822;a@dest.example")])
 
@@ -307,7 +308,7 @@ class APITests(unittest.TestCase):
         self.assertEqual(str(stored["Subject"]), "Café menu")
         self.assertEqual(stored["To"].addresses[0].addr_spec, '"john doe"@dest.example')
         self.assertEqual(stored["To"].addresses[0].display_name, 'Doe, "Jr"')
-        raw = (await self.storage.message_content(message_id))["mime"]
+        raw = (await self.storage.message_content(message_id)).mime
         self.assertNotIn(b'""john doe""', raw)  # a quoted local part is not quoted twice
 
     async def test_long_header_values_are_folded_and_decode_exactly(self) -> None:
@@ -325,7 +326,7 @@ class APITests(unittest.TestCase):
             "from": f"{quoted['from']} <info@example.com>",
             "to": [f"{quoted['to']} <a@dest.example>", "b@dest.example"],
             "cc": f"{quoted['cc']} <c@dest.example>", "replyto": f"{quoted['replyto']} <r@example.com>"})
-        raw = (await self.storage.message_content(message_id))["mime"]
+        raw = (await self.storage.message_content(message_id)).mime
         head = raw.split(b"\r\n\r\n")[0].split(b"\r\n")
         self.assertEqual([line[:40] for line in head if len(line) > 78], [])
         stored = await self.stored(message_id)

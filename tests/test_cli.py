@@ -13,8 +13,9 @@ from twisted.internet import defer, reactor, utils
 from twisted.trial import unittest
 
 from smtpeter import credentials
+from smtpeter.envelope import Envelope, MessageOptions, Recipient
 from smtpeter.storage import Storage, open_storage
-from smtpeter.storage.models import NewMessage, NewRecipient, Outcome
+from smtpeter.storage.models import NewMessage, Outcome
 
 SMTPETER = str(Path(sys.executable).parent / "smtpeter")
 
@@ -47,7 +48,7 @@ class CLITests(unittest.TestCase):
         try:
             login = await storage.smtp_login("acme")
             self.assertTrue(credentials.verify_password(created["smtp_password"], login.password_hash))
-            self.assertEqual(login.options, {"trackclicks": True})
+            self.assertEqual(login.options, MessageOptions(trackclicks=True))
             self.assertEqual(await storage.account_for_token(created["api_token"]), login.account_id)
         finally:
             await storage.close()
@@ -96,8 +97,9 @@ class CLITests(unittest.TestCase):
         try:
             account = await storage.create_account("acme")
             ids = await storage.enqueue(NewMessage(
-                account.id, "smtp", "a@example.com", b"From: a@example.com\r\nSubject: s\r\n\r\nbody\r\n",
-                [NewRecipient("x@example.net"), NewRecipient("y@example.net")], tags=["t1"]))
+                account.id, "smtp",
+                Envelope("a@example.com", (Recipient("x@example.net"), Recipient("y@example.net"))),
+                b"From: a@example.com\r\nSubject: s\r\n\r\nbody\r\n", tags=["t1"]))
         finally:
             await storage.close()
         code, out, err = await self.run_cli("queue", "list", "--json")
@@ -136,8 +138,9 @@ class CLITests(unittest.TestCase):
         storage = await self.storage()
         account = await storage.create_account("acme")
         delivered, deferred, failed = [(await storage.enqueue(NewMessage(
-            account.id, "api", "news@example.com", b"From: news@example.com\r\nSubject: s\r\n\r\nbody\r\n",
-            [NewRecipient(f"{name}@example.net")], options={"trackclicks": True, "inlinecss": False})))[0]
+            account.id, "api", Envelope("news@example.com", (Recipient(f"{name}@example.net"),)),
+            b"From: news@example.com\r\nSubject: s\r\n\r\nbody\r\n",
+            MessageOptions(trackclicks=True, inlinecss=False))))[0]
             for name in ("delivered", "deferred", "failed")]
         leases = {lease.id: lease for lease in await storage.claim("cli-test", 10, 60)}
         now = storage.now()
@@ -172,7 +175,7 @@ class CLITests(unittest.TestCase):
         for python_repr in ("None", "True", "False", "{'", "['"):
             self.assertNotIn(python_repr, out)
         lines = [line.strip() for line in out.splitlines()]
-        self.assertIn("options:      trackclicks=yes inlinecss=no", lines)
+        self.assertIn("options:      inlinecss=no trackclicks=yes", lines)
         self.assertIn("tags:         -", lines)
         iso = "%Y-%m-%dT%H:%M:%SZ"
         retry_text = datetime.datetime.fromtimestamp(retry, datetime.UTC).strftime(iso)

@@ -150,7 +150,7 @@ class DeliveryTests(unittest.TestCase):
                    "busy@dest.test": (452, "4.2.2 mailbox full")}
         rig = await self.one_destination(Behaviour(rcpt_reply=lambda a: replies.get(a, (250, "2.1.5 ok"))))
         ok, gone, busy = await rig.send("ok@dest.test", "gone@dest.test", "busy@dest.test", orcpt=True,
-                                        dsn_envid="ENV-42", dsn_ret="HDRS")
+                                        envid="ENV-42", ret="HDRS")
         await rig.wait_for(ok, "delivered")
         failed = await rig.wait_for(gone, "failed")
         deferred = await rig.wait_for(busy, "queued", attempts=1)
@@ -309,7 +309,7 @@ class DeliveryTests(unittest.TestCase):
         data = (b"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
                 b"Content-Transfer-Encoding: 8bit\r\n" + message("8bit", body))
         (full,) = await rig.send("a@full.test", data=data, notify="SUCCESS,FAILURE",
-                                 orcpt=True, dsn_ret="FULL", dsn_envid="E+1")
+                                 orcpt=True, ret="FULL", envid="E+1")
         (bare_id,) = await rig.send("b@bare.test", data=data, notify="SUCCESS,FAILURE")
         (utf8,) = await rig.send("jörg@bare.test", smtputf8=True)
         await rig.wait_for(full, "delivered")

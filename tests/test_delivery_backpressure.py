@@ -16,10 +16,11 @@ from twisted.internet import defer, task
 from twisted.trial import unittest
 
 from smtpeter.config import parse_config
-from smtpeter.delivery.client_connection import Peer, RecipientResult, Transaction, TransactionRecipient
+from smtpeter.delivery.client_connection import Peer, RecipientResult, Transaction
 from smtpeter.delivery.destination import Context, Destination, HandBack
 from smtpeter.delivery.dispatcher import Dispatcher
 from smtpeter.delivery.shaping import profiles, shaping_for
+from smtpeter.envelope import Envelope, MessageOptions, Recipient
 from smtpeter.scheduler import scheduler as scheduler_module
 from smtpeter.scheduler.scheduler import SHORT_CLAIM_REST, Scheduler
 from smtpeter.storage.models import Lease, Outcome, StoredMessage
@@ -54,10 +55,10 @@ class MemoryQueue:
         now = self.clock.seconds()
         for _ in range(count):
             n = len(self.rows)
-            message = StoredMessage(f"m{n}", "acct", "smtp", "news@example.com", MIME, {"trackbounces": True},
-                                    [], None, False, None, None, now, now + 86400)
+            message = StoredMessage(f"m{n}", "acct", "smtp", Envelope("news@example.com"), MIME,
+                                    MessageOptions(trackbounces=True), [], now, now + 86400)
             self.stored[message.id] = message
-            lease = Lease(f"r{n}", message.id, "acct", f"user{n}@{domain}", domain, None, None, 0, False, now)
+            lease = Lease(f"r{n}", message.id, "acct", Recipient(f"user{n}@{domain}"), domain, 0, False, now)
             self.rows[lease.id] = Row(lease, next_attempt=now)
 
     async def release_all(self, owner: str) -> None:
@@ -283,7 +284,7 @@ class BackpressureTests(unittest.TestCase):
         destination = Destination("key", [("192.0.2.1", 25)], shaping, context,
                                   on_room=lambda: rooms.append(destination.backlog))
         self.sessions.latency["key"] = 1.0
-        results = [destination.submit(Transaction("a@d.test", [TransactionRecipient(f"r{n}@d.test")], MIME))
+        results = [destination.submit(Transaction(Envelope("a@d.test", (Recipient(f"r{n}@d.test"),)), MIME))
                    for n in range(12)]
         # One went to the first session at once, ten wait, the twelfth is beyond the cap.
         self.assertEqual((destination.sessions, destination.backlog), (1, 10))

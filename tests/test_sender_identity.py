@@ -103,7 +103,7 @@ class SenderIdentityTests(unittest.TestCase):
             self.assertEqual(code, 250, lines)
         entries = await self.harness.storage.queue(state=None, limit=10)
         for entry in entries:
-            mime = (await self.harness.storage.message_content(entry.id))["mime"]
+            mime = (await self.harness.storage.message_content(entry.id)).mime
             parsed = email.message_from_bytes(mime, policy=email.policy.default)
             self.assertEqual(parsed.get_all("From"), ["news@acme.test"], mime)
             self.assertIn(b"\r\n\r\nX-N", mime)

@@ -206,9 +206,9 @@ class SubmissionServerTests(unittest.TestCase):
         (entry,) = await self.queued(harness)
         self.assertEqual(entry.address, "用户@例子.广告")
         content = await harness.storage.message_content(entry.id)
-        self.assertTrue(content["smtputf8"])
-        self.assertEqual(content["body"], "8BITMIME")
-        self.assertTrue(content["mime"].endswith("Subject: grüße\r\n\r\nÄÖÜ\r\n".encode()))
+        self.assertTrue(content.envelope.smtputf8)
+        self.assertEqual(content.envelope.body, "8BITMIME")
+        self.assertTrue(content.mime.endswith("Subject: grüße\r\n\r\nÄÖÜ\r\n".encode()))
 
     async def test_option_headers_are_read_and_stripped(self) -> None:
         harness = await self.start()
@@ -223,9 +223,9 @@ class SubmissionServerTests(unittest.TestCase):
         self.assertEqual(code, 250, lines)
         (entry,) = await self.queued(harness)
         content = await harness.storage.message_content(entry.id)
-        self.assertEqual(content["options"], {"trackclicks": True, "inlinecss": False})
-        self.assertEqual(content["tags"], ["a", "b"])
-        names = [f.name for f in header.parse(content["mime"]).fields]
+        self.assertEqual(content.options.as_dict(), {"trackclicks": True, "inlinecss": False})
+        self.assertEqual(content.tags, ["a", "b"])
+        names = [f.name for f in header.parse(content.mime).fields]
         self.assertNotIn("x-smtpeter-trackclicks", names)
         self.assertIn("x-other", names)
         self.assertEqual(names[0], "received")
@@ -259,7 +259,7 @@ class SubmissionServerTests(unittest.TestCase):
         self.assertEqual(await deferToThread(scenario), 250)
         (entry,) = await self.queued(harness)
         content = await harness.storage.message_content(entry.id)
-        self.assertEqual(content["options"], {"trackclicks": True, "trackopens": False})
+        self.assertEqual(content.options.as_dict(), {"trackclicks": True, "trackopens": False})
 
     async def test_connections_per_client_are_bounded(self) -> None:
         harness = Harness(self, smtp={"max_connections_per_client": 2})

@@ -6,9 +6,10 @@ from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from smtpeter import credentials
+from smtpeter.envelope import Envelope, MessageOptions, Recipient
 from smtpeter.storage import Conflict, NotFound, StorageError, StorageUnavailable, open_storage
 from smtpeter.storage.db import SQL
-from smtpeter.storage.models import NewMessage, NewRecipient, Outcome
+from smtpeter.storage.models import NewMessage, Outcome
 from smtpeter.storage.schema import LATEST, current_version, migrate
 from tests.support import postgres
 from tests.support.backends import BackendMixin, both_backends
@@ -19,15 +20,14 @@ def new_message(account_id: str, recipients: int = 1, body: bytes = b"hello\r\n"
     return NewMessage(
         account_id=account_id,
         source="smtp",
-        envelope="sender@example.com",
+        envelope=Envelope(
+            "sender@example.com",
+            tuple(Recipient(f"r{i}@example.net", notify="FAILURE", orcpt=f"rfc822;r{i}@example.net")
+                  for i in range(recipients)),
+            ret="HDRS", envid="env-1", body="8BITMIME"),
         mime=b"From: a@example.com\r\nSubject: t\r\n\r\n" + body,
-        recipients=[NewRecipient(f"r{i}@example.net", notify="FAILURE", orcpt=f"rfc822;r{i}@example.net")
-                    for i in range(recipients)],
-        options={"trackclicks": True, "inlinecss": False},
+        options=MessageOptions(trackclicks=True, inlinecss=False),
         tags=["news", "nov"],
-        body="8BITMIME",
-        dsn_ret="HDRS",
-        dsn_envid="env-1",
     )
 
 
@@ -68,10 +68,10 @@ class StorageSuite:
     async def test_smtp_passwords_are_stored_hashed(self) -> None:
         storage = await self.open_storage()
         account = await storage.create_account("acme")
-        password = await storage.create_smtp_login(account.id, "acme", {"trackclicks": True})
+        password = await storage.create_smtp_login(account.id, "acme", MessageOptions(trackclicks=True))
         login = await storage.smtp_login("acme")
         self.assertEqual(login.account_id, account.id)
-        self.assertEqual(login.options, {"trackclicks": True})
+        self.assertEqual(login.options, MessageOptions(trackclicks=True))
         self.assertNotIn(password, login.password_hash)
         self.assertTrue(login.password_hash.startswith("scrypt$"))
         self.assertTrue(credentials.verify_password(password, login.password_hash))
@@ -107,10 +107,10 @@ class StorageSuite:
         first = await storage.recipient(ids[0])
         self.assertEqual((first.address, first.state, first.attempts), ("r0@example.net", "queued", 0))
         content = await storage.message_content(ids[2])
-        self.assertEqual(content["mime"], b"From: a@example.com\r\nSubject: t\r\n\r\nhello\r\n")
-        self.assertEqual(content["options"], {"trackclicks": True, "inlinecss": False})
-        self.assertEqual(content["tags"], ["news", "nov"])
-        self.assertEqual((content["body"], content["dsn_ret"], content["dsn_envid"]),
+        self.assertEqual(content.mime, b"From: a@example.com\r\nSubject: t\r\n\r\nhello\r\n")
+        self.assertEqual(content.options.as_dict(), {"trackclicks": True, "inlinecss": False})
+        self.assertEqual(content.tags, ["news", "nov"])
+        self.assertEqual((content.envelope.body, content.envelope.ret, content.envelope.envid),
                          ("8BITMIME", "HDRS", "env-1"))
         rows = await storage.db.query("SELECT notify, orcpt FROM recipients WHERE id = ?", (ids[1],))
         self.assertEqual(rows, [("FAILURE", "rfc822;r1@example.net")])
@@ -118,11 +118,11 @@ class StorageSuite:
         self.assertEqual([e.type for e in events], ["attempt"])
         self.assertEqual(events[0].data["properties"], "trackclicks")
         # Without its own expiry a message is tried for delivery.max_deliver_time.
-        self.assertEqual(content["expires"], content["created"] + 86400)
+        self.assertEqual(content.expires, content.created + 86400)
         storage.max_deliver_time = 3600.0
         (short,) = await storage.enqueue(new_message(account.id))
         content = await storage.message_content(short)
-        self.assertEqual(content["expires"], content["created"] + 3600)
+        self.assertEqual(content.expires, content.created + 3600)
 
     async def test_enqueue_all_is_all_or_nothing(self) -> None:
         storage = await self.open_storage()
@@ -141,7 +141,7 @@ class StorageSuite:
         account = await storage.create_account("acme")
         tagged = new_message(account.id)
         tagged.tags = ["50%_off", 'say "hi"', "a\\b"]
-        tagged.recipients = [NewRecipient("Jane.Doe@Example.net")]
+        tagged.envelope = tagged.envelope.with_recipients([Recipient("Jane.Doe@Example.net")])
         (first,) = await storage.enqueue(tagged)
         (second,) = await storage.enqueue(new_message(account.id))
         until = storage.now() + 1
@@ -169,7 +169,7 @@ class StorageSuite:
         body = bytes(range(1, 256)) * 64 + b"\r\n"
         ids = await storage.enqueue(new_message(account.id, body=body))
         content = await storage.message_content(ids[0])
-        self.assertTrue(content["mime"].endswith(body))
+        self.assertTrue(content.mime.endswith(body))
 
     async def test_concurrent_enqueues_share_commits(self) -> None:
         storage = await self.open_storage()
@@ -214,7 +214,7 @@ class StorageSuite:
         with self.assertRaises(NotFound):
             await storage.recipient(ids[0])
         # The message stays while another recipient needs it, and goes with the last one.
-        self.assertEqual((await storage.message_content(ids[1]))["envelope"], "sender@example.com")
+        self.assertEqual((await storage.message_content(ids[1])).envelope.sender, "sender@example.com")
         await storage.delete_recipient(ids[1])
         rows = await storage.db.query("SELECT COUNT(*) FROM messages WHERE account_id = ?", (acme.id,))
         self.assertEqual(rows[0][0], 0)
@@ -243,7 +243,7 @@ class DeliveryStorageSuite:
         storage, clock, _, ids = await self.setup()
         leases = await storage.claim("node-a", limit=2, lease=600)
         self.assertEqual(len(leases), 2)
-        self.assertEqual(leases[0].notify, "FAILURE")
+        self.assertEqual(leases[0].recipient.notify, "FAILURE")
         more = await storage.claim("node-b", limit=10, lease=600)
         self.assertEqual(len(more), 1)
         self.assertEqual(sorted(x.id for x in leases + more), sorted(ids))
@@ -267,8 +267,8 @@ class DeliveryStorageSuite:
     async def test_record_outcomes_events_and_notices(self) -> None:
         storage, clock, account, _ids = await self.setup(recipients=2)
         a, b = await storage.claim("n", limit=10, lease=60)
-        notice = NewMessage(account.id, "dsn", "", b"From: MAILER-DAEMON@mx.test\r\n\r\nDSN\r\n",
-                            [NewRecipient("sender@example.com")])
+        notice = NewMessage(account.id, "dsn", Envelope("", (Recipient("sender@example.com"),)),
+                            b"From: MAILER-DAEMON@mx.test\r\n\r\nDSN\r\n")
         await storage.record("n", [
             Outcome(a.id, a.account_id, a.address, "delivered", 1, clock.seconds(), "delivery",
                     {"code": 250, "to": "127.0.0.2"}, code=250, status="2.0.0", description="ok",
@@ -286,7 +286,7 @@ class DeliveryStorageSuite:
         self.assertEqual((events[1].recipient, events[1].data["state"]), (b.address, "rcptto"))
         queued = await storage.queue()
         self.assertEqual([q.address for q in queued], ["sender@example.com"])
-        self.assertEqual((await storage.message_content(queued[0].id))["envelope"], "")
+        self.assertEqual((await storage.message_content(queued[0].id)).envelope.sender, "")
         window = await storage.account_events(account.id, 0, clock.seconds() + 1, types=["failure"])
         self.assertEqual([e.message_id for e in window], [b.id])
 
@@ -317,7 +317,7 @@ class DeliveryStorageSuite:
         found = await storage.messages([x.message_id for x in leases])
         (message,) = found.values()
         self.assertEqual(message.account_id, account.id)
-        self.assertEqual((message.dsn_ret, message.envelope), ("HDRS", "sender@example.com"))
+        self.assertEqual((message.envelope.ret, message.envelope.sender), ("HDRS", "sender@example.com"))
         self.assertTrue(message.mime.startswith(b"From: a@example.com"))
 
 

@@ -111,7 +111,7 @@ class SwaksTests(unittest.TestCase):
         self.assertEqual(code, 0, out)
         self.assertIn("250-8BITMIME", out)
         (entry,) = await self.queued()
-        mime = (await self.harness.storage.message_content(entry.id))["mime"]
+        mime = (await self.harness.storage.message_content(entry.id)).mime
         self.assertIn("Grüße aus Köln · ½ €".encode(), mime)
 
     async def test_utf8_address_needs_smtputf8(self) -> None:

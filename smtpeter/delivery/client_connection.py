@@ -9,7 +9,8 @@ timeout on every step (RFC 5321 §4.5.3.2).
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from OpenSSL import SSL
@@ -23,6 +24,7 @@ from zope.interface import implementer
 from smtpeter.address import xtext_encode
 from smtpeter.config import Timeouts
 from smtpeter.delivery.client_session import Capabilities, ProtocolError, Reply, ReplyParser, data_payload
+from smtpeter.envelope import Envelope, Recipient
 from smtpeter.outbound import wire
 
 log = Logger()
@@ -40,21 +42,19 @@ class SessionError(Exception):
         self.permanent = permanent
 
 
-@dataclass
-class TransactionRecipient:
-    address: str
-    notify: str | None = None
-    orcpt: str | None = None  # "addr-type;address", decoded
-
-
-@dataclass
+@dataclass(frozen=True)
 class Transaction:
-    mail_from: str
-    recipients: list[TransactionRecipient]
+    """One message for one or more recipients: MAIL FROM, RCPT TO..., DATA."""
+
+    envelope: Envelope  # the sender ("" for <>), the recipients with their DSN requests, RET, ENVID
     message: bytes
-    smtputf8: bool = False
-    ret: str | None = None
-    envid: str | None = None
+
+    @property
+    def recipients(self) -> tuple[Recipient, ...]:
+        return self.envelope.recipients
+
+    def with_recipients(self, recipients: Iterable[Recipient]) -> Transaction:
+        return replace(self, envelope=self.envelope.with_recipients(recipients))
 
 
 @dataclass
@@ -410,7 +410,7 @@ class SMTPSession:
     def _refuse_locally(self, tx: Transaction, caps: Capabilities, size: int) -> tuple[str, str, str] | None:
         if caps.size is not None and size > caps.size:
             return "mailfrom", "5.3.4", f"message of {size} bytes exceeds the peer's limit of {caps.size}"
-        if tx.smtputf8 and not caps.smtputf8 and needs_smtputf8(tx):
+        if tx.envelope.smtputf8 and not caps.smtputf8 and needs_smtputf8(tx):
             return "mailfrom", "5.6.7", "the message needs SMTPUTF8, which the receiving server lacks"
         return None
 
@@ -421,14 +421,14 @@ class SMTPSession:
             params.append(f"SIZE={len(message)}")
         if caps.eightbitmime and not message.isascii():
             params.append("BODY=8BITMIME")
-        if tx.smtputf8 and caps.smtputf8:
+        if tx.envelope.smtputf8 and caps.smtputf8:
             params.append("SMTPUTF8")
         if caps.dsn:
-            if tx.ret:
-                params.append(f"RET={tx.ret}")
-            if tx.envid:
-                params.append(f"ENVID={xtext_encode(tx.envid)}")
-        mail = f"MAIL FROM:<{tx.mail_from}>" + "".join(" " + p for p in params)
+            if tx.envelope.ret:
+                params.append(f"RET={tx.envelope.ret}")
+            if tx.envelope.envid:
+                params.append(f"ENVID={xtext_encode(tx.envelope.envid)}")
+        mail = f"MAIL FROM:<{tx.envelope.sender or ''}>" + "".join(" " + p for p in params)
         rcpts = []
         for recipient in tx.recipients:
             line = f"RCPT TO:<{recipient.address}>"
@@ -468,7 +468,7 @@ def needs_smtputf8(tx: Transaction) -> bool:
     A client may ask for SMTPUTF8 on mail that needs none; such mail still goes
     to a server without it.
     """
-    if not tx.mail_from.isascii() or any(not r.address.isascii() for r in tx.recipients):
+    if not (tx.envelope.sender or "").isascii() or any(not r.address.isascii() for r in tx.recipients):
         return True
     end = tx.message.find(b"\r\n\r\n")
     return not (tx.message if end < 0 else tx.message[:end]).isascii()

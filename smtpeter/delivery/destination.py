@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet import defer
@@ -394,7 +394,7 @@ class Destination:
             rest = [r for r in transaction.recipients if _too_many(results[r.address])]
             if not rest or len(rest) == len(transaction.recipients):
                 break
-            transaction = replace(transaction, recipients=rest)
+            transaction = transaction.with_recipients(rest)
             for result in await session.deliver(transaction):
                 results[result.address] = result
         for result in results.values():

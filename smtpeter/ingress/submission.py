@@ -18,18 +18,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from smtpeter.address import domain_key
+from smtpeter.envelope import OPTION_NAMES, Envelope, MessageOptions, OptionError, Recipient, parse_tag
 from smtpeter.events.metrics import Metrics
 from smtpeter.ids import new_id
 from smtpeter.mime import header as msg
 from smtpeter.mime.lines import foldable
 from smtpeter.storage import Storage
-from smtpeter.storage.models import NewMessage, NewRecipient
+from smtpeter.storage.models import NewMessage, StoredMessage
 
-BOOLEAN_OPTIONS = ("inlinecss", "trackclicks", "trackopens", "trackbounces", "preventscam")
-IMAGES_VALUES = ("default", "hosted")
 _HEADER_PREFIX = "x-smtpeter-"
-_TRUE = {"true", "yes", "1", "on"}
-_FALSE = {"false", "no", "0", "off"}
 _DOMAIN_CACHE_SECONDS = 10.0
 # Postfix keeps 100 KB of header; a message with more is refused, not truncated.
 MAX_HEADER_SIZE = 256 * 1024
@@ -43,33 +40,26 @@ class Refused(Exception):
         self.code, self.status, self.text = code, status, text
 
 
-def check_tag(tag: str) -> str:
-    tag = tag.strip()
-    if not tag or not tag.isprintable() or any(c.isspace() or c == ";" for c in tag) or len(tag) > 100:
-        raise Refused(550, "5.6.0", f"Invalid tag {tag!r}: tags have no white space or semicolons")
-    return tag
-
-
-def options_from_headers(fields: list[msg.Field]) -> tuple[dict[str, Any], list[str] | None]:
-    """Read ``x-smtpeter-*`` headers into option overrides and tags."""
-    options: dict[str, Any] = {}
+def options_from_headers(fields: list[msg.Field]) -> tuple[MessageOptions, list[str] | None]:
+    """The options and tags that ``x-smtpeter-*`` headers set (RFC 5322 allows any case)."""
+    values: dict[str, str] = {}
     tags: list[str] | None = None
     for field in fields:
         if not field.name.startswith(_HEADER_PREFIX):
             continue
-        name, value = field.name[len(_HEADER_PREFIX):], field.value
-        if name in BOOLEAN_OPTIONS:
-            lowered = value.lower()
-            if lowered not in _TRUE | _FALSE:
-                raise Refused(550, "5.6.0", f"Invalid {field.name} value {value!r}: use true or false")
-            options[name] = lowered in _TRUE
-        elif name == "images":
-            if value.lower() not in IMAGES_VALUES:
-                raise Refused(550, "5.6.0", f"Invalid {field.name} value {value!r}: use hosted or default")
-            options["images"] = value.lower()
-        elif name == "tags":
-            tags = [check_tag(t) for t in value.split(",") if t.strip()]
-    return options, tags
+        name = field.name[len(_HEADER_PREFIX):]
+        if name == "tags":
+            try:
+                tags = [parse_tag(t) for t in field.value.split(",") if t.strip()]
+            except ValueError as exc:
+                raise Refused(550, "5.6.0", f"Invalid {field.name}: {exc}") from None
+        elif name in OPTION_NAMES:
+            values[name] = field.value
+    try:
+        return MessageOptions.parse(values), tags
+    except OptionError as exc:
+        raise Refused(550, "5.6.0", f"Invalid {_HEADER_PREFIX}{exc.name} value {values[exc.name]!r}: "
+                                    f"{exc.message}") from None
 
 
 # Fields that say who sent the message (RFC 5322 §3.6.2, §3.6.6): every
@@ -162,7 +152,7 @@ class Sender:
     """The account a message is submitted for, and the defaults that come with the login."""
 
     account_id: str
-    defaults: dict[str, Any]
+    defaults: MessageOptions
 
 
 class Submission:
@@ -222,41 +212,36 @@ class Submission:
             added += msg.make_field("Date", msg.date_now())
         return added
 
-    async def resubmit(self, account_id: str, content: dict[str, Any], recipient: NewRecipient) -> list[str]:
+    async def resubmit(self, account_id: str, stored: StoredMessage, recipient: Recipient) -> list[str]:
         """The stored message again, to one of its recipients, as a new message (``/v1/resend``).
 
         It is a new message: a new Message-ID and Date, so receivers that drop
         duplicates by Message-ID take it, and it sorts where it is read.
         """
-        parsed = msg.parse(content["mime"])
-        await self.check_sender(account_id, content["envelope"], parsed.fields)
+        parsed = msg.parse(stored.mime)
+        await self.check_sender(account_id, stored.envelope.sender, parsed.fields)
         kept = [f for f in parsed.fields if f.name not in ("message-id", "date")]
         mime = self.identity_headers(kept) + msg.build(kept, memoryview(parsed.raw)[parsed.body_start:])
-        message = NewMessage(
-            account_id=account_id, source="api", envelope=content["envelope"], mime=mime,
-            recipients=[recipient], options=content["options"], tags=content["tags"],
-            body=content["body"], smtputf8=content["smtputf8"], dsn_ret=content["dsn_ret"],
-            dsn_envid=content["dsn_envid"],
-        )
+        message = NewMessage(account_id, "api", stored.envelope.with_recipients([recipient]), mime,
+                             stored.options, stored.tags)
         return (await self.store([message]))[0]
 
-    async def submit(self, sender: Sender, source: str, envelope: str | None, recipients: list[NewRecipient],
-                     data: bytes, **kwargs: Any) -> list[str]:
+    async def submit(self, sender: Sender, source: str, envelope: Envelope, data: bytes,
+                     **kwargs: Any) -> list[str]:
         """Check and store one message; return one message id per recipient (see ``prepare``)."""
-        message = await self.prepare(sender, source, envelope, recipients, data, **kwargs)
+        message = await self.prepare(sender, source, envelope, data, **kwargs)
         return (await self.store([message]))[0]
 
     async def prepare(
         self,
         sender: Sender,
         source: str,
-        envelope: str | None,
-        recipients: list[NewRecipient],
+        envelope: Envelope,
         data: bytes,
         trace: bytes = b"",
-        options: dict[str, Any] | None = None,
+        options: MessageOptions | None = None,
         tags: list[str] | None = None,
-        **extra: Any,
+        expires: float | None = None,
     ) -> NewMessage:
         """Check one message and make it ready to store.
 
@@ -271,9 +256,8 @@ class Submission:
             if not foldable(field.raw):
                 raise Refused(550, "5.6.0", f"Message refused: a {field.name} header line is longer than 998 "
                                             "octets and has no white space to fold it at (RFC 5322 §2.1.1)")
-        await self.check_sender(sender.account_id, envelope, parsed.fields)
+        await self.check_sender(sender.account_id, envelope.sender, parsed.fields)
         header_options, header_tags = options_from_headers(parsed.fields)
-        merged = {**sender.defaults, **(options or {}), **header_options}
         kept = [f for f in parsed.fields if not f.name.startswith(_HEADER_PREFIX)]
         # One copy of what may be 50 MB: the body goes in as a view of ``data``.
         mime = b"".join([trace, self.identity_headers(kept), *(f.raw for f in kept),
@@ -283,10 +267,9 @@ class Submission:
             source=source,
             envelope=envelope,
             mime=mime,
-            recipients=recipients,
-            options=merged,
+            options=sender.defaults.merged(options or MessageOptions(), header_options),
             tags=header_tags if header_tags is not None else list(tags or []),
-            **extra,
+            expires=expires,
         )
 
     async def store(self, messages: list[NewMessage]) -> list[list[str]]:

@@ -18,15 +18,16 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from smtpeter.config import DeliveryConfig
-from smtpeter.delivery.client_connection import RecipientResult, Transaction, TransactionRecipient
+from smtpeter.delivery.client_connection import RecipientResult, Transaction
 from smtpeter.delivery.destination import HandBack
 from smtpeter.delivery.dispatcher import Dispatcher
+from smtpeter.envelope import Envelope, Recipient
 from smtpeter.events.dsn import RecipientStatus, build_dsn
 from smtpeter.events.metrics import Metrics
 from smtpeter.ids import new_id
 from smtpeter.outbound import pipeline
 from smtpeter.storage import Storage, StorageError
-from smtpeter.storage.models import Lease, NewMessage, NewRecipient, Outcome, StoredMessage
+from smtpeter.storage.models import Lease, NewMessage, Outcome, StoredMessage
 from smtpeter.storage.store import DELIVERED, EXPIRED, FAILED, QUEUED
 
 log = Logger()
@@ -236,14 +237,8 @@ class Scheduler:
             self.wake()
 
     async def _deliver(self, message: StoredMessage, domain: str, leases: list[Lease]) -> None:
-        transaction = Transaction(
-            mail_from=message.envelope or "",
-            recipients=[TransactionRecipient(lease.address, lease.notify, lease.orcpt) for lease in leases],
-            message=pipeline.prepare(message),
-            smtputf8=message.smtputf8,
-            ret=message.dsn_ret,
-            envid=message.dsn_envid,
-        )
+        transaction = Transaction(message.envelope.with_recipients(lease.recipient for lease in leases),
+                                  pipeline.prepare(message))
         try:
             results = await self.dispatcher.deliver(domain, transaction)
         except HandBack as paused:
@@ -311,7 +306,7 @@ class Scheduler:
         attempts = lease.attempts + (0 if expired else 1)
         peer = result.peer
         event: dict[str, Any] = {
-            "recipient": lease.address, "envelope": message.envelope or "", "attempt": attempts,
+            "recipient": lease.address, "envelope": message.envelope.sender or "", "attempt": attempts,
             "from": peer.local_ip if peer else "", "to": peer.ip if peer else "",
             "mx": peer.mx if peer else "", "code": result.code, "status": result.status,
             "description": result.description, "state": result.state, "tags": message.tags,
@@ -346,28 +341,27 @@ class Scheduler:
         Only for a real envelope sender (never for the null sender, so DSNs
         cannot loop) and only when bounces are not tracked by us instead.
         """
-        if not message.envelope or message.options.get("trackbounces"):
+        to = message.envelope.sender
+        if not to or message.options.trackbounces:
             return []
         now = self.clock.seconds()
         statuses = []
         for lease, outcome, result in zip(leases, outcomes, results, strict=True):
-            notify = (lease.notify or "FAILURE").upper().split(",")
+            recipient = lease.recipient
             peer = result.peer
-            common = {"final_recipient": lease.address, "original_recipient": lease.orcpt,
+            common = {"final_recipient": lease.address, "original_recipient": recipient.orcpt,
                       "remote_mta": peer.mx if peer else None,
                       "diagnostic": result.description if result.code else None,
                       "last_attempt": now}
-            if "NEVER" in notify:
-                continue
-            if outcome.state in (FAILED, EXPIRED) and "FAILURE" in notify:
+            if outcome.state in (FAILED, EXPIRED) and recipient.wants("FAILURE"):
                 # RFC 3463 X.4.7: delivery time expired.
                 status = "4.4.7" if outcome.state == EXPIRED else (result.status or "5.0.0")
                 statuses.append(RecipientStatus(action="failed", status=status, **common))
-            elif (outcome.state == DELIVERED and "SUCCESS" in notify
+            elif (outcome.state == DELIVERED and recipient.wants("SUCCESS")
                   and not (peer and peer.capabilities.dsn)):
                 # The next hop cannot report success itself (RFC 3461 §6.2.3).
                 statuses.append(RecipientStatus(action="relayed", status=result.status or "2.0.0", **common))
-            elif (outcome.state == QUEUED and "DELAY" in notify and not lease.delay_notified
+            elif (outcome.state == QUEUED and recipient.wants("DELAY") and not lease.delay_notified
                   and now - message.created >= self.config.delay_warning):
                 outcome.delay_notified = True
                 statuses.append(RecipientStatus(action="delayed", status=result.status or "4.0.0",
@@ -375,8 +369,8 @@ class Scheduler:
         if not statuses:
             return []
         dsn = build_dsn(original=message.mime, recipients=statuses, reporting_mta=self.hostname,
-                        to=message.envelope, ret=message.dsn_ret, envid=message.dsn_envid,
+                        to=to, ret=message.envelope.ret, envid=message.envelope.envid,
                         arrival=message.created, now=now, message_id=new_id())
-        return [NewMessage(account_id=message.account_id, source="dsn", envelope="", mime=dsn,
-                           recipients=[NewRecipient(message.envelope)],
-                           smtputf8=not message.envelope.isascii())]
+        # From the null sender, so a DSN can never cause another (RFC 3461 §6.2).
+        envelope = Envelope("", (Recipient(to),), smtputf8=not to.isascii())
+        return [NewMessage(message.account_id, "dsn", envelope, dsn)]

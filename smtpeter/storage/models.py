@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from smtpeter.envelope import Envelope, MessageOptions, Recipient
+
 
 @dataclass(frozen=True)
 class Account:
@@ -18,7 +20,7 @@ class SMTPLogin:
     account_id: str
     username: str
     password_hash: str
-    options: dict[str, object]
+    options: MessageOptions  # the defaults of mail sent with this login
     disabled: bool
 
 
@@ -32,28 +34,15 @@ class SenderDomain:
 
 
 @dataclass
-class NewRecipient:
-    address: str
-    # DSN parameters (RFC 3461) as given on RCPT: ORCPT as "type;address", NOTIFY as a list.
-    orcpt: str | None = None
-    notify: str | None = None
-
-
-@dataclass
 class NewMessage:
-    """A message accepted for delivery, not yet stored."""
+    """A message accepted for delivery, not yet stored: its envelope holds its recipients."""
 
     account_id: str
-    source: str  # "smtp" or "api"
-    envelope: str | None  # MAIL FROM; "" is the null sender, None means none given
+    source: str  # "smtp", "api" or "dsn"
+    envelope: Envelope
     mime: bytes
-    recipients: list[NewRecipient]
-    options: dict[str, object] = field(default_factory=dict)
+    options: MessageOptions = field(default_factory=MessageOptions)
     tags: list[str] = field(default_factory=list)
-    body: str | None = None  # BODY= parameter: 7BIT or 8BITMIME
-    smtputf8: bool = False
-    dsn_ret: str | None = None
-    dsn_envid: str | None = None
     expires: float | None = None  # absolute time after which delivery stops
 
 
@@ -78,6 +67,10 @@ class QueuedRecipient:
     orcpt: str | None = None  # DSN parameters given with RCPT TO
     notify: str | None = None
 
+    @property
+    def recipient(self) -> Recipient:
+        return Recipient(self.address, self.notify, self.orcpt)
+
 
 @dataclass(frozen=True)
 class Event:
@@ -97,28 +90,28 @@ class Lease:
     id: str
     message_id: str
     account_id: str
-    address: str
+    recipient: Recipient
     domain: str
-    orcpt: str | None
-    notify: str | None
     attempts: int
     delay_notified: bool
     created: float
 
+    @property
+    def address(self) -> str:
+        return self.recipient.address
+
 
 @dataclass(frozen=True)
 class StoredMessage:
+    """A stored message; its envelope holds no recipients (each is a row of its own)."""
+
     id: str
     account_id: str
     source: str
-    envelope: str | None
+    envelope: Envelope
     mime: bytes
-    options: dict[str, object]
+    options: MessageOptions
     tags: list[str]
-    body: str | None
-    smtputf8: bool
-    dsn_ret: str | None
-    dsn_envid: str | None
     created: float
     expires: float
 

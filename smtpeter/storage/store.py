@@ -13,6 +13,7 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
 from smtpeter import credentials
+from smtpeter.envelope import Envelope, MessageOptions, Recipient
 from smtpeter.ids import is_id, new_id, new_secret
 from smtpeter.storage.db import SQL, BulkUpdate, Conflict, Database, Insert, Statement, StorageError
 from smtpeter.storage.models import (
@@ -56,6 +57,17 @@ class NotFound(StorageError):
 
 def _queued(row: Sequence[Any]) -> QueuedRecipient:
     return QueuedRecipient(*row)
+
+
+_MESSAGE_COLUMNS = ("m.id, m.account_id, m.source, m.envelope, m.mime, m.options, m.tags, m.body, "
+                    "m.smtputf8, m.dsn_ret, m.dsn_envid, m.created, m.expires")
+
+
+def _stored(row: Sequence[Any]) -> StoredMessage:
+    envelope = Envelope(row[3], ret=row[9], envid=row[10], smtputf8=bool(row[8]), body=row[7])
+    options = MessageOptions(**json.loads(row[5]))
+    return StoredMessage(row[0], row[1], row[2], envelope, bytes(row[4]), options, json.loads(row[6]),
+                         row[11], row[12])
 
 
 _EVENT_SELECT = "id, account_id, message_id, recipient, type, time, data"
@@ -254,7 +266,7 @@ class Storage:
     # -- SMTP logins ----------------------------------------------------------
 
     async def create_smtp_login(
-        self, account_id: str, username: str, options: dict[str, object] | None = None
+        self, account_id: str, username: str, options: MessageOptions | None = None
     ) -> str:
         """Create a login and return its generated password (shown once, stored hashed)."""
         password = new_secret(24)
@@ -264,7 +276,7 @@ class Storage:
                 [SQL("INSERT INTO smtp_logins (id, account_id, username, password_hash, options, created) "
                      "VALUES (?, ?, ?, ?, ?, ?)",
                      (new_id(), account_id, username, password_hash,
-                      json.dumps(options or {}), self.now()))]
+                      json.dumps((options or MessageOptions()).as_dict()), self.now()))]
             )
         except Conflict:
             raise Conflict(f"the SMTP username {username!r} is taken") from None
@@ -279,7 +291,7 @@ class Storage:
         if not rows:
             return None
         row = rows[0]
-        return SMTPLogin(row[0], row[1], row[2], row[3], json.loads(row[4]), bool(row[5]))
+        return SMTPLogin(row[0], row[1], row[2], row[3], MessageOptions(**json.loads(row[4])), bool(row[5]))
 
     # -- sender domains -------------------------------------------------------
 
@@ -325,7 +337,7 @@ class Storage:
         The Deferred fires only after the transaction holding the message is
         committed (and fsynced); it fails with StorageUnavailable otherwise.
         """
-        ids = [new_id() for _ in message.recipients]
+        ids = [new_id() for _ in message.envelope.recipients]
         return self._group_commit.add([(message, ids)], ids)
 
     def enqueue_all(self, messages: Sequence[NewMessage]) -> defer.Deferred:
@@ -333,7 +345,7 @@ class Storage:
 
         Fires with the recipients' ids, one list per message.
         """
-        pairs = [(message, [new_id() for _ in message.recipients]) for message in messages]
+        pairs = [(message, [new_id() for _ in message.envelope.recipients]) for message in messages]
         return self._group_commit.add(pairs, [ids for _, ids in pairs])
 
     def _enqueue_statements(self, batch: list[tuple[NewMessage, list[str]]]) -> list[Insert]:
@@ -342,14 +354,16 @@ class Storage:
         for message, ids in batch:
             message_id = new_id()
             expires = message.expires or now + self.max_deliver_time
+            envelope = message.envelope
+            options = message.options.as_dict()
             messages.append((
-                message_id, message.account_id, message.source, message.envelope,
-                self.db.blob(message.mime), len(message.mime), json.dumps(message.options),
-                json.dumps(message.tags), message.body, int(message.smtputf8),
-                message.dsn_ret, message.dsn_envid, now, expires,
+                message_id, message.account_id, message.source, envelope.sender,
+                self.db.blob(message.mime), len(message.mime), json.dumps(options),
+                json.dumps(message.tags), envelope.body, int(envelope.smtputf8),
+                envelope.ret, envelope.envid, now, expires,
             ))
-            properties = ";".join(sorted(k for k, v in message.options.items() if v is True))
-            for rid, rcpt in zip(ids, message.recipients, strict=True):
+            properties = ";".join(sorted(k for k, v in options.items() if v is True))
+            for rid, rcpt in zip(ids, envelope.recipients, strict=True):
                 recipients.append((
                     rid, message_id, message.account_id, rcpt.address,
                     rcpt.address.rpartition("@")[2].lower(), rcpt.orcpt, rcpt.notify,
@@ -357,7 +371,7 @@ class Storage:
                 ))
                 events.append((
                     message.account_id, rid, address_key(rcpt.address), "attempt", now, int(now // DAY),
-                    json.dumps({"envelope": message.envelope or "", "recipient": rcpt.address,
+                    json.dumps({"envelope": envelope.sender or "", "recipient": rcpt.address,
                                 "properties": properties, "tags": message.tags}),
                 ))
         return [
@@ -406,23 +420,17 @@ class Storage:
             raise NotFound(f"no message {recipient_id!r}")
         return _queued(rows[0])
 
-    async def message_content(self, recipient_id: str) -> dict[str, Any]:
+    async def message_content(self, recipient_id: str) -> StoredMessage:
+        """The message one public message id (a recipient) belongs to."""
         _check_id(recipient_id)
         rows = await self.db.query(
-            "SELECT m.id, m.account_id, m.envelope, m.mime, m.options, m.tags, m.body, m.smtputf8, "
-            "m.dsn_ret, m.dsn_envid, m.created, m.expires, m.source "
-            "FROM recipients r JOIN messages m ON m.id = r.message_id WHERE r.id = ?",
+            f"SELECT {_MESSAGE_COLUMNS} FROM recipients r JOIN messages m ON m.id = r.message_id "  # noqa: S608
+            "WHERE r.id = ?",
             (recipient_id,),
         )
         if not rows:
             raise NotFound(f"no message {recipient_id!r}")
-        r = rows[0]
-        return {
-            "message_id": r[0], "account_id": r[1], "envelope": r[2], "mime": bytes(r[3]),
-            "options": json.loads(r[4]), "tags": json.loads(r[5]), "body": r[6],
-            "smtputf8": bool(r[7]), "dsn_ret": r[8], "dsn_envid": r[9], "created": r[10],
-            "expires": r[11], "source": r[12],
-        }
+        return _stored(rows[0])
 
     async def retry_now(self, recipient_id: str | None = None) -> int:
         """Make one waiting recipient (or every one) due now; returns how many.
@@ -476,7 +484,8 @@ class Storage:
             "delay_notified, created",
             (owner, now + lease, now, *exclude_domains, limit),
         )], durable=False)  # a lease lost in a crash only means the work is due again
-        return [Lease(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], bool(r[8]), r[9]) for r in rows]
+        return [Lease(r[0], r[1], r[2], Recipient(r[3], r[6], r[5]), r[4], r[7], bool(r[8]), r[9])
+                for r in rows]
 
     async def release_all(self, owner: str) -> None:
         """Make every lease ``owner`` holds due now (a restarting node's leftovers)."""
@@ -501,13 +510,11 @@ class Storage:
             chunk = ids[start:start + 500]
             marks = ", ".join("?" * len(chunk))
             rows = await self.db.query(
-                "SELECT id, account_id, source, envelope, mime, options, tags, body, smtputf8, "  # noqa: S608
-                f"dsn_ret, dsn_envid, created, expires FROM messages WHERE id IN ({marks})",
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages m WHERE id IN ({marks})",  # noqa: S608
                 chunk,
             )
-            for r in rows:
-                found[r[0]] = StoredMessage(r[0], r[1], r[2], r[3], bytes(r[4]), json.loads(r[5]),
-                                            json.loads(r[6]), r[7], bool(r[8]), r[9], r[10], r[11], r[12])
+            for row in rows:
+                found[row[0]] = _stored(row)
         return found
 
     def record(self, owner: str, outcomes: list[Outcome],
@@ -517,7 +524,7 @@ class Storage:
         Calls from many deliveries are batched like enqueues. Updates only rows
         ``owner`` still holds, so a node that lost its lease cannot undo newer work.
         """
-        notice_ids = [(notice, [new_id() for _ in notice.recipients]) for notice in notices]
+        notice_ids = [(notice, [new_id() for _ in notice.envelope.recipients]) for notice in notices]
         return self._outcomes.add((owner, outcomes, notice_ids), None)
 
     def _outcome_statements(self, batch: list[tuple[str, list[Outcome], list]]) -> list[Statement]:

@@ -17,6 +17,7 @@ from twisted.internet import defer, reactor, utils
 from twisted.trial import unittest
 
 from smtpeter.config import Config, parse_config
+from smtpeter.envelope import MessageOptions
 from smtpeter.service import SmtpeterService
 from smtpeter.storage import Storage, open_storage
 from tests.support import postgres
@@ -76,7 +77,7 @@ class Harness:
         account = await storage.create_account(name)
         for domain in domains:
             await storage.add_domain(account.id, domain, approved=True)
-        password = await storage.create_smtp_login(account.id, name, options or {})
+        password = await storage.create_smtp_login(account.id, name, MessageOptions.parse(options or {}))
         _, token = await storage.create_api_token(account.id)
         return Login(name, account.id, name, password, token)
 

@@ -7,8 +7,9 @@ from typing import Any
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
+from smtpeter.envelope import Envelope, MessageOptions, Recipient
 from smtpeter.ingress.submission import Sender
-from smtpeter.storage.models import NewRecipient, QueuedRecipient
+from smtpeter.storage.models import QueuedRecipient
 from tests.support.clock import ShiftedClock
 from tests.support.dns_server import TestDNSServer
 from tests.support.harness import Harness
@@ -75,11 +76,14 @@ class Rig:
 
     async def send(self, *recipients: str, envelope: str | None = "news@example.com",
                    data: bytes | None = None, options: dict[str, Any] | None = None,
-                   notify: str | None = None, orcpt: bool = False, **extra: Any) -> list[str]:
+                   notify: str | None = None, orcpt: bool = False, ret: str | None = None,
+                   envid: str | None = None, expires: float | None = None,
+                   smtputf8: bool = False) -> list[str]:
+        rcpts = tuple(Recipient(r, notify, f"rfc822;{r}" if orcpt else None) for r in recipients)
         return await self.service.submission.submit(
-            Sender(self.login.account_id, {}), "smtp", envelope,
-            [NewRecipient(r, f"rfc822;{r}" if orcpt else None, notify) for r in recipients],
-            data or message(), options=options, **extra,
+            Sender(self.login.account_id, MessageOptions()), "smtp",
+            Envelope(envelope, rcpts, ret, envid, smtputf8),
+            data or message(), options=MessageOptions.parse(options or {}), expires=expires,
         )
 
     async def recipient(self, message_id: str) -> QueuedRecipient:

@@ -17,6 +17,7 @@ import os
 import re
 import urllib.parse
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from klein import Klein
@@ -32,6 +33,7 @@ from zope.interface import provider
 
 from smtpeter import credentials
 from smtpeter.config import Config, incoming_server
+from smtpeter.envelope import MessageOptions
 from smtpeter.events import logfiles
 from smtpeter.events.metrics import Metrics, render
 from smtpeter.ingress.http import archive, autoconfig, compose, personalize
@@ -40,7 +42,7 @@ from smtpeter.ingress.http.openapi import document
 from smtpeter.ingress.http.request import BadRequest, SendRequest, decode_body, parse_send
 from smtpeter.ingress.submission import Refused, Sender, Submission
 from smtpeter.storage import EVENTS_LIMIT, NotFound, Storage, StorageError, StorageUnavailable
-from smtpeter.storage.models import NewMessage, NewRecipient
+from smtpeter.storage.models import NewMessage, StoredMessage
 
 log = Logger()
 
@@ -49,8 +51,8 @@ LARGE_BODY = 1024 * 1024  # bodies from this size on are decoded off the reactor
 LARGE_BODY_BUDGET = 64 * 1024 * 1024  # of large bodies in work at once (ByteBudget)
 MAX_TAG_FILTER = 20  # tags one events query may name
 # SMTPeter's documented defaults for /v1/send (rest-send-advanced.md).
-API_DEFAULTS: dict[str, Any] = {"trackclicks": True, "trackopens": True, "trackbounces": True,
-                                "inlinecss": False, "preventscam": False}
+API_DEFAULTS = MessageOptions(trackclicks=True, trackopens=True, trackbounces=True, inlinecss=False,
+                              preventscam=False)
 
 
 class Unauthorized(Exception):
@@ -328,25 +330,24 @@ class API:
         else:
             built = [(None, *await self._in_thread(compose.compose, send.fields, send.labels))]
             send.fields.clear()  # the attachments' base64 text, which may be most of the body
-        sender = Sender(account, dict(API_DEFAULTS))
+        sender = Sender(account, API_DEFAULTS)
         messages = [await self._prepare(sender, send, *item) for item in built]
         del built  # each message holds its own prepared copy now
         groups = await self.submission.store(messages)
         return _json(request, {i: r.address for message, ids in zip(messages, groups, strict=True)
-                               for i, r in zip(ids, message.recipients, strict=True)})
+                               for i, r in zip(ids, message.envelope.recipients, strict=True)})
 
     async def _prepare(self, sender: Sender, send: SendRequest, recipient: str | None, data: bytes,
                        utf8: bool) -> NewMessage:
         if len(data) > self.config.smtp.max_message_size:
             raise BadRequest(f"message larger than {self.config.smtp.max_message_size} bytes", 413)
-        addresses = [recipient] if recipient else send.recipients
-        smtputf8 = utf8 or any(not a.isascii() for a in [*addresses, send.envelope or ""])
-        orcpt = send.dsn.orcpt if len(send.recipients) == 1 else None
-        return await self.submission.prepare(
-            sender, "api", send.envelope, [NewRecipient(a, orcpt, send.dsn.notify) for a in addresses],
-            data, options=send.options, tags=send.tags, expires=send.expires, smtputf8=smtputf8,
-            dsn_ret=send.dsn.ret, dsn_envid=send.dsn.envid,
-        )
+        envelope = send.envelope
+        if recipient is not None:  # a personalized message of its own
+            envelope = envelope.with_recipients(r for r in envelope.recipients if r.address == recipient)
+        addresses = [envelope.sender or "", *(r.address for r in envelope.recipients)]
+        envelope = replace(envelope, smtputf8=utf8 or not all(a.isascii() for a in addresses))
+        return await self.submission.prepare(sender, "api", envelope, data, options=send.options,
+                                             tags=send.tags, expires=send.expires)
 
     @app.route("/v1/resend", methods=["POST"])
     @api
@@ -356,9 +357,8 @@ class API:
         if not isinstance(message_id, str) or not message_id:
             raise BadRequest("'message' (the id of an earlier message) is required")
         entry = await self.storage.recipient(message_id, account_id=account)
-        content = await self.storage.message_content(message_id)
-        ids = await self.submission.resubmit(account, content,
-                                             NewRecipient(entry.address, entry.orcpt, entry.notify))
+        stored = await self.storage.message_content(message_id)
+        ids = await self.submission.resubmit(account, stored, entry.recipient)
         return _json(request, {ids[0]: entry.address})
 
     # -- events and log files --------------------------------------------------------
@@ -473,7 +473,7 @@ class API:
 
     # -- the message archive ---------------------------------------------------------
 
-    async def _archived(self, request: Any, message_id: str) -> tuple[Any, dict[str, Any]]:
+    async def _archived(self, request: Any, message_id: str) -> tuple[Any, StoredMessage]:
         account = await self._account(request)
         entry = await self.storage.recipient(message_id, account_id=account)
         return entry, await self.storage.message_content(message_id)
@@ -488,14 +488,14 @@ class API:
     @api
     async def envelope(self, request: Any, message_id: str) -> bytes:
         _, content = await self._archived(request, message_id)
-        return _text(request, content["envelope"] or "")
+        return _text(request, content.envelope.sender or "")
 
     @app.route("/v1/headers/<message_id>", methods=["GET"])
     @app.route("/v1/header/<message_id>", methods=["GET"])
     @api
     async def headers(self, request: Any, message_id: str) -> bytes:
         _, content = await self._archived(request, message_id)
-        return _text(request, archive.headers(content["mime"]))
+        return _text(request, archive.headers(content.mime))
 
     @app.route("/v1/text/<message_id>", methods=["GET"])
     @api
@@ -509,7 +509,7 @@ class API:
 
     async def _body_part(self, request: Any, message_id: str, subtype: str) -> bytes:
         _, content = await self._archived(request, message_id)
-        part = await self._in_thread(archive.body, content["mime"], subtype)
+        part = await self._in_thread(archive.body, content.mime, subtype)
         if part is None:
             return _error(request, 404, f"the message has no text/{subtype} part")
         return _text(request, part)
@@ -519,7 +519,7 @@ class API:
     @api
     async def part_list(self, request: Any, message_id: str) -> bytes:
         _, content = await self._archived(request, message_id)
-        parts = await self._parts(request, content["mime"])
+        parts = await self._parts(request, content.mime)
         return _json(request, [{"name": p.name, "rank": p.rank, "type": p.type, "size": p.size}
                                for p in parts])
 
@@ -528,7 +528,7 @@ class API:
     @api
     async def part(self, request: Any, message_id: str, item: str) -> bytes:
         _, content = await self._archived(request, message_id)
-        found = archive.pick(await self._parts(request, content["mime"]), item)
+        found = archive.pick(await self._parts(request, content.mime), item)
         if found is None:
             raise NotFound()
         request.setHeader(b"content-type", found.type.encode("ascii", "replace"))

@@ -111,7 +111,7 @@ def personalized(send: SendRequest, max_total: int) -> list[tuple[str, bytes, bo
     results, total, budget = [], 0, Budget()
     for recipient in send.recipients:
         variables = {**(send.data or {}), **send.personal.get(recipient, {}),
-                     "recipient": recipient, "envelope": send.envelope or ""}
+                     "recipient": recipient, "envelope": send.envelope.sender or ""}
         try:
             if send.mime is not None:
                 body_values = _BodyValues()

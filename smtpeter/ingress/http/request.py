@@ -18,8 +18,20 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from smtpeter.address import AddressError, check_mailbox
+from smtpeter.envelope import (
+    LEGACY_NAMES,
+    OPTION_NAMES,
+    Envelope,
+    MessageOptions,
+    OptionError,
+    Recipient,
+    parse_boolean,
+    parse_envid,
+    parse_notify,
+    parse_ret,
+    parse_tag,
+)
 from smtpeter.ingress.http.template import is_variable_name
-from smtpeter.ingress.submission import BOOLEAN_OPTIONS, IMAGES_VALUES, Refused, check_tag
 
 
 class BadRequest(Exception):
@@ -33,8 +45,6 @@ class BadRequest(Exception):
 
 _BRACKETS = re.compile(r"\[([^\]]*)\]")
 _SURROGATE = re.compile("[\ud800-\udfff]")  # JSON's "\ud800" makes one; it cannot be stored
-_LEGACY = {"clicktracking": "trackclicks", "bouncetracking": "trackbounces",
-           "openstracking": "trackopens", "inlinizecss": "inlinecss"}
 _CONTENT_FIELDS = ("from", "to", "cc", "replyto", "subject", "text", "html", "unsubscribe", "extra",
                    "attachments")
 # Other names third-party clients give content fields (avido/smtpeter-php-api sends both).
@@ -45,9 +55,8 @@ _HEADER_HINTS = {"bcc": "; use 'bcc' (envelope only, never a header)",
                  "list-unsubscribe": "; use 'unsubscribe'", "list-unsubscribe-post": "; use 'unsubscribe'"}
 _UNSUPPORTED = {"template": "templates", "patch": "template patches"}
 _KNOWN = {"recipient", "recipients", "bcc", "envelope", "mime", "tags", "maxdelivertime", "dsn", "images",
-          "data", "access_token", *_CONTENT_FIELDS, *_CONTENT_ALIASES, *BOOLEAN_OPTIONS, *_LEGACY}
+          "data", "access_token", *_CONTENT_FIELDS, *_CONTENT_ALIASES, *OPTION_NAMES, *LEGACY_NAMES}
 _DATETIME = re.compile(r"(\d{4})-(\d{2})-(\d{2}) (\d{2}):(\d{2}):(\d{2})")
-_NOTIFY = {"SUCCESS", "FAILURE", "DELAY"}
 # Control characters no header may carry: C0 but TAB, DEL, C1, and the Unicode
 # line and paragraph separators (some folding code breaks lines at them).
 HEADER_FORBIDDEN = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
@@ -199,13 +208,10 @@ def elements(name: str, value: Any) -> list[tuple[str, Any]]:
 
 
 def boolean_field(name: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
-        return value.lower() in ("true", "1", "yes", "on")
-    raise BadRequest(f"'{name}' must be true or false")
+    try:
+        return parse_boolean(value)
+    except ValueError:
+        raise BadRequest(f"'{name}' must be true or false") from None
 
 
 def mailbox(name: str, value: Any) -> str:
@@ -220,23 +226,13 @@ def mailbox(name: str, value: Any) -> str:
 
 
 @dataclass
-class DSNOptions:
-    notify: str | None = None
-    ret: str | None = None
-    envid: str | None = None
-    orcpt: str | None = None
-
-
-@dataclass
 class SendRequest:
-    recipients: list[str]
-    envelope: str | None
+    envelope: Envelope  # every recipient, with the DSN request
     mime: bytes | None  # raw content, or None when composed from fields
     fields: dict[str, Any]  # the composition fields, when there is no mime
-    options: dict[str, Any] = field(default_factory=dict)
+    options: MessageOptions = field(default_factory=MessageOptions)
     tags: list[str] = field(default_factory=list)
     expires: float | None = None
-    dsn: DSNOptions = field(default_factory=DSNOptions)
     # Personalization: None when the call carries no data (the text is sent as
     # it is); else the data for everyone, and per recipient what it adds.
     data: dict[str, Any] | None = None
@@ -244,6 +240,10 @@ class SendRequest:
     # The client's name for a field given another way ("subject" -> "headers.Subject"),
     # so that an error names what the client sent.
     labels: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def recipients(self) -> list[str]:
+        return [r.address for r in self.envelope.recipients]
 
 
 def parse_send(body: dict[str, Any], max_recipients: int, now: float | None = None) -> SendRequest:
@@ -258,33 +258,32 @@ def parse_send(body: dict[str, Any], max_recipients: int, now: float | None = No
     data = _personal_data("data", body["data"]) if "data" in body else None
     if data is None and any(isinstance(body.get(name), dict) for name in ("recipient", "recipients", "bcc")):
         data = {}  # the object form of recipients asks for personalization
-    envelope = None
+    sender = None
     if "envelope" in body and body["envelope"] not in (None, ""):
-        envelope = mailbox("envelope", body["envelope"])
+        sender = mailbox("envelope", body["envelope"])
     options = _options(body)
     tags = _tags(body.get("tags"))
     expires = _maxdelivertime(body["maxdelivertime"], now) if body.get("maxdelivertime") else None
-    dsn = _dsn(body.get("dsn"))
+    envelope = _envelope(sender, recipients, body.get("dsn"))
     content_given = [name for name in (*_CONTENT_FIELDS, *_CONTENT_ALIASES) if name in body]
     if "mime" in body:
         if content_given:
             raise BadRequest(f"give either 'mime' or the message fields, not both ('{content_given[0]}')")
         mime = text_field("mime", body["mime"], one_line=False).encode("utf-8")
-        return SendRequest(recipients, envelope, mime, {}, options, tags, expires, dsn, data, personal)
+        return SendRequest(envelope, mime, {}, options, tags, expires, data, personal)
     fields = {name: body[name] for name in _CONTENT_FIELDS if name in body}
     labels: dict[str, str] = {}
     if "replyTo" in body:
         _merge(fields, labels, "replyto", body["replyTo"], "replyTo")
     if "headers" in body:
         _merge_headers(fields, labels, body["headers"])
-    if "from" not in fields and envelope:
-        fields["from"] = envelope  # SMTPeter's 2015 examples send no 'from': the envelope is it
+    if "from" not in fields and sender:
+        fields["from"] = sender  # SMTPeter's 2015 examples send no 'from': the envelope is it
     if "from" not in fields:
         raise BadRequest("'from' is required (or give the whole message as 'mime')")
     if not (fields.get("text") or fields.get("html")):
         raise BadRequest("'text' or 'html' is required (or give the whole message as 'mime')")
-    return SendRequest(recipients, envelope, None, fields, options, tags, expires, dsn, data, personal,
-                       labels)
+    return SendRequest(envelope, None, fields, options, tags, expires, data, personal, labels)
 
 
 def _merge(fields: dict[str, Any], labels: dict[str, str], name: str, value: Any, label: str) -> None:
@@ -369,20 +368,12 @@ def _personal_data(name: str, value: Any) -> dict[str, Any]:
     return value
 
 
-def _options(body: dict[str, Any]) -> dict[str, Any]:
-    options: dict[str, Any] = {}
-    for legacy, name in _LEGACY.items():
-        if legacy in body:
-            options[name] = boolean_field(legacy, body[legacy])
-    for name in BOOLEAN_OPTIONS:
-        if name in body:
-            options[name] = boolean_field(name, body[name])
-    if "images" in body:
-        images = text_field("images", body["images"]).lower()
-        if images not in IMAGES_VALUES:
-            raise BadRequest("'images' must be 'hosted' or 'default'")
-        options["images"] = images
-    return options
+def _options(body: dict[str, Any]) -> MessageOptions:
+    given = {name: body[name] for name in (*OPTION_NAMES, *LEGACY_NAMES) if name in body}
+    try:
+        return MessageOptions.parse(given, legacy=True)
+    except OptionError as exc:
+        raise BadRequest(f"'{exc.name}' {exc.message}") from None
 
 
 def _tags(value: Any) -> list[str]:
@@ -393,9 +384,9 @@ def _tags(value: Any) -> list[str]:
     tags = []
     for where, tag in elements("tags", value):
         try:
-            tags.append(check_tag(text_field(where, tag)))
-        except Refused:
-            raise BadRequest(f"'{where}': a tag has no white space or semicolons") from None
+            tags.append(parse_tag(text_field(where, tag)))
+        except ValueError as exc:
+            raise BadRequest(f"'{where}': {exc}") from None
     return tags
 
 
@@ -419,31 +410,25 @@ def _maxdelivertime(value: Any, now: float | None) -> float:
     return expires
 
 
-def _dsn(value: Any) -> DSNOptions:
-    if value in (None, ""):
-        return DSNOptions()
-    if not isinstance(value, dict):
+def _envelope(sender: str | None, recipients: list[str], dsn: Any) -> Envelope:
+    """The envelope with SMTPeter's ``dsn`` object: NOTIFY for every recipient, ORCPT for one."""
+    if dsn in (None, ""):
+        dsn = {}
+    if not isinstance(dsn, dict):
         raise BadRequest("'dsn' must be an object with notify, ret, envid and/or orcpt")
-    unknown = sorted(set(value) - {"notify", "ret", "envid", "orcpt"})
+    unknown = sorted(set(dsn) - {"notify", "ret", "envid", "orcpt"})
     if unknown:
         raise BadRequest(f"unknown field 'dsn.{unknown[0]}'")
-    options = DSNOptions()
-    if value.get("notify"):
-        notify = text_field("dsn.notify", value["notify"]).upper().replace(" ", "")
-        items = notify.split(",")
-        if items != ["NEVER"] and not set(items) <= _NOTIFY:
-            raise BadRequest("'dsn.notify' must be NEVER or a list of SUCCESS, FAILURE, DELAY")
-        options.notify = ",".join(items)
-    if value.get("ret"):
-        ret = text_field("dsn.ret", value["ret"]).upper()
-        if ret not in ("FULL", "HDRS"):
-            raise BadRequest("'dsn.ret' must be FULL or HDRS")
-        options.ret = ret
-    if value.get("envid"):
-        envid = text_field("dsn.envid", value["envid"])
-        if len(envid) > 100 or not envid.isprintable():
-            raise BadRequest("'dsn.envid' must be at most 100 printable characters")
-        options.envid = envid
-    if value.get("orcpt"):
-        options.orcpt = "rfc822;" + mailbox("dsn.orcpt", value["orcpt"])
-    return options
+    values: dict[str, str | None] = {}
+    for name, parse in (("notify", parse_notify), ("ret", parse_ret), ("envid", parse_envid)):
+        values[name] = None
+        if dsn.get(name):
+            try:
+                values[name] = parse(text_field(f"dsn.{name}", dsn[name]))
+            except ValueError as exc:
+                raise BadRequest(f"'dsn.{name}': {exc}") from None
+    orcpt = "rfc822;" + mailbox("dsn.orcpt", dsn["orcpt"]) if dsn.get("orcpt") else None
+    if orcpt and len(recipients) != 1:
+        orcpt = None  # an original recipient names one recipient
+    return Envelope(sender, tuple(Recipient(address, values["notify"], orcpt) for address in recipients),
+                    ret=values["ret"], envid=values["envid"])

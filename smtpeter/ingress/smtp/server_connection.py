@@ -20,6 +20,7 @@ from twisted.protocols.basic import LineReceiver
 from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
+from smtpeter.envelope import Envelope, MessageOptions
 from smtpeter.ingress.smtp.auth import ISMTPLogin
 from smtpeter.ingress.smtp.data import DataReader
 from smtpeter.ingress.smtp.limits import AuthThrottle, ConnectionLimits
@@ -30,7 +31,6 @@ from smtpeter.ingress.smtp.server_session import (
     Client,
     Close,
     Deliver,
-    Envelope,
     SessionPolicy,
     SMTPSession,
     StartTLS,
@@ -39,7 +39,6 @@ from smtpeter.ingress.smtp.server_session import (
 from smtpeter.ingress.submission import Refused, Sender, Submission
 from smtpeter.mime.header import date_now
 from smtpeter.storage import StorageError
-from smtpeter.storage.models import NewRecipient
 
 log = Logger()
 
@@ -348,9 +347,9 @@ class SMTPFactory(ServerFactory):
 
     def sender_for(self, client: Client) -> Sender | None:
         if client.login is not None:
-            return Sender(client.login.account_id, dict(client.login.options))
+            return Sender(client.login.account_id, client.login.options)
         if client.trusted and self.trusted_account:
-            return Sender(self.trusted_account, {})
+            return Sender(self.trusted_account, MessageOptions())
         return None
 
     async def accept(self, client: Client, envelope: Envelope, data: bytes) -> bytes:
@@ -361,20 +360,11 @@ class SMTPFactory(ServerFactory):
         addresses = [r.address for r in envelope.recipients]
         try:
             ids = await self.submission.submit(
-                sender,
-                "smtp",
-                envelope.mail_from,
-                [NewRecipient(r.address, r.orcpt, r.notify) for r in envelope.recipients],
-                data,
-                trace=received_header(self.policy.hostname, client, addresses, envelope.smtputf8),
-                body=envelope.body,
-                smtputf8=envelope.smtputf8,
-                dsn_ret=envelope.ret,
-                dsn_envid=envelope.envid,
-            )
+                sender, "smtp", envelope, data,
+                trace=received_header(self.policy.hostname, client, addresses, envelope.smtputf8))
         except Refused as refusal:
             log.info("refused from=<{sender}> client={client}: {code} {status} {text}",
-                     sender=envelope.mail_from, client=client.address, code=refusal.code,
+                     sender=envelope.sender, client=client.address, code=refusal.code,
                      status=refusal.status, text=refusal.text)
             return reply(refusal.code, refusal.status, refusal.text)
         except StorageError as exc:
@@ -383,6 +373,6 @@ class SMTPFactory(ServerFactory):
         except Exception:
             log.failure("Unexpected error while accepting a message")
             return reply(451, "4.3.0", "Temporary local problem, message not accepted; try again later")
-        log.info("{line}", line=f"queued {','.join(ids)} from=<{envelope.mail_from}> size={len(data)} "
+        log.info("{line}", line=f"queued {','.join(ids)} from=<{envelope.sender}> size={len(data)} "
                                 f"client={client.address} account={sender.account_id}")
         return queued_reply(ids, addresses)

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from twisted.cred.credentials import IUsernamePassword
 from twisted.mail._cred import LOGINCredentials, PLAINCredentials
 from twisted.mail.imap4 import IllegalClientResponse
 from twisted.mail.interfaces import IChallengeResponse
 
+from smtpeter.envelope import Envelope, Recipient, parse_body, parse_envid, parse_notify, parse_ret
 from smtpeter.ingress.smtp import syntax
 from smtpeter.ingress.smtp.data import DataProblem
 from smtpeter.ingress.smtp.syntax import Path, SyntaxProblem
@@ -46,23 +47,6 @@ class SessionPolicy:
     # Submission listeners offer AUTH (under TLS) and relay only for logged-in
     # or trusted clients.
     auth_available: bool = True
-
-
-@dataclass
-class Recipient:
-    address: str
-    notify: str | None = None
-    orcpt: str | None = None
-
-
-@dataclass
-class Envelope:
-    mail_from: str
-    recipients: list[Recipient] = field(default_factory=list)
-    body: str | None = None
-    smtputf8: bool = False
-    ret: str | None = None
-    envid: str | None = None
 
 
 @dataclass(frozen=True)
@@ -108,7 +92,6 @@ Output = bytes | StartTLS | Close | BeginData | Authenticate | Deliver
 
 _MAIL_PARAMS = {"SIZE", "BODY", "SMTPUTF8", "RET", "ENVID", "AUTH"}
 _RCPT_PARAMS = {"NOTIFY", "ORCPT"}
-_NOTIFY = {"SUCCESS", "FAILURE", "DELAY"}
 _SASL_MAX = 12288  # RFC 4954 §4
 _JUNK = {"EHLO", "HELO", "NOOP", "RSET", "VRFY", "HELP", "EXPN"}
 JUNK_COMMAND_LIMIT = 100
@@ -130,7 +113,8 @@ class SMTPSession:
         self.helo: str | None = None
         self.esmtp = False
         self.login: object | None = None
-        self.envelope: Envelope | None = None
+        self.envelope: Envelope | None = None  # from MAIL on, without the recipients
+        self._recipients: list[Recipient] = []
         self.closed = False
         self._errors = 0
         self._junk = 0
@@ -191,15 +175,15 @@ class SMTPSession:
         self._in_data = False
         envelope = self.envelope
         if isinstance(result, DataProblem):
-            self.envelope = None
+            self._reset()
             return self._error(result.code, result.status, result.text)
         assert envelope is not None
         client = Client(self.peer, self.helo or "", self.tls, self.login, self.trusted)
-        return [Deliver(client, envelope, result)]
+        return [Deliver(client, envelope.with_recipients(self._recipients), result)]
 
     def stored(self, answer: bytes) -> list[Output]:
         """The adapter finished storing (or refusing) the message; ``answer`` is the reply."""
-        self.envelope = None
+        self._reset()
         self._junk = 0
         if answer[:1] in (b"4", b"5"):
             self._errors += 1
@@ -235,6 +219,7 @@ class SMTPSession:
 
     def _reset(self) -> None:
         self.envelope = None
+        self._recipients = []
 
     def _extensions(self) -> list[str]:
         policy = self.policy
@@ -281,7 +266,8 @@ class SMTPSession:
         if not self.policy.tls_available:
             return self._error(502, "5.5.1", "Error: command not implemented")
         # RFC 3207 §4.2: forget everything learnt before the handshake.
-        self.helo, self.esmtp, self.login, self.envelope = None, False, None, None
+        self.helo, self.esmtp, self.login = None, False, None
+        self._reset()
         self.tls = True
         return [reply(220, "2.0.0", "Ready to start TLS"), StartTLS()]
 
@@ -360,24 +346,16 @@ class SMTPSession:
                 raise SyntaxProblem(501, "5.5.4", "Bad SIZE parameter")
             if int(size) > self.policy.max_message_size:
                 return self._error(552, "5.3.4", "Message size exceeds fixed maximum message size")
-        body = params.get("BODY")
-        if "BODY" in params and (body or "").upper() not in ("7BIT", "8BITMIME"):
-            raise SyntaxProblem(501, "5.5.4", "BODY must be 7BIT or 8BITMIME")
-        ret = params.get("RET")
-        if "RET" in params and (ret or "").upper() not in ("FULL", "HDRS"):
-            raise SyntaxProblem(501, "5.5.4", "RET must be FULL or HDRS")
-        envid = None
-        if "ENVID" in params:
-            envid = syntax.xtext_decode(params["ENVID"] or "")
-            if len(envid) > 100:
-                raise SyntaxProblem(501, "5.5.4", "ENVID too long")
-        self.envelope = Envelope(
-            mail_from=address,
-            body=body.upper() if body else None,
-            smtputf8=smtputf8,
-            ret=ret.upper() if ret else None,
-            envid=envid,
-        )
+        try:
+            self.envelope = Envelope(
+                sender=address,
+                body=parse_body(params["BODY"] or "") if "BODY" in params else None,
+                smtputf8=smtputf8,
+                ret=parse_ret(params["RET"] or "") if "RET" in params else None,
+                envid=parse_envid(syntax.xtext_decode(params["ENVID"] or "")) if "ENVID" in params else None,
+            )
+        except ValueError as exc:
+            raise SyntaxProblem(501, "5.5.4", str(exc)) from None
         return [reply(250, "2.1.0", "Sender OK")]
 
     def _check_params(self, path: Path, allowed: set[str]) -> None:
@@ -394,12 +372,12 @@ class SMTPSession:
         path = syntax.parse_path(args, "TO", allow_null=False)
         self._check_params(path, _RCPT_PARAMS)
         address = syntax.check_mailbox(path.address, envelope.smtputf8)
-        notify = path.params.get("NOTIFY")
+        notify = None
         if "NOTIFY" in path.params:
-            values = (notify or "").upper().split(",")
-            if values != ["NEVER"] and not (values and set(values) <= _NOTIFY):
-                raise SyntaxProblem(501, "5.5.4", "NOTIFY must be NEVER or SUCCESS,FAILURE,DELAY")
-            notify = ",".join(values)
+            try:
+                notify = parse_notify(path.params["NOTIFY"] or "")
+            except ValueError as exc:
+                raise SyntaxProblem(501, "5.5.4", str(exc)) from None
         orcpt = None
         if "ORCPT" in path.params:
             kind, semicolon, value = (path.params["ORCPT"] or "").partition(";")
@@ -408,16 +386,16 @@ class SMTPSession:
             orcpt = f"{kind};{syntax.xtext_decode(value)}"
         if self.login is None and not self.trusted:
             return self._error(530, "5.7.0", "Authentication required")
-        if len(envelope.recipients) >= self.policy.max_recipients:
+        if len(self._recipients) >= self.policy.max_recipients:
             return [reply(452, "4.5.3", "Error: too many recipients")]
-        envelope.recipients.append(Recipient(address, notify, orcpt))
+        self._recipients.append(Recipient(address, notify, orcpt))
         return [reply(250, "2.1.5", "Recipient OK")]
 
     def _cmd_DATA(self, args: bytes) -> list[Output]:
         self._no_args(args, "DATA")
         if self.envelope is None:
             return self._error(503, "5.5.1", "Error: need MAIL command")
-        if not self.envelope.recipients:
+        if not self._recipients:
             return self._error(554, "5.5.1", "Error: no valid recipients")
         self._in_data = True
         return [reply(354, None, "End data with <CR><LF>.<CR><LF>"), BeginData()]

@@ -10,7 +10,7 @@ from smtpeter.config import parse_config
 from smtpeter.delivery.client_session import Capabilities, ProtocolError, Reply, ReplyParser, data_payload
 from smtpeter.delivery.shaping import RateLimiter, profiles, shaping_for
 from smtpeter.ingress.smtp.data import DataReader
-from smtpeter.scheduler.scheduler import retry_delay, retry_hint
+from smtpeter.scheduler.retry import retry_delay, retry_hint
 
 
 class ReplyTests(unittest.TestCase):

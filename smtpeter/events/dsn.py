@@ -17,7 +17,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from smtpeter.address import xtext_encode
+from smtpeter.delivery.client_connection import RecipientResult
+from smtpeter.envelope import Envelope, Recipient
+from smtpeter.ids import new_id
 from smtpeter.mime.header import make_field, parse
+from smtpeter.storage.models import Lease, NewMessage, Outcome, StoredMessage
+from smtpeter.storage.store import DELIVERED, EXPIRED, FAILED, QUEUED
 
 ACTIONS = ("failed", "delayed", "delivered", "relayed", "expanded")
 
@@ -65,6 +70,50 @@ _STATUS_TEXT = {
     "4.7": "delivery took too long and the message expired",
     "7.1": "the destination refused the message by policy",
 }
+
+
+def notices(message: StoredMessage, leases: list[Lease], outcomes: list[Outcome],
+            results: list[RecipientResult], now: float, reporting_mta: str,
+            delay_warning: float) -> list[NewMessage]:
+    """The DSN (RFC 3464) these outcomes call for, if any, as a message to queue.
+
+    Only for a real envelope sender (never for the null sender, so DSNs
+    cannot loop) and only when bounces are not tracked by us instead; each
+    recipient as its NOTIFY asks (FAILURE by default). A recipient that gets
+    a delay notice has its outcome's ``delay_notified`` set: one per recipient.
+    """
+    to = message.envelope.sender
+    if not to or message.options.trackbounces:
+        return []
+    statuses = []
+    for lease, outcome, result in zip(leases, outcomes, results, strict=True):
+        recipient = lease.recipient
+        peer = result.peer
+        common = {"final_recipient": lease.address, "original_recipient": recipient.orcpt,
+                  "remote_mta": peer.mx if peer else None,
+                  "diagnostic": result.description if result.code else None,
+                  "last_attempt": now}
+        if outcome.state in (FAILED, EXPIRED) and recipient.wants("FAILURE"):
+            # RFC 3463 X.4.7: delivery time expired.
+            status = "4.4.7" if outcome.state == EXPIRED else (result.status or "5.0.0")
+            statuses.append(RecipientStatus(action="failed", status=status, **common))
+        elif (outcome.state == DELIVERED and recipient.wants("SUCCESS")
+              and not (peer and peer.capabilities.dsn)):
+            # The next hop cannot report success itself (RFC 3461 §6.2.3).
+            statuses.append(RecipientStatus(action="relayed", status=result.status or "2.0.0", **common))
+        elif (outcome.state == QUEUED and recipient.wants("DELAY") and not lease.delay_notified
+              and now - message.created >= delay_warning):
+            outcome.delay_notified = True
+            statuses.append(RecipientStatus(action="delayed", status=result.status or "4.0.0",
+                                            will_retry_until=message.expires, **common))
+    if not statuses:
+        return []
+    dsn = build_dsn(original=message.mime, recipients=statuses, reporting_mta=reporting_mta, to=to,
+                    ret=message.envelope.ret, envid=message.envelope.envid, arrival=message.created,
+                    now=now, message_id=new_id())
+    # From the null sender, so a DSN can never cause another (RFC 3461 §6.2).
+    return [NewMessage(message.account_id, "dsn", Envelope("", (Recipient(to),), smtputf8=not to.isascii()),
+                       dsn)]
 
 
 @dataclass(frozen=True)

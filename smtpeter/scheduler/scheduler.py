@@ -8,7 +8,6 @@ the remote server said to), until the message's delivery time runs out.
 
 from __future__ import annotations
 
-import re
 import socket
 from collections import defaultdict
 from time import perf_counter
@@ -21,13 +20,12 @@ from smtpeter.config import DeliveryConfig
 from smtpeter.delivery.client_connection import RecipientResult, Transaction
 from smtpeter.delivery.destination import HandBack
 from smtpeter.delivery.dispatcher import Dispatcher
-from smtpeter.envelope import Envelope, Recipient
-from smtpeter.events.dsn import RecipientStatus, build_dsn
+from smtpeter.events import dsn, model
 from smtpeter.events.metrics import Metrics
-from smtpeter.ids import new_id
 from smtpeter.outbound import pipeline
+from smtpeter.scheduler.retry import decide
 from smtpeter.storage import Storage, StorageError
-from smtpeter.storage.models import Lease, NewMessage, Outcome, StoredMessage
+from smtpeter.storage.models import Lease, Outcome, StoredMessage
 from smtpeter.storage.store import DELIVERED, EXPIRED, FAILED, QUEUED
 
 log = Logger()
@@ -43,36 +41,10 @@ WAKE_DELAY = 0.02
 # as it took: a deep backlog to one destination must not keep storage busy with
 # claims that find nothing (while mail pours in, each commit wakes us).
 SHORT_CLAIM_REST = 4.0
-# The last attempt before a message expires comes this long before the end.
-FINAL_ATTEMPT_MARGIN = 30.0
-# A server's "try again in N minutes" is honoured within these bounds.
-_HINT_RANGE = (30.0, 86400.0)
-_HINT = re.compile(
-    r"(?:try again|retry|again|wait|greylist\w*|deferred)\D{0,30}?(\d+)\s*"
-    r"(seconds?|secs?|s|minutes?|mins?|m|hours?|hrs?|h)\b",
-    re.I,
-)
-_UNITS = {"s": 1, "m": 60, "h": 3600}
-
-
-def retry_hint(text: str) -> float | None:
-    """Seconds a 4xx reply asks us to wait ("try again in 5 minutes"), if it says."""
-    match = _HINT.search(text)
-    if not match:
-        return None
-    seconds = int(match.group(1)) * _UNITS[match.group(2)[0].lower()]
-    return min(max(float(seconds), _HINT_RANGE[0]), _HINT_RANGE[1])
-
-
 async def _sleep(clock: Any, seconds: float) -> None:
     d: defer.Deferred = defer.Deferred()
     clock.callLater(seconds, d.callback, None)
     await d
-
-
-def retry_delay(schedule: list[float], attempts: int) -> float:
-    """The wait after the ``attempts``-th failed attempt; the last value repeats."""
-    return schedule[min(attempts, len(schedule)) - 1]
 
 
 class Scheduler:
@@ -266,14 +238,16 @@ class Scheduler:
 
     async def _record(self, message: StoredMessage, leases: list[Lease], results: list[RecipientResult],
                       expired: bool = False) -> None:
+        now = self.clock.seconds()
         outcomes = [self._outcome(message, lease, result, expired) for lease, result
                     in zip(leases, results, strict=True)]
         try:
-            notices = self._notices(message, leases, outcomes, results)
+            dsns = dsn.notices(message, leases, outcomes, results, now, self.hostname,
+                               self.config.delay_warning)
         except Exception:
             # The outcome matters more than its report: record it without a DSN.
             log.failure("scheduler: cannot build the DSN for {id}", id=message.id)
-            notices = []
+            dsns = []
         for outcome in outcomes:
             # Formatted here: one field is much cheaper for the log observer than five.
             log.info("{line}", line=f"{outcome.recipient_id} to=<{outcome.address}> state={outcome.state} "
@@ -284,11 +258,11 @@ class Scheduler:
             self.metrics.count(counted[outcome.state])
             if outcome.state == EXPIRED:
                 self.metrics.count("smtpeter_expired_total")
-        self.metrics.count("smtpeter_bounced_total", len(notices))
+        self.metrics.count("smtpeter_bounced_total", len(dsns))
         for attempt in range(RECORD_ATTEMPTS):
             try:
-                await self.storage.record(self.node, outcomes, notices)
-                if notices:
+                await self.storage.record(self.node, outcomes, dsns)
+                if dsns:
                     self.wake()  # the DSNs are new mail
                 return
             except StorageError as exc:
@@ -298,79 +272,12 @@ class Scheduler:
         # worst, never a loss.
         log.error("scheduler: gave up recording {n} outcomes", n=len(outcomes))
 
-    # -- outcomes ---------------------------------------------------------------------
-
     def _outcome(self, message: StoredMessage, lease: Lease, result: RecipientResult,
                  expired: bool) -> Outcome:
-        now = self.clock.seconds()
-        attempts = lease.attempts + (0 if expired else 1)
-        peer = result.peer
-        event: dict[str, Any] = {
-            "recipient": lease.address, "envelope": message.envelope.sender or "", "attempt": attempts,
-            "from": peer.local_ip if peer else "", "to": peer.ip if peer else "",
-            "mx": peer.mx if peer else "", "code": result.code, "status": result.status,
-            "description": result.description, "state": result.state, "tags": message.tags,
-        }
-        if peer is not None and peer.tls:
-            event["tls"] = {"version": peer.tls_version, "cipher": peer.cipher}
-        if result.delivered:
-            state, event_type, next_attempt = DELIVERED, "delivery", now
-        elif result.permanent:
-            state, event_type, next_attempt = FAILED, "failure", now
-            event["type"] = "failed"
-        else:
-            hint = retry_hint(result.description)
-            delay = hint if hint is not None else retry_delay(self.config.retry_schedule, attempts)
-            if now + delay >= message.expires and message.expires - now > 2 * FINAL_ATTEMPT_MARGIN:
-                # The retry would come too late: make a last one just before expiry.
-                delay = message.expires - now - FINAL_ATTEMPT_MARGIN
-            if expired or now + delay >= message.expires:
-                state, event_type, next_attempt = EXPIRED, "failure", now
-                event.update(type="expired", state="expired", smtp_state=result.state)
-            else:
-                state, event_type, next_attempt = QUEUED, "deferred", now + delay
-                event["retry"] = next_attempt
-        return Outcome(lease.id, lease.account_id, lease.address, state, attempts, next_attempt, event_type,
-                       event, result.code, result.status, result.description,
-                       "expired" if state == EXPIRED else result.state, lease.delay_notified)
-
-    def _notices(self, message: StoredMessage, leases: list[Lease], outcomes: list[Outcome],
-                 results: list[RecipientResult]) -> list[NewMessage]:
-        """The DSN (RFC 3464) these outcomes call for, if any.
-
-        Only for a real envelope sender (never for the null sender, so DSNs
-        cannot loop) and only when bounces are not tracked by us instead.
-        """
-        to = message.envelope.sender
-        if not to or message.options.trackbounces:
-            return []
-        now = self.clock.seconds()
-        statuses = []
-        for lease, outcome, result in zip(leases, outcomes, results, strict=True):
-            recipient = lease.recipient
-            peer = result.peer
-            common = {"final_recipient": lease.address, "original_recipient": recipient.orcpt,
-                      "remote_mta": peer.mx if peer else None,
-                      "diagnostic": result.description if result.code else None,
-                      "last_attempt": now}
-            if outcome.state in (FAILED, EXPIRED) and recipient.wants("FAILURE"):
-                # RFC 3463 X.4.7: delivery time expired.
-                status = "4.4.7" if outcome.state == EXPIRED else (result.status or "5.0.0")
-                statuses.append(RecipientStatus(action="failed", status=status, **common))
-            elif (outcome.state == DELIVERED and recipient.wants("SUCCESS")
-                  and not (peer and peer.capabilities.dsn)):
-                # The next hop cannot report success itself (RFC 3461 §6.2.3).
-                statuses.append(RecipientStatus(action="relayed", status=result.status or "2.0.0", **common))
-            elif (outcome.state == QUEUED and recipient.wants("DELAY") and not lease.delay_notified
-                  and now - message.created >= self.config.delay_warning):
-                outcome.delay_notified = True
-                statuses.append(RecipientStatus(action="delayed", status=result.status or "4.0.0",
-                                                will_retry_until=message.expires, **common))
-        if not statuses:
-            return []
-        dsn = build_dsn(original=message.mime, recipients=statuses, reporting_mta=self.hostname,
-                        to=to, ret=message.envelope.ret, envid=message.envelope.envid,
-                        arrival=message.created, now=now, message_id=new_id())
-        # From the null sender, so a DSN can never cause another (RFC 3461 §6.2).
-        envelope = Envelope("", (Recipient(to),), smtputf8=not to.isascii())
-        return [NewMessage(message.account_id, "dsn", envelope, dsn)]
+        verdict = decide(result, lease.attempts, self.clock.seconds(), message.expires,
+                         self.config.retry_schedule, expired)
+        event_type, event = model.attempt_outcome(message, lease, result, verdict)
+        return Outcome(lease.id, lease.account_id, lease.address, verdict.state, verdict.attempts,
+                       verdict.next_attempt, event_type, event, result.code, result.status,
+                       result.description, "expired" if verdict.state == EXPIRED else result.state,
+                       lease.delay_notified)

@@ -164,6 +164,9 @@ class DeliveryConfig:
     delay_warning: float = 14400.0
     # At shutdown, deliveries in progress get this long before they are cut.
     shutdown_grace: float = 10.0
+    # Processes the outbound steps (line lengths, 7-bit, later CSS, tracking, DKIM) run in;
+    # unset: one per core beside the reactor's; 0: the reactor's threads.
+    transform_workers: int | None = None
     timeouts: Timeouts = field(default_factory=Timeouts)
     profiles: dict[str, Profile] = field(default_factory=dict)
     backoff: list[BackoffRule] = field(default_factory=list)

@@ -22,6 +22,8 @@ from smtpeter.ingress.smtp.limits import AuthThrottle, ConnectionLimits
 from smtpeter.ingress.smtp.server_connection import SMTPFactory
 from smtpeter.ingress.smtp.server_session import SessionPolicy
 from smtpeter.ingress.submission import Submission
+from smtpeter.outbound.pipeline import Pipeline
+from smtpeter.outbound.workers import Workers, default_worker_count
 from smtpeter.scheduler.scheduler import Scheduler
 from smtpeter.storage import NotFound, Storage, StorageError, open_storage
 
@@ -72,6 +74,7 @@ class SmtpeterService(service.Service):
         self.api: API | None = None
         self.metrics = Metrics()
         self.smtp_connections: ConnectionLimits | None = None
+        self.workers: Workers | None = None
         self.ports: list[Any] = []
         self.ready: defer.Deferred = defer.Deferred()
 
@@ -180,8 +183,11 @@ class SmtpeterService(service.Service):
         context = Context.for_config(config.delivery, self.reactor, self.clock, resolver,
                                      config.delivery.helo_name or config.hostname)
         self.dispatcher = Dispatcher(config.delivery, context, config.hostname)
+        workers = config.delivery.transform_workers
+        self.workers = Workers(self.reactor, default_worker_count() if workers is None else workers)
         self.scheduler = Scheduler(self.storage, self.dispatcher, config.delivery, config.hostname,
-                                   self.clock, config.delivery.node or None, self.metrics)
+                                   self.clock, config.delivery.node or None, self.metrics,
+                                   pipeline=Pipeline(self.workers))
         if config.delivery.hold:
             log.info("delivery is on hold ([delivery] hold = true): mail stays queued")
             return
@@ -205,6 +211,9 @@ class SmtpeterService(service.Service):
                 self.dispatcher.abort()
             yield _within(sessions, 5, self.reactor)
             self.scheduler = None
+        if self.workers is not None:
+            self.workers.stop()
+            self.workers = None
         if self.storage is not None:
             yield defer.Deferred.fromCoroutine(self.storage.close())
             self.storage = None

@@ -22,6 +22,8 @@ from smtpeter.delivery.dispatcher import Dispatcher
 from smtpeter.delivery.shaping import profiles, shaping_for
 from smtpeter.envelope import Envelope, MessageOptions, Recipient
 from smtpeter.scheduler import scheduler as scheduler_module
+from smtpeter.outbound.pipeline import Pipeline
+from smtpeter.outbound.workers import Workers
 from smtpeter.scheduler.scheduler import SHORT_CLAIM_REST, Scheduler
 from smtpeter.storage.models import Lease, Outcome, StoredMessage
 
@@ -151,7 +153,8 @@ class BackpressureTests(unittest.TestCase):
         self.context = context
         dispatcher = Dispatcher(config, context, "out.test")
         queue = MemoryQueue(self.clock)
-        scheduler = Scheduler(queue, dispatcher, config, "out.test", self.clock, node=NODE)
+        scheduler = Scheduler(queue, dispatcher, config, "out.test", self.clock, node=NODE,
+                              pipeline=Pipeline(Workers(self.clock, 0)))
         self.addCleanup(lambda: self.stop(scheduler, dispatcher))
         defer.ensureDeferred(scheduler.start())
         return scheduler, queue

@@ -20,9 +20,11 @@ from smtpeter.config import DeliveryConfig
 from smtpeter.delivery.client_connection import RecipientResult, Transaction
 from smtpeter.delivery.destination import HandBack
 from smtpeter.delivery.dispatcher import Dispatcher
+from smtpeter.envelope import Recipient
 from smtpeter.events import dsn, model
 from smtpeter.events.metrics import Metrics
-from smtpeter.outbound import pipeline
+from smtpeter.outbound.job import OutboundJob
+from smtpeter.outbound.pipeline import Pipeline
 from smtpeter.scheduler.retry import decide
 from smtpeter.storage import Storage, StorageError
 from smtpeter.storage.models import Lease, Outcome, StoredMessage
@@ -49,10 +51,12 @@ async def _sleep(clock: Any, seconds: float) -> None:
 
 class Scheduler:
     def __init__(self, storage: Storage, dispatcher: Dispatcher, config: DeliveryConfig, hostname: str,
-                 clock: Any, node: str | None = None, metrics: Metrics | None = None) -> None:
+                 clock: Any, node: str | None = None, metrics: Metrics | None = None, *,
+                 pipeline: Pipeline) -> None:
         self.storage = storage
         self.metrics = metrics or Metrics()
         self.dispatcher = dispatcher
+        self.pipeline = pipeline
         self.config = config
         self.hostname = hostname
         self.clock = clock
@@ -190,11 +194,13 @@ class Scheduler:
         if not count:
             self._held_bytes += len(message.mime)
         self._messages[message.id] = (message, count + 1)
+        self.pipeline.hold(message)
 
     def _job_done(self, result: Any, job: defer.Deferred, message_id: str, lease_ids: list[str]) -> None:
         self._jobs.discard(job)
         self.in_flight -= len(lease_ids)
         self._leased.difference_update(lease_ids)
+        self.pipeline.release(message_id)
         message, count = self._messages[message_id]
         if count <= 1:
             del self._messages[message_id]
@@ -209,8 +215,23 @@ class Scheduler:
             self.wake()
 
     async def _deliver(self, message: StoredMessage, domain: str, leases: list[Lease]) -> None:
-        transaction = Transaction(message.envelope.with_recipients(lease.recipient for lease in leases),
-                                  pipeline.prepare(message))
+        """Deliver to ``leases``: one transaction per job the pipeline makes of them, side by side."""
+        try:
+            jobs = await self.pipeline.jobs(message, [lease.recipient for lease in leases])
+        except Exception:
+            log.failure("scheduler: the outbound pipeline failed on {id}", id=message.id)
+            await self._record(message, leases, _internal_error(leases, "internal error preparing the message"))
+            return
+        waiting: dict[Recipient, list[Lease]] = defaultdict(list)
+        for lease in leases:
+            waiting[lease.recipient].append(lease)
+        parts = [defer.Deferred.fromCoroutine(self._deliver_job(
+            message, domain, [waiting[r].pop(0) for r in job.recipients], job)) for job in jobs]
+        await defer.gatherResults(parts, consumeErrors=True)
+
+    async def _deliver_job(self, message: StoredMessage, domain: str, leases: list[Lease],
+                           job: OutboundJob) -> None:
+        transaction = Transaction(job.envelope, job.content)
         try:
             results = await self.dispatcher.deliver(domain, transaction)
         except HandBack as paused:
@@ -220,8 +241,7 @@ class Scheduler:
             return  # shutting down: the lease stays, and the restart makes it due at once
         except Exception:
             log.failure("scheduler: delivery to {domain} crashed", domain=domain)
-            results = [RecipientResult(lease.address, "internal", None, "4.3.0",
-                                       "internal error during delivery") for lease in leases]
+            results = _internal_error(leases, "internal error during delivery")
         await self._record(message, leases, results)
 
     async def _expire(self, message: StoredMessage, leases: list[Lease]) -> None:
@@ -281,3 +301,8 @@ class Scheduler:
                        verdict.next_attempt, event_type, event, result.code, result.status,
                        result.description, "expired" if verdict.state == EXPIRED else result.state,
                        lease.delay_notified)
+
+
+def _internal_error(leases: list[Lease], text: str) -> list[RecipientResult]:
+    """Our own fault, not the recipient's: retried on the schedule."""
+    return [RecipientResult(lease.address, "internal", None, "4.3.0", text) for lease in leases]

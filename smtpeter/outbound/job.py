@@ -1,0 +1,39 @@
+"""What the outbound pipeline works on.
+
+A ``PreparedMessage`` is a stored message after the steps that do not depend
+on the recipient (done once, however many recipients it has). An
+``OutboundJob`` is what one transaction will carry: the envelope (sender and
+recipients, which a step may change, as VERP does) and the exact bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from smtpeter.envelope import Envelope, Recipient
+from smtpeter.storage.models import StoredMessage
+
+
+@dataclass(frozen=True)
+class PreparedMessage:
+    message: StoredMessage
+    content: bytes  # after the per-message steps
+    warnings: tuple[str, ...] = ()  # steps that failed and were skipped
+
+
+@dataclass(frozen=True)
+class OutboundJob:
+    message: StoredMessage
+    envelope: Envelope  # the outbound envelope: its sender is the MAIL FROM, its recipients the RCPTs
+    content: bytes
+
+    @property
+    def recipients(self) -> tuple[Recipient, ...]:
+        return self.envelope.recipients
+
+    def with_content(self, content: bytes) -> OutboundJob:
+        return replace(self, content=content)
+
+    def key(self) -> tuple[str | None, bytes]:
+        """Jobs with equal keys can share one transaction."""
+        return self.envelope.sender, self.content

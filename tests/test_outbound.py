@@ -1,0 +1,113 @@
+"""The outbound pipeline: per-message work once, per-recipient variants, batching, workers."""
+
+from __future__ import annotations
+
+import os
+
+from twisted.internet import reactor
+from twisted.trial import unittest
+
+from smtpeter.envelope import Envelope, MessageOptions, Recipient
+from smtpeter.outbound.job import OutboundJob
+from smtpeter.outbound.pipeline import Pipeline, batched
+from smtpeter.outbound.steps import Step
+from smtpeter.outbound.workers import Workers
+from smtpeter.storage.models import StoredMessage
+
+MIME = b"From: news@example.com\r\nSubject: hi\r\n\r\nHello.\r\n"
+CALLS: list[str] = []
+
+
+def message(mime: bytes = MIME, message_id: str = "m1") -> StoredMessage:
+    return StoredMessage(message_id, "acct", "smtp", Envelope("news@example.com"), mime, MessageOptions(), [],
+                         0.0, 86400.0)
+
+
+# Steps are module-level functions, as the shipped ones: workers get them by reference.
+def count_parse(message: StoredMessage, content: bytes) -> bytes:
+    CALLS.append(message.id)
+    return b"X-Prepared: yes\r\n" + content
+
+
+def fail(message: StoredMessage, content: bytes) -> bytes:
+    raise ValueError("broken step")
+
+
+def stamp_pid(message: StoredMessage, content: bytes) -> bytes:
+    return f"X-Worker-Pid: {os.getpid()}\r\n".encode() + content
+
+
+def variant_by_domain(job: OutboundJob) -> OutboundJob:
+    """Per recipient, as tracking will be; here recipients of one domain get the same bytes."""
+    domain = job.recipients[0].address.rpartition("@")[2]
+    return job.with_content(f"X-Variant: {domain}\r\n".encode() + job.content)
+
+
+def always(*args: object) -> bool:
+    return True
+
+
+class PipelineTests(unittest.TestCase):
+    def setUp(self) -> None:
+        CALLS.clear()
+        self.workers = Workers(reactor, 0)
+        self.addCleanup(self.workers.stop)
+
+    async def test_a_message_is_prepared_once_for_all_its_recipients(self) -> None:
+        """10,000 recipients of one message, in 100 jobs of 100: one parse, not 10,000."""
+        pipeline = Pipeline(self.workers, message_steps=[Step("count", count_parse, always)])
+        stored = message()
+        for _ in range(100):
+            pipeline.hold(stored)
+        jobs = []
+        for chunk in range(100):
+            recipients = [Recipient(f"r{chunk}-{n}@dest.test") for n in range(100)]
+            jobs += await pipeline.jobs(stored, recipients)
+        self.assertEqual(CALLS, ["m1"])
+        self.assertEqual(len(jobs), 100)  # plain mail: a transaction per chunk of 100
+        self.assertTrue(all(len(job.recipients) == 100 for job in jobs))
+        self.assertTrue(all(job.content.startswith(b"X-Prepared") for job in jobs))
+        for _ in range(100):
+            pipeline.release(stored.id)
+        self.assertEqual(pipeline._prepared, {})
+        await pipeline.jobs(stored, [Recipient("late@dest.test")])  # not held any more: made anew
+        self.assertEqual(CALLS, ["m1", "m1"])
+
+    async def test_nothing_to_do_costs_no_worker(self) -> None:
+        ran: list[str] = []
+        self.workers.run = lambda *args: ran.append("ran")  # type: ignore[method-assign]
+        pipeline = Pipeline(self.workers)  # the shipped steps: lines are short, nothing to do
+        (job,) = await pipeline.jobs(message(), [Recipient("a@dest.test"), Recipient("b@dest.test")])
+        self.assertEqual((ran, job.content, len(job.recipients)), ([], MIME, 2))
+
+    async def test_per_recipient_variants_share_a_transaction_only_when_identical(self) -> None:
+        pipeline = Pipeline(self.workers, recipient_steps=[Step("variant", variant_by_domain, always)])
+        recipients = [Recipient(a) for a in ("a@one.test", "b@two.test", "c@one.test", "d@two.test",
+                                             "e@three.test")]
+        jobs = await pipeline.jobs(message(), recipients)
+        self.assertEqual([[r.address for r in job.recipients] for job in jobs],
+                         [["a@one.test", "c@one.test"], ["b@two.test", "d@two.test"], ["e@three.test"]])
+        self.assertEqual([job.content.split(b"\r\n")[0] for job in jobs],
+                         [b"X-Variant: one.test", b"X-Variant: two.test", b"X-Variant: three.test"])
+
+    async def test_batching_keeps_senders_apart(self) -> None:
+        stored = message()
+        a = OutboundJob(stored, Envelope("x@example.com", (Recipient("a@d.test"),)), MIME)
+        b = OutboundJob(stored, Envelope("y@example.com", (Recipient("b@d.test"),)), MIME)
+        c = OutboundJob(stored, Envelope("x@example.com", (Recipient("c@d.test"),)), MIME)
+        self.assertEqual([[r.address for r in job.recipients] for job in batched([a, b, c])],
+                         [["a@d.test", "c@d.test"], ["b@d.test"]])
+
+    async def test_a_failing_step_is_skipped_and_the_message_kept(self) -> None:
+        pipeline = Pipeline(self.workers, message_steps=[Step("fail", fail, always),
+                                                         Step("count", count_parse, always)])
+        (job,) = await pipeline.jobs(message(), [Recipient("a@dest.test")])
+        self.assertEqual(job.content, b"X-Prepared: yes\r\n" + MIME)  # the next step still ran
+
+    async def test_steps_run_in_a_worker_process(self) -> None:
+        workers = Workers(reactor, 1)
+        self.addCleanup(workers.stop)
+        pipeline = Pipeline(workers, message_steps=[Step("pid", stamp_pid, always)])
+        (job,) = await pipeline.jobs(message(), [Recipient("a@dest.test")])
+        pid = int(job.content.split(b"\r\n")[0].split(b": ")[1])
+        self.assertNotEqual(pid, os.getpid())

@@ -37,13 +37,15 @@ log = Logger()
 
 
 class Pipeline:
-    def __init__(self, workers: Workers, message_steps: Sequence[Step] = outbound_steps.MESSAGE_STEPS,
-                 recipient_steps: Sequence[Step] = outbound_steps.RECIPIENT_STEPS,
-                 last_steps: Sequence[Step] = outbound_steps.LAST_STEPS) -> None:
+    def __init__(self, workers: Workers, message_steps: Sequence[Step] | None = None,
+                 recipient_steps: Sequence[Step] | None = None,
+                 last_steps: Sequence[Step] | None = None) -> None:
+        """The steps of ``outbound/steps.py``, unless others are given."""
         self.workers = workers
-        self.message_steps = tuple(message_steps)
-        self.recipient_steps = tuple(recipient_steps)
-        self.last_steps = tuple(last_steps)
+        self.message_steps = tuple(outbound_steps.MESSAGE_STEPS if message_steps is None else message_steps)
+        self.recipient_steps = tuple(outbound_steps.RECIPIENT_STEPS if recipient_steps is None
+                                     else recipient_steps)
+        self.last_steps = tuple(outbound_steps.LAST_STEPS if last_steps is None else last_steps)
         # message id -> (its PreparedMessage, or the waiters while it is made; how many hold it)
         self._prepared: dict[str, tuple[Any, int]] = {}
 

@@ -8,7 +8,7 @@ The worst and the 99th-percentile round trip are how long the reactor could
 not answer anyone. Run for each place the steps can run: worker processes
 (the default), and the reactor's threads (``transform_workers = 0``).
 
-    python bench/stall.py [--messages 10] [--megabytes 5]
+    python bench/stall.py [--messages 10] [--megabytes 5] [--modes default,threads]
 """
 
 from __future__ import annotations
@@ -113,10 +113,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--messages", type=int, default=10)
     parser.add_argument("--megabytes", type=float, default=5.0)
+    parser.add_argument("--modes", default="default,threads",
+                        help="default (the shipped setting: worker processes), threads, or both")
     args = parser.parse_args()
+    modes = {"default": ("default setting", None), "threads": ("threads", 0)}
     sink = SmtpSink()
     try:
-        results = {"processes (default)": measure(None, args, sink), "threads": measure(0, args, sink)}
+        results = {modes[m][0]: measure(modes[m][1], args, sink) for m in args.modes.split(",")}
     finally:
         sink.stop()
     print(f"stall: {args.messages} messages of {args.megabytes:g} MB HTML with long lines, every option on, "

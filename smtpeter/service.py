@@ -16,7 +16,7 @@ from smtpeter.config import Config
 from smtpeter.delivery.destination import Context
 from smtpeter.delivery.dispatcher import Dispatcher
 from smtpeter.events.metrics import Metrics
-from smtpeter.ingress.http.app import API
+from smtpeter.ingress.http.site import API
 from smtpeter.ingress.smtp.auth import login_portal
 from smtpeter.ingress.smtp.limits import AuthThrottle, ConnectionLimits
 from smtpeter.ingress.smtp.server_connection import SMTPFactory

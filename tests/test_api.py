@@ -14,13 +14,18 @@ import urllib.parse
 from types import SimpleNamespace
 from xml.etree import ElementTree
 
+from prometheus_client import generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import defer
 from twisted.trial import unittest
 from twisted.web.client import ResponseNeverReceived
 
 from smtpeter.envelope import MessageOptions
-from smtpeter.ingress.http.app import API
+from smtpeter.events.metrics import Metrics
+from smtpeter.ingress.http.metrics import may_see as may_see_metrics
 from smtpeter.ingress.http.openapi import document
+from smtpeter.ingress.http.site import API
 from tests.support.harness import Harness, Login
 from tests.support.http import Client
 from tests.support.rig import sleep
@@ -773,24 +778,46 @@ class APITests(unittest.TestCase):
 
     async def test_metrics(self) -> None:
         await self.start()
+
+        async def scrape() -> dict[str, Metric]:
+            response = await self.api.get("/metrics", token=None)
+            self.assertEqual(response.code, 200)
+            self.assertEqual(response.content_type, "text/plain; version=0.0.4; charset=utf-8")
+            return _families(response.text)
+
+        def value(families: dict[str, Metric], sample_name: str) -> float:
+            (sample,) = [s for f in families.values() for s in f.samples if s.name == sample_name]
+            return sample.value
+
+        before = await scrape()
+        # (prometheus_client adds each counter's start time as <name>_created, a gauge)
+        self.assertEqual({name: family.type for name, family in before.items()
+                          if not name.endswith("_created")}, {
+            "smtpeter_accepted": "counter", "smtpeter_delivered": "counter", "smtpeter_deferred": "counter",
+            "smtpeter_failed": "counter", "smtpeter_expired": "counter", "smtpeter_bounced": "counter",
+            "smtpeter_queue_depth": "gauge", "smtpeter_destination_connections": "gauge",
+            "smtpeter_destination_queued": "gauge"})
+        self.assertEqual(value(before, "smtpeter_accepted_total"), 0)
+        self.assertEqual(value(before, "smtpeter_queue_depth"), 0)
         await self.send({"recipient": "a@dest.example", "from": "info@example.com", "text": "x"})
-        response = await self.api.get("/metrics", token=None)
-        self.assertEqual(response.code, 200)
-        self.assertIn("smtpeter_accepted_total 1\n", response.text)
-        self.assertIn("smtpeter_queue_depth 1\n", response.text)
+        after = await scrape()
+        self.assertEqual(value(after, "smtpeter_accepted_total"), 1)
+        self.assertEqual(value(after, "smtpeter_queue_depth"), 1)
+        self.assertEqual(value(after, "smtpeter_delivered_total"), 0)
         proxied = await self.api.get("/metrics", token=None, headers={"X-Forwarded-For": "203.0.113.9"})
         self.assertEqual(proxied.code, 403)
-        self.assertIn("# TYPE smtpeter_delivered_total counter", response.text)
-        api = self.harness.service.api
+        openmetrics = await self.api.get("/metrics", token=None,
+                                         headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+        self.assertTrue(openmetrics.content_type.startswith("application/openmetrics-text"))
+        self.assertTrue(openmetrics.text.endswith("# EOF\n"))
 
         def remote(header: bytes | None) -> SimpleNamespace:
             return SimpleNamespace(getClientAddress=lambda: SimpleNamespace(host="203.0.113.9"),
                                    getHeader=lambda name: header if name == b"authorization" else None)
 
-        self.assertFalse(api._may_see_metrics(remote(None)))
-        api.config.http.metrics_token = "s3cret"
-        self.assertFalse(api._may_see_metrics(remote(b"Bearer wrong")))
-        self.assertTrue(api._may_see_metrics(remote(b"Bearer s3cret")))
+        self.assertFalse(may_see_metrics(remote(None), ""))
+        self.assertFalse(may_see_metrics(remote(b"Bearer wrong"), "s3cret"))
+        self.assertTrue(may_see_metrics(remote(b"Bearer s3cret"), "s3cret"))
 
     async def test_thunderbird_autoconfig(self) -> None:
         await self.start(autoconfig_incoming=["imaps://imap.example.com", "pop3://pop.example.com:1110"])
@@ -823,3 +850,35 @@ class APITests(unittest.TestCase):
         response = await self.api.post("/v1/send", raw=b"x" * 100, content_type="text/csv")
         self.assertEqual(response.code, 415)
         self.assertIn("unsupported content type", response.error)
+
+
+class MetricsTests(unittest.SynchronousTestCase):
+    """The metrics themselves, without a service (what /metrics renders: test_metrics)."""
+
+    def test_gauges_and_counters(self) -> None:
+        metrics = Metrics()
+        metrics.observe(3, {"mx.dest.example": {"sessions": 2, "queued": 5, "paused": False}})
+        metrics.count("smtpeter_bounced_total", 2)
+        families = _rendered(metrics)
+        self.assertEqual([(s.labels, s.value) for s in families["smtpeter_destination_connections"].samples],
+                         [({"destination": "mx.dest.example"}, 2)])
+        self.assertEqual([(s.labels, s.value) for s in families["smtpeter_destination_queued"].samples],
+                         [({"destination": "mx.dest.example"}, 5)])
+        self.assertEqual(families["smtpeter_queue_depth"].samples[0].value, 3)
+        self.assertEqual(families["smtpeter_bounced"].samples[0].value, 2)
+        metrics.observe(0, {})  # a destination that is gone is gone from the gauges too
+        self.assertEqual(_rendered(metrics)["smtpeter_destination_queued"].samples, [])
+
+    def test_a_registry_per_service(self) -> None:
+        one, other = Metrics(), Metrics()
+        one.count("smtpeter_accepted_total", 5)
+        self.assertEqual(_rendered(other)["smtpeter_accepted"].samples[0].value, 0)
+
+
+def _families(exposition: str) -> dict[str, Metric]:
+    """The metric families of a Prometheus exposition, as prometheus_client's own parser reads it."""
+    return {family.name: family for family in text_string_to_metric_families(exposition)}
+
+
+def _rendered(metrics: Metrics) -> dict[str, Metric]:
+    return _families(generate_latest(metrics.registry).decode())

@@ -1,53 +1,77 @@
-"""Process-wide counters for /metrics (Prometheus text format, version 0.0.4)."""
+"""The service's metrics, kept and exposed by prometheus_client.
+
+Every ``Metrics`` has a registry of its own, not the library's process-wide default, so
+several services in one process (the tests run many) count apart. Counters move where things
+happen (``count``); the gauges are values of the moment, taken when /metrics is asked for
+(``observe``) and rendered by the registry right after.
+"""
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterator, Mapping
+from typing import Any
 
-HELP = {
-    "smtpeter_accepted_total": ("counter", "Recipients accepted into the queue (SMTP and API)."),
-    "smtpeter_delivered_total": ("counter", "Recipients delivered."),
-    "smtpeter_deferred_total": ("counter", "Delivery attempts that will be retried."),
-    "smtpeter_failed_total": ("counter", "Recipients that failed for good (expired ones included)."),
-    "smtpeter_expired_total": ("counter", "Recipients whose delivery time ran out."),
-    "smtpeter_bounced_total": ("counter", "Delivery status notifications sent back to senders."),
-    "smtpeter_queue_depth": ("gauge", "Recipients in the queue, still to be delivered."),
-    "smtpeter_destination_connections": ("gauge", "Open outbound connections, by destination."),
-    "smtpeter_destination_queued": ("gauge", "Transactions waiting for a connection, by destination."),
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+
+COUNTERS = {
+    "smtpeter_accepted_total": "Recipients accepted into the queue (SMTP and API).",
+    "smtpeter_delivered_total": "Recipients delivered.",
+    "smtpeter_deferred_total": "Delivery attempts that will be retried.",
+    "smtpeter_failed_total": "Recipients that failed for good (expired ones included).",
+    "smtpeter_expired_total": "Recipients whose delivery time ran out.",
+    "smtpeter_bounced_total": "Delivery status notifications sent back to senders.",
 }
 
 
 class Metrics:
     def __init__(self) -> None:
-        self.counters: Counter[str] = Counter()
+        self.registry = CollectorRegistry()
+        self._counters = {name: Counter(name, text, registry=self.registry)
+                          for name, text in COUNTERS.items()}
+        self._gauges = _Gauges()
+        self.registry.register(self._gauges)
 
     def count(self, name: str, amount: int = 1) -> None:
-        self.counters[name] += amount
+        """Add ``amount`` to one of COUNTERS."""
+        self._counters[name].inc(amount)
+
+    def observe(self, queue_depth: int, destinations: Mapping[str, Mapping[str, Any]]) -> None:
+        """The gauges' values for the next rendering: the queue depth (a storage query, so it is
+        asked for before rendering, not during it), and the dispatcher's ``stats()``.
+
+        Called on the reactor thread: prometheus_client renders in a worker thread, which must
+        not read the dispatcher's live state, only this copy.
+        """
+        self._gauges.values = (queue_depth, {key: (stats["sessions"], stats["queued"])
+                                             for key, stats in destinations.items()})
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+class _Gauges:
+    """A collector of the gauges as last observed (one tuple, swapped whole: a rendering in
+    another thread sees one observation, never half of two)."""
 
+    def __init__(self) -> None:
+        self.values: tuple[int, dict[str, tuple[int, int]]] = (0, {})
 
-def render(counters: Counter[str], gauges: Iterable[tuple[str, dict[str, str], float]]) -> str:
-    """The exposition text: every known counter (0 if never counted), then the gauges."""
-    lines: list[str] = []
-    seen: set[str] = set()
+    def describe(self) -> Iterator[Metric]:
+        # The registry learns the names from here (for its ``name[]`` filter) without a collect.
+        return self._families(0, {})
 
-    def declare(name: str) -> None:
-        if name not in seen:
-            seen.add(name)
-            kind, text = HELP[name]
-            lines.extend([f"# HELP {name} {text}", f"# TYPE {name} {kind}"])
+    def collect(self) -> Iterator[Metric]:
+        return self._families(*self.values)
 
-    for name, (kind, _) in HELP.items():
-        if kind == "counter":
-            declare(name)
-            lines.append(f"{name} {counters.get(name, 0)}")
-    for name, labels, value in gauges:
-        declare(name)
-        label_text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
-        number = str(value) if isinstance(value, int) else repr(float(value))
-        lines.append(f"{name}{{{label_text}}} {number}" if label_text else f"{name} {number}")
-    return "\n".join(lines) + "\n"
+    @staticmethod
+    def _families(queue_depth: int, destinations: dict[str, tuple[int, int]]) -> Iterator[Metric]:
+        yield GaugeMetricFamily("smtpeter_queue_depth", "Recipients in the queue, still to be delivered.",
+                                value=queue_depth)
+        connections = GaugeMetricFamily("smtpeter_destination_connections",
+                                        "Open outbound connections, by destination.", labels=["destination"])
+        queued = GaugeMetricFamily("smtpeter_destination_queued",
+                                   "Transactions waiting for a connection, by destination.",
+                                   labels=["destination"])
+        for key, (sessions, waiting) in sorted(destinations.items()):
+            connections.add_metric([key], sessions)
+            queued.add_metric([key], waiting)
+        yield connections
+        yield queued

@@ -1,13 +1,22 @@
-"""Views of an archived message: its header, text and HTML parts, attachments and embeds."""
+"""GET /v1/recipient, envelope, headers, text, html, attachments and embeds of a message id:
+views of an archived message, parsed off the reactor."""
 
 from __future__ import annotations
 
 import email
 import email.policy
+import json
 from dataclasses import dataclass
 from email.message import EmailMessage
+from typing import TYPE_CHECKING, Any
 
+from smtpeter.ingress.http.routing import app, error, handled, json_reply, text
 from smtpeter.mime import header as msg
+from smtpeter.storage import NotFound
+from smtpeter.storage.models import StoredMessage
+
+if TYPE_CHECKING:
+    from smtpeter.ingress.http.site import API
 
 
 @dataclass(frozen=True)
@@ -78,3 +87,83 @@ def pick(parts: list[Part], item: str) -> Part | None:
     if item.isdigit() and int(item) < len(parts):
         return parts[int(item)]
     return next((p for p in parts if p.name == item), None)
+
+
+# -- the routes --------------------------------------------------------------------------
+
+
+async def _archived(api: API, request: Any, message_id: str) -> tuple[Any, StoredMessage]:
+    account = await api.account(request)
+    entry = await api.storage.recipient(message_id, account_id=account)
+    return entry, await api.storage.message_content(message_id)
+
+
+@app.route("/v1/recipient/<message_id>", methods=["GET"])
+@handled
+async def recipient(api: API, request: Any, message_id: str) -> bytes:
+    entry, _ = await _archived(api, request, message_id)
+    return text(request, entry.address)
+
+
+@app.route("/v1/envelope/<message_id>", methods=["GET"])
+@handled
+async def envelope(api: API, request: Any, message_id: str) -> bytes:
+    _, content = await _archived(api, request, message_id)
+    return text(request, content.envelope.sender or "")
+
+
+@app.route("/v1/headers/<message_id>", methods=["GET"])
+@app.route("/v1/header/<message_id>", methods=["GET"])
+@handled
+async def header_text(api: API, request: Any, message_id: str) -> bytes:
+    _, content = await _archived(api, request, message_id)
+    return text(request, headers(content.mime))
+
+
+@app.route("/v1/text/<message_id>", methods=["GET"])
+@handled
+async def text_part(api: API, request: Any, message_id: str) -> bytes:
+    return await _body_part(api, request, message_id, "plain")
+
+
+@app.route("/v1/html/<message_id>", methods=["GET"])
+@handled
+async def html_part(api: API, request: Any, message_id: str) -> bytes:
+    return await _body_part(api, request, message_id, "html")
+
+
+async def _body_part(api: API, request: Any, message_id: str, subtype: str) -> bytes:
+    _, content = await _archived(api, request, message_id)
+    part = await api.in_thread(body, content.mime, subtype)
+    if part is None:
+        return error(request, 404, f"the message has no text/{subtype} part")
+    return text(request, part)
+
+
+@app.route("/v1/attachments/<message_id>", methods=["GET"])
+@app.route("/v1/embeds/<message_id>", methods=["GET"])
+@handled
+async def part_list(api: API, request: Any, message_id: str) -> bytes:
+    _, content = await _archived(api, request, message_id)
+    parts = await _parts(api, request, content.mime)
+    return json_reply(request, [{"name": p.name, "rank": p.rank, "type": p.type, "size": p.size}
+                                for p in parts])
+
+
+@app.route("/v1/attachments/<message_id>/<path:item>", methods=["GET"])
+@app.route("/v1/embeds/<message_id>/<path:item>", methods=["GET"])
+@handled
+async def part(api: API, request: Any, message_id: str, item: str) -> bytes:
+    _, content = await _archived(api, request, message_id)
+    found = pick(await _parts(api, request, content.mime), item)
+    if found is None:
+        raise NotFound()
+    request.setHeader(b"content-type", found.type.encode("ascii", "replace"))
+    quoted = json.dumps(found.name.encode("ascii", "replace").decode())
+    request.setHeader(b"content-disposition", f"attachment; filename={quoted}".encode())
+    return found.content
+
+
+async def _parts(api: API, request: Any, mime: bytes) -> list[Part]:
+    wanted = embeds if request.path.startswith(b"/v1/embeds/") else attachments
+    return await api.in_thread(wanted, mime)

@@ -26,7 +26,7 @@ import unicodedata
 from email.message import EmailMessage, MIMEPart
 from typing import IO, Any
 
-from smtpeter.ingress.http.request import BadRequest, boolean_field, elements, mailbox, text_field
+from smtpeter.ingress.http.fields import BadRequest, boolean_field, elements, mailbox, text_field
 from smtpeter.mime import header as msg
 from smtpeter.mime import tree
 from smtpeter.mime.encoded_words import MAX_ENCODED_WORD, encoded_words

@@ -16,7 +16,7 @@ import re
 from typing import Any
 
 from smtpeter.ingress.http.compose import compose, raw
-from smtpeter.ingress.http.request import HEADER_FORBIDDEN, BadRequest, SendRequest
+from smtpeter.ingress.http.fields import HEADER_FORBIDDEN, BadRequest, SendRequest
 from smtpeter.ingress.http.template import Budget, Template, TemplateError, has_tags
 from smtpeter.mime import tree
 

@@ -1,0 +1,178 @@
+"""The REST API (SMTPeter v1 compatible), Thunderbird autoconfig and /metrics as one Twisted site.
+
+``API`` is what every route shares: the service's storage, submission and configuration, and
+authentication. Each route group is a module of its own that registers on the shared Klein app
+(routing.py); importing it here is what wires it in. Every /v1 call is scoped to the account of
+its token: another account's message ids answer 404, exactly like ids that do not exist.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.threads import deferToThread
+from twisted.web.http import combinedLogFormatter
+from twisted.web.iweb import IAccessLogFormatter
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
+from zope.interface import provider
+
+from smtpeter import credentials
+from smtpeter.config import Config
+from smtpeter.events.metrics import Metrics
+
+# The route modules: importing one registers its routes on routing.app.
+from smtpeter.ingress.http import archive, documents, events, logfiles, routing, send  # noqa: F401
+from smtpeter.ingress.http import metrics as metrics_routes  # noqa: F401
+from smtpeter.ingress.http.budget import ByteBudget
+from smtpeter.ingress.http.fields import BadRequest, decode_body
+from smtpeter.ingress.http.routing import LARGE_BODY, Unauthorized, body_size, header, query
+from smtpeter.ingress.submission import Submission
+from smtpeter.storage import Storage
+
+_TOKEN_CACHE_SECONDS = 10.0
+LARGE_BODY_BUDGET = 64 * 1024 * 1024  # of large bodies in work at once (ByteBudget)
+
+
+class API:
+    app = routing.app
+
+    def __init__(self, storage: Storage, submission: Submission, config: Config, clock: Any,
+                 metrics: Metrics, stats: Callable[[], dict[str, Any]] | None = None,
+                 smtp_ports: tuple[list[int], list[int]] = ([], [])) -> None:
+        self.storage = storage
+        self.submission = submission
+        self.config = config
+        self.clock = clock
+        self.metrics = metrics
+        self.stats = stats or dict
+        self.smtp_ports = smtp_ports  # (STARTTLS ports, implicit-TLS ports)
+        self._tokens: dict[str, tuple[float, str | None]] = {}
+        # MIME building and parsing run in threads, a few at a time.
+        self._heavy = defer.DeferredSemaphore(4)
+        # Large bodies are decoded, composed and stored a budget's worth at a time; the rest
+        # wait (holding only their spooled body file), so memory stays bounded (budget.py).
+        self.large_bodies = ByteBudget(LARGE_BODY_BUDGET)
+
+    def site(self) -> Site:
+        access_log = self.config.http.access_log or str(self.config.data_path / "http-access.log")
+        site = APISite(self.app.resource(), send.SendResource(self), logPath=access_log)
+        site.displayTracebacks = False
+        LimitedRequest.max_body = self.config.http.max_body_size
+        site.requestFactory = LimitedRequest
+        return site
+
+    async def in_thread(self, work: Callable[..., Any], *args: Any) -> Any:
+        """MIME building and parsing: the email package is slow on big input, so not on
+        the reactor thread, and a few at a time."""
+        try:
+            return await self._heavy.run(deferToThread, work, *args)
+        except RecursionError:
+            raise BadRequest("the message is nested too deeply to handle", 422) from None
+        except MemoryError:
+            raise BadRequest("the message is too large to handle", 413) from None
+
+    # -- authentication --------------------------------------------------------------
+
+    @staticmethod
+    def _offered_token(request: Any) -> str | None:
+        offered = header(request, b"authorization")
+        if offered.lower().startswith("bearer "):
+            return offered[7:].strip()
+        return query(request, "access_token") or None
+
+    async def authenticated_body(self, request: Any) -> tuple[str, dict[str, Any]]:
+        """The account, then the body: a token in the header or URL is checked before a
+        byte of the body is parsed; only without one may the body carry it."""
+        if self._offered_token(request) is not None:
+            account = await self.account(request)
+            return account, await self._body(request)
+        body = await self._body(request)
+        return await self.account(request, body), body
+
+    async def account(self, request: Any, body: dict[str, Any] | None = None) -> str:
+        """The account of the request's token; Unauthorized without a valid one."""
+        token = self._offered_token(request)
+        if token is None and body and isinstance(body.get("access_token"), str):
+            token = body["access_token"]
+        if not token:
+            raise Unauthorized()
+        key = credentials.hash_token(token)
+        now = self.clock.seconds()
+        cached = self._tokens.get(key)
+        if cached and cached[0] > now:
+            account = cached[1]
+        else:
+            account = await self.storage.account_for_token(token)
+            if len(self._tokens) > 10000:
+                self._tokens.clear()
+            self._tokens[key] = (now + _TOKEN_CACHE_SECONDS, account)
+        if account is None:
+            raise Unauthorized()
+        return account
+
+    async def _body(self, request: Any) -> dict[str, Any]:
+        if getattr(request, "too_big", False):
+            raise BadRequest(f"request body larger than {self.config.http.max_body_size} bytes", 413)
+        content_type = header(request, b"content-type").strip()
+        if body_size(request) < LARGE_BODY:
+            return decode_body(content_type, request.content)
+        return await self.in_thread(decode_body, content_type, request.content)  # not on the reactor
+
+
+class LimitedRequest(Request):
+    """A request whose body stops being kept past ``max_body`` bytes (the handler answers 413)."""
+
+    max_body = 64 * 1024 * 1024
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # We read bodies ourselves (fields.decode_body); Twisted's own form parsing
+        # would only cost time (its content-type parsing alone was 18% of a /v1/send).
+        kwargs["parsePOSTFormSubmission"] = False
+        super().__init__(*args, **kwargs)
+
+    def gotLength(self, length: int | None) -> None:
+        self.too_big = False
+        self.body_seen = 0
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        self.body_seen += len(data)
+        if self.body_seen > self.max_body:
+            if not self.too_big:
+                self.content.seek(0)
+                self.content.truncate()  # it is answered 413 unread: give its disk space back now
+            self.too_big = True
+            return
+        super().handleContentChunk(data)
+
+
+_TOKEN_IN_LOG = re.compile(r"(access_token=)[^&\s\"]*")
+
+
+@provider(IAccessLogFormatter)
+def _access_log_line(timestamp: str, request: Any) -> str:
+    """Combined log format, with tokens in URLs (and referrers) blanked out."""
+    return _TOKEN_IN_LOG.sub(r"\1-", combinedLogFormatter(timestamp, request))
+
+
+class APISite(Site):
+    def __init__(self, resource: Any, send: Resource, **kwargs: Any) -> None:
+        super().__init__(resource, logFormatter=_access_log_line, **kwargs)
+        self._send = send
+
+    def _openLogFile(self, path: str | bytes) -> Any:
+        # Client addresses and paths with message ids: for the operator only.
+        return os.fdopen(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "a", 1, newline="\n")
+
+    def getResourceFor(self, request: Any) -> Any:
+        # /v1/send's fast path (send.SendResource): past Klein's dispatch.
+        if request.path == b"/v1/send":
+            request.site = self
+            request.sitepath = request.prepath[:]
+            return self._send
+        return super().getResourceFor(request)

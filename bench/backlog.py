@@ -22,6 +22,7 @@ from twisted.internet import defer, task
 from bench.peers import Smtpeter
 from bench.relay import SINK_HOST, SmtpSink
 from smtpeter.envelope import Envelope, Recipient
+from smtpeter.events.model import accept
 from smtpeter.storage import open_storage
 from smtpeter.storage.models import NewMessage
 
@@ -37,8 +38,8 @@ async def fill(reactor: object, url: str, account_name: str, recipients: int) ->
         for start in range(0, recipients, PER_MESSAGE):
             count = min(PER_MESSAGE, recipients - start)
             rcpts = tuple(Recipient(f"r{start + n}@example.net") for n in range(count))
-            pending.append(storage.enqueue(NewMessage(account.id, "smtp", Envelope("app@example.com", rcpts),
-                                                      mime)))
+            pending.append(storage.enqueue(accept(NewMessage(account.id, "smtp",
+                                                             Envelope("app@example.com", rcpts), mime))))
             if len(pending) >= 50:
                 await defer.gatherResults(pending)
                 pending = []

@@ -14,6 +14,7 @@ from twisted.trial import unittest
 
 from smtpeter import credentials
 from smtpeter.envelope import Envelope, MessageOptions, Recipient
+from smtpeter.events.model import accept
 from smtpeter.storage import Storage, open_storage
 from smtpeter.storage.models import NewMessage, Outcome
 
@@ -96,10 +97,10 @@ class CLITests(unittest.TestCase):
         storage = await open_storage(f"sqlite:///{self.directory / 'data' / 'smtpeter.sqlite3'}", reactor)
         try:
             account = await storage.create_account("acme")
-            ids = await storage.enqueue(NewMessage(
+            ids = await storage.enqueue(accept(NewMessage(
                 account.id, "smtp",
                 Envelope("a@example.com", (Recipient("x@example.net"), Recipient("y@example.net"))),
-                b"From: a@example.com\r\nSubject: s\r\n\r\nbody\r\n", tags=["t1"]))
+                b"From: a@example.com\r\nSubject: s\r\n\r\nbody\r\n", tags=["t1"])))
         finally:
             await storage.close()
         code, out, err = await self.run_cli("queue", "list", "--json")
@@ -137,10 +138,10 @@ class CLITests(unittest.TestCase):
     async def test_queue_reads_as_text_after_attempts(self) -> None:
         storage = await self.storage()
         account = await storage.create_account("acme")
-        delivered, deferred, failed = [(await storage.enqueue(NewMessage(
+        delivered, deferred, failed = [(await storage.enqueue(accept(NewMessage(
             account.id, "api", Envelope("news@example.com", (Recipient(f"{name}@example.net"),)),
             b"From: news@example.com\r\nSubject: s\r\n\r\nbody\r\n",
-            MessageOptions(trackclicks=True, inlinecss=False))))[0]
+            MessageOptions(trackclicks=True, inlinecss=False)))))[0]
             for name in ("delivered", "deferred", "failed")]
         leases = {lease.id: lease for lease in await storage.claim("cli-test", 10, 60)}
         now = storage.now()

@@ -7,6 +7,7 @@ from twisted.trial import unittest
 
 from smtpeter import credentials
 from smtpeter.envelope import Envelope, MessageOptions, Recipient
+from smtpeter.events.model import accept
 from smtpeter.storage import Conflict, NotFound, StorageError, StorageUnavailable, open_storage
 from smtpeter.storage.db import SQL
 from smtpeter.storage.models import NewMessage, Outcome
@@ -16,19 +17,20 @@ from tests.support.backends import BackendMixin, both_backends
 from tests.support.clock import ShiftedClock
 
 
-def new_message(account_id: str, recipients: int = 1, body: bytes = b"hello\r\n") -> NewMessage:
-    return NewMessage(
+def new_message(account_id: str, recipients: int = 1, body: bytes = b"hello\r\n",
+                tags: tuple[str, ...] = ("news", "nov"), to: tuple[str, ...] = ()) -> NewMessage:
+    return accept(NewMessage(
         account_id=account_id,
         source="smtp",
         envelope=Envelope(
             "sender@example.com",
-            tuple(Recipient(f"r{i}@example.net", notify="FAILURE", orcpt=f"rfc822;r{i}@example.net")
-                  for i in range(recipients)),
+            tuple(Recipient(address, notify="FAILURE", orcpt=f"rfc822;{address}")
+                  for address in to or [f"r{i}@example.net" for i in range(recipients)]),
             ret="HDRS", envid="env-1", body="8BITMIME"),
         mime=b"From: a@example.com\r\nSubject: t\r\n\r\n" + body,
         options=MessageOptions(trackclicks=True, inlinecss=False),
-        tags=["news", "nov"],
-    )
+        tags=list(tags),
+    ))
 
 
 class StorageSuite:
@@ -139,9 +141,7 @@ class StorageSuite:
     async def test_event_queries(self) -> None:
         storage = await self.open_storage()
         account = await storage.create_account("acme")
-        tagged = new_message(account.id)
-        tagged.tags = ["50%_off", 'say "hi"', "a\\b"]
-        tagged.envelope = tagged.envelope.with_recipients([Recipient("Jane.Doe@Example.net")])
+        tagged = new_message(account.id, tags=("50%_off", 'say "hi"', "a\\b"), to=("Jane.Doe@Example.net",))
         (first,) = await storage.enqueue(tagged)
         (second,) = await storage.enqueue(new_message(account.id))
         until = storage.now() + 1
@@ -267,8 +267,8 @@ class DeliveryStorageSuite:
     async def test_record_outcomes_events_and_notices(self) -> None:
         storage, clock, account, _ids = await self.setup(recipients=2)
         a, b = await storage.claim("n", limit=10, lease=60)
-        notice = NewMessage(account.id, "dsn", Envelope("", (Recipient("sender@example.com"),)),
-                            b"From: MAILER-DAEMON@mx.test\r\n\r\nDSN\r\n")
+        notice = accept(NewMessage(account.id, "dsn", Envelope("", (Recipient("sender@example.com"),)),
+                                   b"From: MAILER-DAEMON@mx.test\r\n\r\nDSN\r\n"))
         await storage.record("n", [
             Outcome(a.id, a.account_id, a.address, "delivered", 1, clock.seconds(), "delivery",
                     {"code": 250, "to": "127.0.0.2"}, code=250, status="2.0.0", description="ok",

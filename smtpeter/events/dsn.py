@@ -19,10 +19,19 @@ from datetime import UTC, datetime
 from smtpeter.address import xtext_encode
 from smtpeter.delivery.client_connection import RecipientResult
 from smtpeter.envelope import Envelope, Recipient
+from smtpeter.events.model import accept
 from smtpeter.ids import new_id
 from smtpeter.mime.header import make_field, parse
-from smtpeter.storage.models import Lease, NewMessage, Outcome, StoredMessage
-from smtpeter.storage.store import DELIVERED, EXPIRED, FAILED, QUEUED
+from smtpeter.storage.models import (
+    DELIVERED,
+    EXPIRED,
+    FAILED,
+    QUEUED,
+    Lease,
+    NewMessage,
+    Outcome,
+    StoredMessage,
+)
 
 ACTIONS = ("failed", "delayed", "delivered", "relayed", "expanded")
 
@@ -112,8 +121,8 @@ def notices(message: StoredMessage, leases: list[Lease], outcomes: list[Outcome]
                     ret=message.envelope.ret, envid=message.envelope.envid, arrival=message.created,
                     now=now, message_id=new_id())
     # From the null sender, so a DSN can never cause another (RFC 3461 §6.2).
-    return [NewMessage(message.account_id, "dsn", Envelope("", (Recipient(to),), smtputf8=not to.isascii()),
-                       dsn)]
+    return [accept(NewMessage(message.account_id, "dsn",
+                              Envelope("", (Recipient(to),), smtputf8=not to.isascii()), dsn))]
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,13 @@ the dashboard read that feed (``events/feed.py``).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from smtpeter.delivery.client_connection import RecipientResult
+from smtpeter.ids import new_id
 from smtpeter.scheduler.retry import Verdict
-from smtpeter.storage.models import Lease, StoredMessage
-from smtpeter.storage.store import DELIVERED, EXPIRED, FAILED
+from smtpeter.storage.models import DELIVERED, EXPIRED, FAILED, Lease, NewEvent, NewMessage, StoredMessage
 
 # Accepted for delivery (SMTPeter calls it an attempt: the log of what was sent).
 ATTEMPT = "attempt"
@@ -37,6 +38,17 @@ def accepted(sender: str | None, recipient: str, properties: list[str], tags: li
     """The data of an ATTEMPT event: the message was accepted for ``recipient``."""
     return {"envelope": sender or "", "recipient": recipient, "properties": ";".join(sorted(properties)),
             "tags": tags}
+
+
+def accept(message: NewMessage) -> NewMessage:
+    """``message`` ready to be queued: a public message id for each recipient, and the
+    ATTEMPT event of each, which storage records in the transaction that stores the message."""
+    ids = [new_id() for _ in message.envelope.recipients]
+    properties = [name for name, value in message.options.as_dict().items() if value is True]
+    events = [NewEvent(message.account_id, rid, rcpt.address, ATTEMPT,
+                       accepted(message.envelope.sender, rcpt.address, properties, message.tags))
+              for rid, rcpt in zip(ids, message.envelope.recipients, strict=True)]
+    return replace(message, recipient_ids=ids, events=events)
 
 
 def attempt_outcome(message: StoredMessage, lease: Lease, result: RecipientResult,

@@ -20,6 +20,7 @@ from typing import Any
 from smtpeter.address import domain_key
 from smtpeter.envelope import OPTION_NAMES, Envelope, MessageOptions, OptionError, Recipient, parse_tag
 from smtpeter.events.metrics import Metrics
+from smtpeter.events.model import accept
 from smtpeter.ids import new_id
 from smtpeter.mime import header as msg
 from smtpeter.mime.lines import foldable
@@ -222,8 +223,8 @@ class Submission:
         await self.check_sender(account_id, stored.envelope.sender, parsed.fields)
         kept = [f for f in parsed.fields if f.name not in ("message-id", "date")]
         mime = self.identity_headers(kept) + msg.build(kept, memoryview(parsed.raw)[parsed.body_start:])
-        message = NewMessage(account_id, "api", stored.envelope.with_recipients([recipient]), mime,
-                             stored.options, stored.tags)
+        message = accept(NewMessage(account_id, "api", stored.envelope.with_recipients([recipient]), mime,
+                                    stored.options, stored.tags))
         return (await self.store([message]))[0]
 
     async def submit(self, sender: Sender, source: str, envelope: Envelope, data: bytes,
@@ -243,7 +244,7 @@ class Submission:
         tags: list[str] | None = None,
         expires: float | None = None,
     ) -> NewMessage:
-        """Check one message and make it ready to store.
+        """Check one message and make it ready to store (its recipients' ids and events made).
 
         ``trace`` is a Received field to prepend. Options come from the login
         defaults, then ``options``, then ``x-smtpeter-*`` headers, which win.
@@ -262,7 +263,7 @@ class Submission:
         # One copy of what may be 50 MB: the body goes in as a view of ``data``.
         mime = b"".join([trace, self.identity_headers(kept), *(f.raw for f in kept),
                          _separator(data, parsed.body_start), memoryview(data)[parsed.body_start:]])
-        return NewMessage(
+        return accept(NewMessage(
             account_id=sender.account_id,
             source=source,
             envelope=envelope,
@@ -270,7 +271,7 @@ class Submission:
             options=sender.defaults.merged(options or MessageOptions(), header_options),
             tags=header_tags if header_tags is not None else list(tags or []),
             expires=expires,
-        )
+        ))
 
     async def store(self, messages: list[NewMessage]) -> list[list[str]]:
         """Store prepared messages durably, all or none; their recipients' ids, per message.

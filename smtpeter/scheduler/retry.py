@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 
 from smtpeter.delivery.client_connection import RecipientResult
-from smtpeter.storage.store import DELIVERED, EXPIRED, FAILED, QUEUED
+from smtpeter.storage.models import DELIVERED, EXPIRED, FAILED, QUEUED
 
 # The last attempt before a message expires comes this long before the end.
 FINAL_ATTEMPT_MARGIN = 30.0

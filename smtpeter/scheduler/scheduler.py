@@ -27,8 +27,7 @@ from smtpeter.outbound.job import OutboundJob
 from smtpeter.outbound.pipeline import Pipeline
 from smtpeter.scheduler.retry import decide
 from smtpeter.storage import Storage, StorageError
-from smtpeter.storage.models import Lease, Outcome, StoredMessage
-from smtpeter.storage.store import DELIVERED, EXPIRED, FAILED, QUEUED
+from smtpeter.storage.models import DELIVERED, EXPIRED, FAILED, QUEUED, Lease, Outcome, StoredMessage
 
 log = Logger()
 

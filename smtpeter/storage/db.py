@@ -13,6 +13,8 @@ import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from twisted.internet.interfaces import IReactorTime
+
 
 class StorageError(Exception):
     """Base class for storage failures."""
@@ -24,6 +26,10 @@ class StorageUnavailable(StorageError):
 
 class Conflict(StorageError):
     """A uniqueness or integrity rule refused the write."""
+
+
+class NotFound(StorageError):
+    """No such object (or it belongs to another account)."""
 
 
 @dataclass(frozen=True)
@@ -155,3 +161,19 @@ class Database(abc.ABC):
     # Appended to a queue-claim subquery so that concurrent claimers skip each
     # other's rows instead of waiting (PostgreSQL); SQLite has one writer anyway.
     skip_locked = ""
+
+    # Appended to a read of the event feed: only events before which no other
+    # event can still be committed. SQLite's one writer commits events in id
+    # order, so every event it shows qualifies (PostgreSQL: see its backend).
+    feed_horizon = ""
+
+
+class Tables:
+    """One part of the storage interface: the database it uses and the clock that stamps rows."""
+
+    def __init__(self, db: Database, clock: IReactorTime) -> None:
+        self.db = db
+        self.clock = clock
+
+    def now(self) -> float:
+        return self.clock.seconds()

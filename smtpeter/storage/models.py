@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from smtpeter.envelope import Envelope, MessageOptions, Recipient
+
+# Delivery states of a recipient.
+QUEUED, DELIVERED, FAILED, EXPIRED = "queued", "delivered", "failed", "expired"
 
 
 @dataclass(frozen=True)
@@ -33,9 +37,25 @@ class SenderDomain:
     created: float
 
 
+@dataclass(frozen=True)
+class NewEvent:
+    """An event to record about one message id (one recipient); storage stamps its time."""
+
+    account_id: str
+    message_id: str
+    address: str
+    type: str
+    data: dict[str, object]
+
+
 @dataclass
 class NewMessage:
-    """A message accepted for delivery, not yet stored: its envelope holds its recipients."""
+    """A message accepted for delivery, not yet stored: its envelope holds its recipients.
+
+    ``recipient_ids`` (the public message id of each envelope recipient, in
+    order) and ``events`` (recorded in the same transaction) are made before
+    storage, by ``smtpeter.events.model.accept``.
+    """
 
     account_id: str
     source: str  # "smtp", "api" or "dsn"
@@ -44,6 +64,8 @@ class NewMessage:
     options: MessageOptions = field(default_factory=MessageOptions)
     tags: list[str] = field(default_factory=list)
     expires: float | None = None  # absolute time after which delivery stops
+    recipient_ids: list[str] = field(default_factory=list)
+    events: list[NewEvent] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -72,6 +94,20 @@ class QueuedRecipient:
         return Recipient(self.address, self.notify, self.orcpt)
 
 
+class Position(NamedTuple):
+    """Where an event stands in the feed; the feed is read in this order.
+
+    ``xid`` is the id of the transaction that wrote the event on PostgreSQL
+    (0 on SQLite, where one writer commits events in ``id`` order).
+    """
+
+    xid: int
+    id: int
+
+
+FEED_START = Position(0, 0)
+
+
 @dataclass(frozen=True)
 class Event:
     id: int
@@ -81,6 +117,7 @@ class Event:
     type: str
     time: float
     data: dict[str, object]
+    position: Position
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,14 @@ _TYPES = {
         "time": "REAL",
         "bigint": "INTEGER",
         "serial_pk": "INTEGER PRIMARY KEY AUTOINCREMENT",
+        "current_xid": "0",
     },
     "postgresql": {
         "blob": "BYTEA",
         "time": "DOUBLE PRECISION",
         "bigint": "BIGINT",
         "serial_pk": "BIGSERIAL PRIMARY KEY",
+        "current_xid": "(pg_current_xact_id()::text::bigint)",
     },
 }
 
@@ -114,6 +116,19 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX events_account_time ON events (account_id, time)",
         "CREATE INDEX events_account_day ON events (account_id, day, type)",
         "CREATE INDEX events_account_recipient ON events (account_id, recipient, time)",
+    ],
+    # 2: the event feed: a reading order safe on both backends, and each consumer's position.
+    [
+        # The id of the transaction that wrote the event (0 on SQLite): the feed is
+        # read in (xid, id) order (see Database.feed_horizon).
+        "ALTER TABLE events ADD COLUMN xid {bigint} NOT NULL DEFAULT {current_xid}",
+        "CREATE INDEX events_feed ON events (xid, id)",
+        """CREATE TABLE feed_positions (
+            consumer TEXT PRIMARY KEY,
+            xid {bigint} NOT NULL,
+            event_id {bigint} NOT NULL,
+            updated {time} NOT NULL
+        )""",
     ],
 ]
 

@@ -1,0 +1,152 @@
+"""Event persistence: the events table, the queries the API, the CLI and the log
+files make of it, and the feed (every event in order, and each consumer's
+saved position).
+
+What an event is and how it is built belongs to ``smtpeter.events``; here it
+is a row, written in the transaction of the message or the outcome it records.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
+
+from smtpeter.storage.db import SQL, Database, Insert, Statement, Tables
+from smtpeter.storage.keys import address_key, check_id
+from smtpeter.storage.models import FEED_START, Event, Position
+
+EVENTS_LIMIT = 10000  # events one query answers at most
+DAY = 86400
+
+_COLUMNS = ("account_id", "message_id", "recipient", "type", "time", "day", "data")
+# The columns' SQL types, for an insert that selects its rows (Insert.where).
+_TYPES = ("TEXT", "TEXT", "TEXT", "TEXT", "DOUBLE PRECISION", "INTEGER", "TEXT")
+_SELECT = "id, account_id, message_id, recipient, type, time, data, xid"
+
+
+def event_row(account_id: str, message_id: str, address: str, event_type: str, time: float,
+              data: dict[str, Any]) -> tuple:
+    """One row of ``insert_events``."""
+    return (account_id, message_id, address_key(address), event_type, time, int(time // DAY),
+            json.dumps(data))
+
+
+def insert_events(rows: Sequence[tuple], where: str = "", where_params: Sequence[object] = ()) -> Insert:
+    """Insert ``event_row`` rows (only those for which ``where`` holds, if given)."""
+    return Insert("events", _COLUMNS, rows, where=where, where_params=where_params, types=_TYPES)
+
+
+def _event(row: Sequence[Any]) -> Event:
+    return Event(row[0], row[1], row[2], row[3], row[4], row[5], json.loads(row[6]), Position(row[7], row[0]))
+
+
+class Events(Tables):
+    """Reading events back, and the feed's positions."""
+
+    def __init__(self, db: Database, clock: IReactorTime) -> None:
+        super().__init__(db, clock)
+        self._event_watchers: list[Callable[[], None]] = []
+
+    async def events(self, message_id: str, account_id: str | None = None) -> list[Event]:
+        """Every event of one message (one recipient), oldest first."""
+        check_id(message_id)
+        params: tuple = (message_id,)
+        clause = ""
+        if account_id is not None:
+            clause = " AND account_id = ?"
+            params = (message_id, account_id)
+        rows = await self.db.query(
+            f"SELECT {_SELECT} FROM events "  # noqa: S608
+            f"WHERE message_id = ?{clause} ORDER BY time, id",
+            params,
+        )
+        return [_event(r) for r in rows]
+
+    async def account_events(self, account_id: str, since: float, until: float,
+                             types: Sequence[str] = (), recipient: str | None = None,
+                             tags: Sequence[str] = (), limit: int = EVENTS_LIMIT) -> list[Event]:
+        """An account's events in [since, until), oldest first; optionally only some types,
+        one address, or events that carry all of ``tags`` (a superset: check them again)."""
+        clause = f" AND type IN ({', '.join('?' * len(types))})" if types else ""
+        params: list[object] = [account_id, since, until, *types]
+        if recipient is not None:
+            clause += " AND recipient = ?"
+            params.append(address_key(recipient))
+        # Tags sit in the JSON data as strings: an exact, case-sensitive substring
+        # search narrows the rows in the database.
+        find = "instr(data, ?) > 0" if self.db.dialect == "sqlite" else "strpos(data, ?) > 0"
+        for tag in tags:
+            clause += f" AND {find}"
+            params.append(json.dumps(tag))
+        rows = await self.db.query(
+            f"SELECT {_SELECT} FROM events "  # noqa: S608 - clause holds placeholders only
+            f"WHERE account_id = ? AND time >= ? AND time < ?{clause} ORDER BY time, id LIMIT ?",
+            (*params, limit),
+        )
+        return [_event(r) for r in rows]
+
+    async def event_days(self, account_id: str) -> list[int]:
+        """UTC days (time // 86400) on which the account has events."""
+        rows = await self.db.query(
+            "SELECT DISTINCT day FROM events WHERE account_id = ? ORDER BY day", (account_id,))
+        return [row[0] for row in rows]
+
+    async def event_types_on(self, account_id: str, day: int) -> list[str]:
+        rows = await self.db.query(
+            "SELECT DISTINCT type FROM events WHERE account_id = ? AND day = ?", (account_id, day))
+        return sorted(row[0] for row in rows)
+
+    async def events_on(self, account_id: str, day: int, types: Sequence[str],
+                        limit: int = 1_000_000) -> list[Event]:
+        rows = await self.db.query(
+            f"SELECT {_SELECT} FROM events WHERE account_id = ? AND day = ? "  # noqa: S608
+            f"AND type IN ({', '.join('?' * len(types))}) ORDER BY time, id LIMIT ?",
+            (account_id, day, *types, limit),
+        )
+        return [_event(r) for r in rows]
+
+    # -- the feed ---------------------------------------------------------------
+
+    async def feed(self, after: Position, limit: int) -> list[Event]:
+        """Up to ``limit`` events after ``after``, in feed order (by position).
+
+        Only events before which no other can still be committed are returned
+        (``Database.feed_horizon``), so a reader that goes on from the last one
+        it was given never misses one.
+        """
+        rows = await self.db.query(
+            f"SELECT {_SELECT} FROM events WHERE (xid, id) > (?, ?){self.db.feed_horizon} "  # noqa: S608
+            "ORDER BY xid, id LIMIT ?",
+            (*after, limit),
+        )
+        return [_event(r) for r in rows]
+
+    async def feed_position(self, consumer: str) -> Position:
+        """The position ``consumer`` last saved (the feed's start if none)."""
+        rows = await self.db.query(
+            "SELECT xid, event_id FROM feed_positions WHERE consumer = ?", (consumer,))
+        return Position(*rows[0]) if rows else FEED_START
+
+    async def save_feed_position(self, consumer: str, position: Position,
+                                 effects: Sequence[Statement] = ()) -> None:
+        """Save that ``consumer`` is done up to ``position``, in one transaction with its own
+        writes (``effects``): both or neither. A position behind the saved one is ignored."""
+        await self.db.transaction([*effects, SQL(
+            "INSERT INTO feed_positions (consumer, xid, event_id, updated) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (consumer) DO UPDATE SET xid = excluded.xid, event_id = excluded.event_id, "
+            "updated = excluded.updated "
+            "WHERE (feed_positions.xid, feed_positions.event_id) < (excluded.xid, excluded.event_id)",
+            (consumer, *position, self.now()))])
+
+    def watch_events(self, watcher: Callable[[], None]) -> Callable[[], None]:
+        """Call ``watcher`` after every commit of this process that may have recorded events
+        (other processes' events are found by polling); returns what stops it."""
+        self._event_watchers.append(watcher)
+        return lambda: self._event_watchers.remove(watcher)
+
+    def _events_recorded(self) -> None:
+        for watcher in list(self._event_watchers):
+            watcher()

@@ -1,0 +1,225 @@
+"""The event feed: every event once and in order, per consumer, across restarts, on both backends."""
+
+from __future__ import annotations
+
+import psycopg2
+from twisted.internet import defer, reactor, task
+from twisted.trial import unittest
+
+from smtpeter.events.feed import Feed
+from smtpeter.events.model import DELIVERY
+from smtpeter.storage import Conflict, Storage
+from smtpeter.storage.db import SQL
+from smtpeter.storage.models import DELIVERED, Event, Outcome, Position
+from tests.support.backends import BackendMixin, both_backends
+from tests.test_storage import new_message
+
+
+async def record_events(storage: Storage, account_id: str, messages: int) -> None:
+    """Two recipients per message: an attempt event each, then (another transaction) a delivery."""
+    for _ in range(messages):
+        await storage.enqueue(new_message(account_id, recipients=2))
+    leases = await storage.claim("node", limit=1000, lease=60)
+    await storage.record("node", [Outcome(x.id, x.account_id, x.address, DELIVERED, 1, storage.now(),
+                                          DELIVERY, {}) for x in leases])
+
+
+async def every_position(storage: Storage) -> list[Position]:
+    rows = await storage.db.query("SELECT xid, id FROM events ORDER BY xid, id")
+    return [Position(*row) for row in rows]
+
+
+async def read_to_the_end(feed: Feed) -> list[Event]:
+    seen = []
+    while events := await feed.read():
+        seen += events
+        await feed.commit(events[-1].position)
+    return seen
+
+
+class FeedSuite:
+    async def test_every_event_once_in_order_across_a_restart(self) -> None:
+        url = self.storage_url()
+        storage = await self.open_storage(url)
+        account = await storage.create_account("acme")
+        await record_events(storage, account.id, 3)
+        feed = Feed(storage, "webhooks", reactor, batch_size=5)
+        seen = await feed.read()
+        await feed.commit(seen[-1].position)
+        unsaved = await feed.read()  # handled, but the process ends before it saves the position
+        self.assertEqual(await feed.read(), unsaved)
+        await storage.close()
+
+        storage = await self.open_storage(url)
+        await record_events(storage, account.id, 1)
+        feed = Feed(storage, "webhooks", reactor, batch_size=5)
+        self.assertEqual(await feed.position(), seen[-1].position)
+        self.assertEqual(await feed.read(), unsaved)
+        seen += await read_to_the_end(feed)
+        self.assertEqual(len(seen), 16)
+        self.assertEqual([e.position for e in seen], await every_position(storage))
+        self.assertEqual([e.type for e in seen[:2]], ["attempt", "attempt"])
+        if self.backend == "sqlite":  # one writer: the feed is simply id order
+            self.assertEqual([e.id for e in seen], sorted(e.id for e in seen))
+
+    async def test_consumers_keep_their_own_positions(self) -> None:
+        storage = await self.open_storage()
+        account = await storage.create_account("acme")
+        await record_events(storage, account.id, 2)
+        webhooks, stats = Feed(storage, "webhooks", reactor), Feed(storage, "stats", reactor)
+        first = await read_to_the_end(webhooks)
+        self.assertEqual(len(first), 8)
+        self.assertEqual(await webhooks.read(), [])
+        await record_events(storage, account.id, 1)
+        self.assertEqual([e.position for e in await read_to_the_end(webhooks)],
+                         (await every_position(storage))[8:])
+        self.assertEqual([e.position for e in await read_to_the_end(stats)], await every_position(storage))
+        self.assertEqual(await Feed(storage, "stats", reactor).read(), [])
+
+    async def test_position_is_saved_with_the_consumers_writes(self) -> None:
+        storage = await self.open_storage()
+        account = await storage.create_account("acme")
+        await record_events(storage, account.id, 1)
+        await storage.db.transaction([SQL("CREATE TABLE tally (day INTEGER PRIMARY KEY, events INTEGER)")])
+        feed = Feed(storage, "stats", reactor, batch_size=2)
+        events = await feed.read()
+        await feed.commit(events[-1].position, [SQL("INSERT INTO tally VALUES (1, ?)", (len(events),))])
+        events = await feed.read()
+        with self.assertRaises(Conflict):  # the write fails: the position stays where it was
+            await feed.commit(events[-1].position, [SQL("INSERT INTO tally VALUES (1, ?)", (len(events),))])
+        self.assertEqual(await Feed(storage, "stats", reactor).read(limit=2), events)
+        self.assertEqual(await storage.db.query("SELECT day, events FROM tally"), [(1, 2)])
+
+    async def test_a_position_never_moves_back(self) -> None:
+        storage = await self.open_storage()
+        account = await storage.create_account("acme")
+        await record_events(storage, account.id, 1)
+        feed = Feed(storage, "webhooks", reactor)
+        events = await feed.read()
+        await feed.commit(events[-1].position)
+        await feed.commit(events[0].position)  # a late save of an older batch
+        self.assertEqual(await Feed(storage, "webhooks", reactor).position(), events[-1].position)
+        self.assertEqual(await feed.read(), [])
+
+    async def test_consume_wakes_on_events_recorded_here_and_polls_for_others(self) -> None:
+        url = self.storage_url()
+        storage = await self.open_storage(url)
+        account = await storage.create_account("acme")
+        await record_events(storage, account.id, 1)
+        clock = task.Clock()
+        feed = Feed(storage, "dashboard", clock, batch_size=3, poll_interval=30)
+        handled: list[Event] = []
+        wanted: list[tuple[int, defer.Deferred]] = []
+
+        async def handler(events: list[Event]) -> list[SQL]:
+            handled.extend(events)
+            for count, d in list(wanted):
+                if len(handled) >= count:
+                    wanted.remove((count, d))
+                    d.callback(None)
+            return []
+
+        def handled_at_least(count: int) -> defer.Deferred:
+            d: defer.Deferred = defer.Deferred()
+            wanted.append((count, d))
+            return d.addTimeout(30, reactor)
+
+        async def paused() -> None:
+            while not clock.getDelayedCalls():
+                await task.deferLater(reactor, 0.01)
+
+        feed.start(handler)
+        await handled_at_least(4)
+        await storage.enqueue(new_message(account.id))  # this process: the feed is woken
+        await handled_at_least(5)
+        other = await self.open_storage(url)  # another process: found by polling
+        await other.enqueue(new_message(account.id))
+        await paused()
+        self.assertEqual(len(handled), 5)
+        clock.advance(30)
+        await handled_at_least(6)
+        await feed.stop()
+        self.assertEqual([e.position for e in handled], await every_position(storage))
+        self.assertEqual(await Feed(storage, "dashboard", reactor).read(), [])
+
+    async def test_a_failed_batch_comes_again_after_a_pause(self) -> None:
+        storage = await self.open_storage()
+        account = await storage.create_account("acme")
+        await record_events(storage, account.id, 1)
+        clock = task.Clock()
+        feed = Feed(storage, "webhooks", clock, poll_interval=10)
+        calls: list[list[Event]] = []
+        done: defer.Deferred = defer.Deferred()
+
+        async def handler(events: list[Event]) -> list[SQL]:
+            calls.append(events)
+            if len(calls) == 1:
+                raise RuntimeError("receiver down")
+            done.callback(None)
+            return []
+
+        feed.start(handler)
+        while not clock.getDelayedCalls():
+            await task.deferLater(reactor, 0.01)
+        await storage.enqueue(new_message(account.id))  # new events do not cut the pause short
+        await task.deferLater(reactor, 0.1)
+        self.assertEqual(len(calls), 1)
+        clock.advance(10)
+        await done.addTimeout(30, reactor)
+        await feed.stop()
+        self.assertEqual(calls[1][:4], calls[0])
+        self.flushLoggedErrors(RuntimeError)
+
+
+FeedSQLite, FeedPostgreSQL = both_backends(FeedSuite)
+
+
+class FeedOnPostgreSQL(BackendMixin, unittest.TestCase):
+    """Ids are taken at insert, transactions commit in any order: the reader must not skip."""
+
+    backend = "postgresql"
+
+    def transaction(self, url: str) -> psycopg2.extensions.connection:
+        connection = psycopg2.connect(url)  # not autocommit: a transaction stays open until commit
+        self.addCleanup(connection.close)
+        return connection
+
+    def insert_event(self, connection: psycopg2.extensions.connection, account_id: str) -> int:
+        with connection.cursor() as cursor:
+            cursor.execute("INSERT INTO events (account_id, type, time, day, data) "
+                           "VALUES (%s, 'attempt', 0, 0, '{}') RETURNING id", (account_id,))
+            return cursor.fetchone()[0]
+
+    async def test_a_transaction_with_a_lower_id_that_commits_last_is_not_skipped(self) -> None:
+        url = self.storage_url()
+        storage = await self.open_storage(url)
+        account = await storage.create_account("acme")
+        feed = Feed(storage, "webhooks", reactor)
+        early, late = self.transaction(url), self.transaction(url)
+        low = self.insert_event(early, account.id)
+        high = self.insert_event(late, account.id)
+        self.assertLess(low, high)
+        late.commit()
+        # A reader that followed ids would take ``high`` now and never see ``low``.
+        self.assertEqual(await storage.db.query("SELECT id FROM events"), [(high,)])
+        self.assertEqual(await feed.read(), [])
+        early.commit()
+        events = await feed.read()
+        self.assertEqual([e.id for e in events], [low, high])
+        await feed.commit(events[-1].position)
+        self.assertEqual(await feed.read(), [])
+
+    async def test_events_of_a_transaction_that_started_writing_first_come_first(self) -> None:
+        url = self.storage_url()
+        storage = await self.open_storage(url)
+        account = await storage.create_account("acme")
+        first, second = self.transaction(url), self.transaction(url)
+        with first.cursor() as cursor:
+            cursor.execute("SELECT pg_current_xact_id()")  # it has a transaction id from here on
+        low = self.insert_event(second, account.id)
+        high = self.insert_event(first, account.id)
+        second.commit()
+        feed = Feed(storage, "webhooks", reactor)
+        self.assertEqual(await feed.read(), [])
+        first.commit()
+        self.assertEqual([e.id for e in await feed.read()], [high, low])

@@ -2,17 +2,16 @@
 
 Every ``Metrics`` has a registry of its own, not the library's process-wide default, so
 several services in one process (the tests run many) count apart. Counters move where things
-happen (``count``); the gauges are values of the moment, taken when /metrics is asked for
-(``observe``) and rendered by the registry right after.
+happen (``count``); the gauges are values of the moment, set when /metrics is asked for
+(``observe``) and rendered right after, on the reactor thread.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 COUNTERS = {
     "smtpeter_accepted_total": "Recipients accepted into the queue (SMTP and API).",
@@ -29,49 +28,25 @@ class Metrics:
         self.registry = CollectorRegistry()
         self._counters = {name: Counter(name, text, registry=self.registry)
                           for name, text in COUNTERS.items()}
-        self._gauges = _Gauges()
-        self.registry.register(self._gauges)
+        self._queue_depth = Gauge("smtpeter_queue_depth", "Recipients in the queue, still to be delivered.",
+                                  registry=self.registry)
+        self._connections = Gauge("smtpeter_destination_connections",
+                                  "Open outbound connections, by destination.", ["destination"],
+                                  registry=self.registry)
+        self._queued = Gauge("smtpeter_destination_queued",
+                             "Transactions waiting for a connection, by destination.", ["destination"],
+                             registry=self.registry)
 
     def count(self, name: str, amount: int = 1) -> None:
         """Add ``amount`` to one of COUNTERS."""
         self._counters[name].inc(amount)
 
     def observe(self, queue_depth: int, destinations: Mapping[str, Mapping[str, Any]]) -> None:
-        """The gauges' values for the next rendering: the queue depth (a storage query, so it is
-        asked for before rendering, not during it), and the dispatcher's ``stats()``.
-
-        Called on the reactor thread: prometheus_client renders in a worker thread, which must
-        not read the dispatcher's live state, only this copy.
-        """
-        self._gauges.values = (queue_depth, {key: (stats["sessions"], stats["queued"])
-                                             for key, stats in destinations.items()})
-
-
-class _Gauges:
-    """A collector of the gauges as last observed (one tuple, swapped whole: a rendering in
-    another thread sees one observation, never half of two)."""
-
-    def __init__(self) -> None:
-        self.values: tuple[int, dict[str, tuple[int, int]]] = (0, {})
-
-    def describe(self) -> Iterator[Metric]:
-        # The registry learns the names from here (for its ``name[]`` filter) without a collect.
-        return self._families(0, {})
-
-    def collect(self) -> Iterator[Metric]:
-        return self._families(*self.values)
-
-    @staticmethod
-    def _families(queue_depth: int, destinations: dict[str, tuple[int, int]]) -> Iterator[Metric]:
-        yield GaugeMetricFamily("smtpeter_queue_depth", "Recipients in the queue, still to be delivered.",
-                                value=queue_depth)
-        connections = GaugeMetricFamily("smtpeter_destination_connections",
-                                        "Open outbound connections, by destination.", labels=["destination"])
-        queued = GaugeMetricFamily("smtpeter_destination_queued",
-                                   "Transactions waiting for a connection, by destination.",
-                                   labels=["destination"])
-        for key, (sessions, waiting) in sorted(destinations.items()):
-            connections.add_metric([key], sessions)
-            queued.add_metric([key], waiting)
-        yield connections
-        yield queued
+        """Set the gauges just before the registry is rendered: the queue depth (a storage query,
+        so it is asked for before rendering, not during it) and the dispatcher's ``stats()``."""
+        self._queue_depth.set(queue_depth)
+        self._connections.clear()  # a destination that is gone leaves no stale value behind
+        self._queued.clear()
+        for destination, stats in sorted(destinations.items()):
+            self._connections.labels(destination).set(stats["sessions"])
+            self._queued.labels(destination).set(stats["queued"])

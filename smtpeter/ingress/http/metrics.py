@@ -6,7 +6,7 @@ from __future__ import annotations
 import ipaddress
 from typing import TYPE_CHECKING, Any
 
-from twisted.web.resource import IResource
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
 from smtpeter import credentials
 from smtpeter.ingress.http.routing import app, error, handled, header
@@ -17,15 +17,12 @@ if TYPE_CHECKING:
 
 @app.route("/metrics", methods=["GET"])
 @handled
-async def metrics_page(api: API, request: Any) -> bytes | IResource:
+async def metrics_page(api: API, request: Any) -> bytes:
     if not may_see(request, api.config.http.metrics_token):
         return error(request, 403, "metrics are for localhost, or for the metrics token")
-    # Not imported at the top: it imports the global reactor, and twistd installs the one it
-    # was asked for after loading us.
-    from prometheus_client.twisted import MetricsResource
-
     api.metrics.observe(await api.storage.queue_depth(), api.stats())
-    return MetricsResource(api.metrics.registry)  # Klein renders it (in a worker thread)
+    request.setHeader(b"content-type", CONTENT_TYPE_PLAIN_0_0_4.encode())
+    return generate_latest(api.metrics.registry)
 
 
 def may_see(request: Any, token: str) -> bool:

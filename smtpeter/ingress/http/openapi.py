@@ -185,8 +185,7 @@ def document(server_url: str) -> dict[str, Any]:
             [{"name": "emailaddress", "in": "query", "schema": {"type": "string"}}],
             {"description": "Mozilla autoconfig XML", "content": {"application/xml": {}}}, secure=False),
         "/metrics": _get("Prometheus metrics (localhost, or with the metrics token)", [],
-                         {"description": "Prometheus text format (OpenMetrics if the Accept header asks)",
-                          "content": {"text/plain": {}, "application/openmetrics-text": {}}}, 403,
+                         {"description": "Prometheus text format", "content": {"text/plain": {}}}, 403,
                          secure=False),
     }
     return {

@@ -16,14 +16,14 @@ from twisted.internet import defer, task
 from twisted.trial import unittest
 
 from smtpeter.config import parse_config
-from smtpeter.delivery.client_connection import Peer, RecipientResult, Transaction
+from smtpeter.delivery.client_session import Capabilities, Peer, RecipientResult, Transaction
 from smtpeter.delivery.destination import Context, Destination, HandBack
 from smtpeter.delivery.dispatcher import Dispatcher
 from smtpeter.delivery.shaping import profiles, shaping_for
 from smtpeter.envelope import Envelope, MessageOptions, Recipient
-from smtpeter.scheduler import scheduler as scheduler_module
 from smtpeter.outbound.pipeline import Pipeline
 from smtpeter.outbound.workers import Workers
+from smtpeter.scheduler import scheduler as scheduler_module
 from smtpeter.scheduler.scheduler import SHORT_CLAIM_REST, Scheduler
 from smtpeter.storage.models import Lease, Outcome, StoredMessage
 
@@ -109,6 +109,7 @@ class Sessions:
 
 class FakeSession:
     usable = True
+    capabilities = Capabilities()
 
     def __init__(self, sessions: Sessions, key: str) -> None:
         self.sessions = sessions

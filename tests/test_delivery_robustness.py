@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from twisted.trial import unittest
 
-from smtpeter.delivery.client_connection import SMTPSession
+from smtpeter.delivery.client_connection import ClientConnection
 from smtpeter.storage import StorageUnavailable
 from tests.support.rig import SENDER_IP, Rig, message, sleep
 from tests.support.sink import Behaviour
@@ -87,16 +87,16 @@ class RobustnessTests(unittest.TestCase):
         rig = self.rig(("127.0.0.2", None))
         await rig.start()
         self.mx(rig, "dest.test", "127.0.0.2")
-        original = SMTPSession.deliver
+        original = ClientConnection.deliver
         calls = []
 
-        async def broken(session: SMTPSession, transaction: object) -> list:
+        async def broken(connection: ClientConnection, transaction: object) -> list:
             calls.append(transaction)
             if len(calls) == 1:
                 raise RuntimeError("a bug")
-            return await original(session, transaction)
+            return await original(connection, transaction)
 
-        self.patch(SMTPSession, "deliver", broken)
+        self.patch(ClientConnection, "deliver", broken)
         (first,) = await rig.send("a@dest.test")
         entry = await rig.wait_for(first, "queued", attempts=1)
         self.assertIn("internal error", entry.last_description)

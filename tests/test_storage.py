@@ -8,9 +8,9 @@ from twisted.trial import unittest
 from smtpeter import credentials
 from smtpeter.envelope import Envelope, MessageOptions, Recipient
 from smtpeter.events.model import accept
-from smtpeter.storage import Conflict, NotFound, StorageError, StorageUnavailable, open_storage
+from smtpeter.storage import Conflict, NotFound, StorageError, StorageUnavailable, open_storage, queue
 from smtpeter.storage.db import SQL
-from smtpeter.storage.models import NewMessage, Outcome
+from smtpeter.storage.models import Lease, NewMessage, Outcome
 from smtpeter.storage.schema import LATEST, current_version, migrate
 from tests.support import postgres
 from tests.support.backends import BackendMixin, both_backends
@@ -263,6 +263,34 @@ class DeliveryStorageSuite:
         self.assertEqual(await storage.claim("n", limit=10, lease=60), [])
         clock.advance(240)
         self.assertEqual(len(await storage.claim("n", limit=10, lease=60)), 3)
+
+    async def test_claim_around_excluded_domains(self) -> None:
+        """Reading only the rest of the queue (when it is small) or reading past the excluded
+        domains' rows (when it is not), a claim takes the same rows in the same order."""
+        await self.claims_around_excluded_domains()
+        self.patch(queue, "CLAIM_BESIDES", 1)
+        await self.claims_around_excluded_domains()
+
+    async def claims_around_excluded_domains(self) -> None:
+        clock = ShiftedClock()
+        storage = await self.open_storage(clock=clock)
+        account = await storage.create_account("acme")
+        for address in ("b1@busy.example", "a@a.example", "z@zz.example", "later@c.example",
+                        "b2@busy.example", "c@c.example"):
+            await storage.enqueue(new_message(account.id, to=(address,)))
+            clock.advance(1)
+
+        async def claim(limit: int) -> list[Lease]:
+            return await storage.claim("n", limit, 60, exclude_domains=["zz.example", "busy.example"])
+
+        (waiting,) = await claim(1)
+        self.assertEqual(waiting.address, "a@a.example")
+        await storage.record("n", [Outcome(waiting.id, account.id, waiting.address, "queued", 1,
+                                           clock.seconds() + 600, "deferred", {})])
+        self.assertEqual([x.address for x in await claim(1) + await claim(5)],
+                         ["later@c.example", "c@c.example"])
+        self.assertEqual(await claim(5), [])
+        self.assertEqual(len(await storage.claim("n", limit=5, lease=60)), 3)
 
     async def test_record_outcomes_events_and_notices(self) -> None:
         storage, clock, account, _ids = await self.setup(recipients=2)

@@ -9,7 +9,7 @@ limits of its shaping profile (``shaping.py``).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,15 +18,17 @@ from twisted.logger import Logger
 
 from smtpeter import dns
 from smtpeter.config import DeliveryConfig, Timeouts
-from smtpeter.delivery.client_connection import (
+from smtpeter.delivery.client_connection import ClientConnection, connect
+from smtpeter.delivery.client_session import (
+    Capabilities,
+    ClientSession,
     Peer,
     RecipientResult,
     SessionError,
-    SMTPSession,
     Transaction,
-    connect,
 )
 from smtpeter.delivery.shaping import RateLimiter, Rule, Shaping, Turns
+from smtpeter.outbound.wire import CannotDowngrade
 
 log = Logger()
 
@@ -56,11 +58,16 @@ class Job:
     result: defer.Deferred = field(default_factory=defer.Deferred)
 
 
+async def unchanged(transaction: Transaction, capabilities: Capabilities) -> Transaction:
+    """The default ``Context.for_peer``: every peer gets the transaction as it is."""
+    return transaction
+
+
 @dataclass
 class Context:
     """What every destination shares."""
 
-    reactor: Any  # for connections only
+    reactor: Any  # for opening connections only
     clock: Any  # every timer and "now" (tests drive it by hand)
     resolver: dns.Resolver
     timeouts: Timeouts
@@ -70,13 +77,19 @@ class Context:
     # there (well inside the lease, so nobody else takes them meanwhile).
     max_backlog: int = 500
     max_wait: float = 900.0
+    # The transaction in the form a peer with these capabilities gets (the outbound
+    # pipeline's last steps: 7-bit for a peer without 8BITMIME, then DKIM). It may
+    # raise CannotDowngrade. The client sends what it returns as it is.
+    for_peer: Callable[[Transaction, Capabilities], Awaitable[Transaction]] = unchanged
 
     @classmethod
     def for_config(cls, config: DeliveryConfig, reactor: Any, clock: Any, resolver: dns.Resolver,
-                   helo_name: str) -> Context:
+                   helo_name: str,
+                   for_peer: Callable[[Transaction, Capabilities], Awaitable[Transaction]] = unchanged,
+                   ) -> Context:
         """A quarter of the scheduler's window per destination; waits of at most half a lease."""
         return cls(reactor, clock, resolver, config.timeouts, helo_name,
-                   max_backlog=max(10, config.window // 4), max_wait=config.lease / 2)
+                   max_backlog=max(10, config.window // 4), max_wait=config.lease / 2, for_peer=for_peer)
 
     @property
     def claim_limit(self) -> int:
@@ -125,7 +138,7 @@ class Destination:
         self._timers: set[Any] = set()  # pending pumps, rate waits and sweeps, cancelled on close
         self._sweep_timer = False
         self._rate_waiters: deque[defer.Deferred] = deque()  # sessions waiting for a message slot
-        self._live: set[SMTPSession] = set()
+        self._live: set[ClientConnection] = set()
         self._closing = False
         self._ended: list[defer.Deferred] = []
         self.delivered = 0
@@ -273,8 +286,8 @@ class Destination:
 
     def abort(self) -> None:
         """Cut the sessions that are still busy (after the shutdown grace period)."""
-        for session in list(self._live):
-            session.abort()
+        for connection in list(self._live):
+            connection.abort()
 
     def _hand_back_all(self, reason: HandBack) -> None:
         while self.queue:
@@ -311,7 +324,7 @@ class Destination:
 
     async def _session(self) -> None:
         try:
-            session = await self._open()
+            connection = await self._open()
         except Exception as exc:
             if not isinstance(exc, SessionError):
                 log.failure("connecting to {key} failed unexpectedly", key=self.key)
@@ -322,16 +335,16 @@ class Destination:
         self._failures = 0
         self.connected += 1
         self.connections_opened += 1
-        self._live.add(session)
+        self._live.add(connection)
         try:
-            await self._deliver_over(session)
+            await self._deliver_over(connection)
         except Exception:
             log.failure("delivery session to {key} failed", key=self.key)
         finally:
-            self._live.discard(session)
+            self._live.discard(connection)
             # The slot stays taken until the connection is really closed, so the
             # connection limit holds as the receiving server counts it.
-            await session.quit()
+            await connection.quit()
             self.connected -= 1
             self._session_ended()
 
@@ -346,7 +359,7 @@ class Destination:
             return
         self._pump()
 
-    async def _deliver_over(self, session: SMTPSession) -> None:
+    async def _deliver_over(self, connection: ClientConnection) -> None:
         sent = 0
         while sent < self.shaping.max_messages_per_connection:
             if self.paused or self._closing or self.sessions > self.max_connections:
@@ -354,7 +367,7 @@ class Destination:
             job = await self._next_job()
             if job is None:
                 return
-            if not session.usable:  # it died while idle; the job has not started
+            if not connection.usable:  # it died while idle; the job has not started
                 self._requeue(job)
                 return
             await self._wait_for_rate()
@@ -363,42 +376,56 @@ class Destination:
                                             self.pause_reason or "shutting down"))
                 return
             try:
-                results = await self._run(session, job.transaction)
+                results = await self._run(connection, job.transaction)
             except SessionError as exc:
                 if exc.state == "rset":
                     # The reused session died before this message began: give it a fresh one.
                     self._requeue(job)
                 else:
-                    job.result.callback(self._session_results(job.transaction, exc, session.peer))
+                    job.result.callback(self._session_results(job.transaction, exc, connection.peer))
                 self._apply_rules(exc.description)
                 return
             except Exception as exc:
                 log.failure("delivering to {key} failed unexpectedly", key=self.key)
                 job.result.callback(self._session_results(
-                    job.transaction, SessionError("internal", f"internal error: {exc!r}"), session.peer))
-                session.abort()
+                    job.transaction, SessionError("internal", f"internal error: {exc!r}"), connection.peer))
+                connection.abort()
                 return
             sent += 1
             self.delivered += sum(1 for r in results if r.delivered)
             job.result.callback(results)
             for text in {r.description for r in results if not r.delivered}:
                 self._apply_rules(text)
-            if not session.usable:
+            if not connection.usable:
                 return
 
-    async def _run(self, session: SMTPSession, transaction: Transaction) -> list[RecipientResult]:
-        """One transaction; recipients refused with "too many recipients" (452, RFC 5321
-        §4.5.3.1.10) go again at once in a next transaction, as long as each makes progress."""
-        results = {r.address: r for r in await session.deliver(transaction)}
-        while session.usable:
+    async def _run(self, connection: ClientConnection, transaction: Transaction) -> list[RecipientResult]:
+        """One job: its transaction in the form this peer gets, then delivered."""
+        try:
+            transaction = await self.context.for_peer(transaction, connection.capabilities)
+        except CannotDowngrade as exc:
+            results = [RecipientResult(r.address, "mailfrom", None, "5.6.3",
+                                       f"the receiving server lacks 8BITMIME and the message cannot be "
+                                       f"converted: {exc}", permanent=True) for r in transaction.recipients]
+        else:
+            results = await self._deliver(connection, transaction)
+        for result in results:
+            result.peer = connection.peer
+        return results
+
+    @staticmethod
+    async def _deliver(connection: ClientConnection, transaction: Transaction) -> list[RecipientResult]:
+        """Recipients refused with "too many recipients" (452, RFC 5321 §4.5.3.1.10) go again
+        at once in a next transaction, as long as each makes progress. (The same bytes: the
+        job was made for this peer once.)"""
+        results = {r.address: r for r in await connection.deliver(transaction)}
+        while connection.usable:
             rest = [r for r in transaction.recipients if _too_many(results[r.address])]
             if not rest or len(rest) == len(transaction.recipients):
                 break
             transaction = transaction.with_recipients(rest)
-            for result in await session.deliver(transaction):
+            for result in await connection.deliver(transaction):
                 results[result.address] = result
-        for result in results.values():
-            result.peer = session.peer
         return list(results.values())
 
     def _wait_for_rate(self) -> defer.Deferred:
@@ -417,7 +444,7 @@ class Destination:
                 return
             self._rate_waiters.popleft().callback(None)
 
-    async def _open(self) -> SMTPSession:
+    async def _open(self) -> ClientConnection:
         """Connect to the first host that answers, in MX order; raises the last SessionError."""
         context = self.context
         last: SessionError | None = None
@@ -445,25 +472,24 @@ class Destination:
                                permanent=True)
         raise last or SessionError("connect", "no reachable mail exchanger")
 
-    async def _handshake(self, host: str, ip: str, port: int) -> SMTPSession:
+    async def _handshake(self, host: str, ip: str, port: int) -> ClientConnection:
         context = self.context
         tls = self.shaping.tls
         if tls == "opportunistic" and self._no_tls_until.get(ip, 0) > self._now():
             tls = "disabled"
-        proto = await connect(context.reactor, host, ip, port, context.timeouts, context.clock)
-        local = proto.transport.getHost()
-        session = SMTPSession(proto, Peer(host, ip, port, getattr(local, "host", "")), context.helo_name,
-                              context.timeouts, context.clock)
+        session = ClientSession(context.helo_name, context.timeouts, tls)
+        connection = await connect(context.reactor, context.clock, Peer(host, ip, port), session,
+                                   context.timeouts.connect)
         try:
-            await session.handshake(tls)
+            await connection.handshake()
         except SessionError as exc:
-            session.abort()
+            connection.abort()
             if exc.state == "starttls" and tls == "opportunistic" and "handshake" in exc.description:
                 # A broken TLS stack must not block the mail: plaintext for a while.
                 self._no_tls_until[ip] = self._now() + TLS_FAILURE_MEMORY
                 return await self._handshake(host, ip, port)
             raise
-        return session
+        return connection
 
     def _session_results(self, transaction: Transaction, exc: SessionError,
                          peer: Peer | None) -> list[RecipientResult]:

@@ -11,7 +11,7 @@ from twisted.logger import Logger
 
 from smtpeter import dns
 from smtpeter.config import DeliveryConfig
-from smtpeter.delivery.client_connection import RecipientResult, Transaction
+from smtpeter.delivery.client_session import RecipientResult, Transaction
 from smtpeter.delivery.destination import Context, Destination, HandBack
 from smtpeter.delivery.shaping import profiles, shaping_for
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from smtpeter.delivery.client_connection import RecipientResult
+from smtpeter.delivery.client_session import RecipientResult
 from smtpeter.ids import new_id
 from smtpeter.scheduler.retry import Verdict
 from smtpeter.storage.models import DELIVERED, EXPIRED, FAILED, Lease, NewEvent, NewMessage, StoredMessage

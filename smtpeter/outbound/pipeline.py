@@ -24,8 +24,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from smtpeter.delivery.client_connection import Transaction
-from smtpeter.delivery.client_session import Capabilities
+from smtpeter.delivery.client_session import Capabilities, Transaction
 from smtpeter.envelope import Recipient
 from smtpeter.outbound import steps as outbound_steps
 from smtpeter.outbound.job import OutboundJob, PreparedMessage

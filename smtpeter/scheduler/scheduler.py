@@ -17,7 +17,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from smtpeter.config import DeliveryConfig
-from smtpeter.delivery.client_connection import RecipientResult, Transaction
+from smtpeter.delivery.client_session import RecipientResult, Transaction
 from smtpeter.delivery.destination import HandBack
 from smtpeter.delivery.dispatcher import Dispatcher
 from smtpeter.envelope import Recipient

@@ -180,14 +180,14 @@ class SmtpeterService(service.Service):
         config = self.config
         nameservers = [dns.parse_nameserver(n) for n in config.dns.nameservers] or None
         resolver = dns.Resolver(self.reactor, nameservers, timeout=config.dns.timeout, clock=self.clock)
-        context = Context.for_config(config.delivery, self.reactor, self.clock, resolver,
-                                     config.delivery.helo_name or config.hostname)
-        self.dispatcher = Dispatcher(config.delivery, context, config.hostname)
         workers = config.delivery.transform_workers
         self.workers = Workers(self.reactor, default_worker_count() if workers is None else workers)
+        pipeline = Pipeline(self.workers)
+        context = Context.for_config(config.delivery, self.reactor, self.clock, resolver,
+                                     config.delivery.helo_name or config.hostname, for_peer=pipeline.for_peer)
+        self.dispatcher = Dispatcher(config.delivery, context, config.hostname)
         self.scheduler = Scheduler(self.storage, self.dispatcher, config.delivery, config.hostname,
-                                   self.clock, config.delivery.node or None, self.metrics,
-                                   pipeline=Pipeline(self.workers))
+                                   self.clock, config.delivery.node or None, self.metrics, pipeline=pipeline)
         if config.delivery.hold:
             log.info("delivery is on hold ([delivery] hold = true): mail stays queued")
             return

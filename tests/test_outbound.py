@@ -8,11 +8,15 @@ from twisted.internet import reactor
 from twisted.trial import unittest
 
 from smtpeter.envelope import Envelope, MessageOptions, Recipient
+from smtpeter.outbound import steps as outbound_steps
 from smtpeter.outbound.job import OutboundJob
 from smtpeter.outbound.pipeline import Pipeline, batched
 from smtpeter.outbound.steps import Step
 from smtpeter.outbound.workers import Workers
 from smtpeter.storage.models import StoredMessage
+from tests.support.rig import Rig
+from tests.support.rig import message as rig_message
+from tests.support.sink import Behaviour
 
 MIME = b"From: news@example.com\r\nSubject: hi\r\n\r\nHello.\r\n"
 CALLS: list[str] = []
@@ -111,3 +115,42 @@ class PipelineTests(unittest.TestCase):
         (job,) = await pipeline.jobs(message(), [Recipient("a@dest.test")])
         pid = int(job.content.split(b"\r\n")[0].split(b": ")[1])
         self.assertNotEqual(pid, os.getpid())
+
+
+SIGNED: dict[str, bytes] = {}
+
+
+def last_step(job: OutboundJob) -> bytes:
+    """Stands where DKIM will: adds a header over the final bytes, and remembers what it returned."""
+    signed = b"X-Last-Step: " + job.recipients[0].address.encode() + b"\r\n" + job.content
+    SIGNED[job.recipients[0].address] = signed
+    return signed
+
+
+class WireBytesTests(unittest.TestCase):
+    async def test_the_last_step_returns_exactly_what_the_peer_stores(self) -> None:
+        """8-bit mail to a peer with 8BITMIME and to one without: 7-bit is decided before the
+        last step, and nothing after it changes a byte (the sink dot-unstuffs what it got)."""
+        SIGNED.clear()
+        self.patch(outbound_steps, "LAST_STEPS", (Step("last", last_step, always),))
+        rig = Rig(self)
+        rig.sink("127.0.0.2")
+        rig.sink("127.0.0.3", Behaviour(extensions=["PIPELINING", "SIZE 10000000"]))
+        await rig.start(transform_workers=0)  # in this process, where SIGNED is
+        rig.dns.mail_host("full.test", "mx.full.test", "127.0.0.2")
+        rig.dns.mail_host("bare.test", "mx.bare.test", "127.0.0.3")
+        body = "Grüße aus Köln\r\n.a line that starts with a dot\r\n".encode()
+        data = (b"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                b"Content-Transfer-Encoding: 8bit\r\n" + rig_message("8bit", body))
+        full, bare = [(await rig.send(address, data=data))[0] for address in ("a@full.test", "b@bare.test")]
+        await rig.wait_for(full, "delivered")
+        await rig.wait_for(bare, "delivered")
+        eight_bit = rig.sinks["127.0.0.2"].received[0]
+        seven_bit = rig.sinks["127.0.0.3"].received[0]
+        self.assertEqual(eight_bit.data, SIGNED["a@full.test"])
+        self.assertEqual(seven_bit.data, SIGNED["b@bare.test"])
+        self.assertFalse(eight_bit.data.isascii())  # sent as it was, with BODY=8BITMIME
+        self.assertEqual(eight_bit.mail_params.get("BODY"), "8BITMIME")
+        self.assertTrue(seven_bit.data.isascii())  # converted before the last step saw it
+        self.assertTrue(seven_bit.data.startswith(b"X-Last-Step: b@bare.test\r\n"))
+        self.assertIn(b"\r\n..a line", seven_bit.raw_data + eight_bit.raw_data)  # stuffed on the wire

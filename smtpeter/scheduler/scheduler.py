@@ -37,10 +37,10 @@ RECORD_ATTEMPTS = 6
 POLL_INTERVAL = 1.0
 # A wake-up waits this long so the messages queued meanwhile share one claim.
 WAKE_DELAY = 0.02
-# A claim that leaves busy destinations' domains out reads past their due rows
-# first. After one that came back short, the next waits this many times as long
-# as it took: a deep backlog to one destination must not keep storage busy with
-# claims that find nothing (while mail pours in, each commit wakes us).
+# A claim that leaves busy destinations' domains out may read past their due rows
+# (when the rest of the queue is large too). After one that came back short, the
+# next waits this many times as long as it took: a deep backlog to one destination
+# must not keep storage busy with claims that find nothing (each commit wakes us).
 SHORT_CLAIM_REST = 4.0
 async def _sleep(clock: Any, seconds: float) -> None:
     d: defer.Deferred = defer.Deferred()
@@ -219,7 +219,7 @@ class Scheduler:
             jobs = await self.pipeline.jobs(message, [lease.recipient for lease in leases])
         except Exception:
             log.failure("scheduler: the outbound pipeline failed on {id}", id=message.id)
-            await self._record(message, leases, _internal_error(leases, "internal error preparing the message"))
+            await self._record(message, leases, _internal_error(leases, "internal error preparing it"))
             return
         waiting: dict[Recipient, list[Lease]] = defaultdict(list)
         for lease in leases:
@@ -230,7 +230,7 @@ class Scheduler:
 
     async def _deliver_job(self, message: StoredMessage, domain: str, leases: list[Lease],
                            job: OutboundJob) -> None:
-        transaction = Transaction(job.envelope, job.content)
+        transaction = Transaction(job.envelope, job.content, job=job)
         try:
             results = await self.dispatcher.deliver(domain, transaction)
         except HandBack as paused:

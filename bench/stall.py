@@ -78,9 +78,16 @@ def measure(workers: int | None, args: argparse.Namespace, sink: SmtpSink) -> di
         sink.reset()
         smtpeter.start()
         idle = socket.create_connection(("127.0.0.1", smtpeter.port), timeout=60)
-        idle.recv(4096)
+        replies = idle.makefile("rb")
+
+        def reply() -> bytes:
+            while (line := replies.readline())[3:4] == b"-":
+                pass
+            return line
+
+        reply()
         idle.sendall(b"EHLO idle.test\r\n")
-        idle.recv(4096)
+        reply()
         done = threading.Event()
         started = time.monotonic()
         delivered: list[float] = []
@@ -94,8 +101,9 @@ def measure(workers: int | None, args: argparse.Namespace, sink: SmtpSink) -> di
         while not done.is_set():
             sent = time.perf_counter()
             idle.sendall(b"NOOP\r\n")
-            if not idle.recv(4096).startswith(b"250"):
-                raise RuntimeError("NOOP was not answered")
+            answer = reply()
+            if not answer.startswith(b"250"):
+                raise RuntimeError(f"NOOP was answered {answer!r}")
             round_trips.append(time.perf_counter() - sent)
             time.sleep(0.005)
         idle.close()

@@ -107,9 +107,6 @@ class Envelope:
     def with_recipients(self, recipients: Iterable[Recipient]) -> Envelope:
         return dataclasses.replace(self, recipients=tuple(recipients))
 
-    def with_sender(self, sender: str | None) -> Envelope:
-        return dataclasses.replace(self, sender=sender)
-
 
 class OptionError(ValueError):
     """An option has a value it cannot have; ``name`` says which."""
@@ -171,7 +168,4 @@ class MessageOptions:
         """The options that are set, as stored and shown."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                 if getattr(self, f.name) is not None}
-
-    def on(self, name: str) -> bool:
-        return bool(getattr(self, name))
 

@@ -19,7 +19,7 @@ from smtpeter.events.metrics import Metrics
 from smtpeter.ingress.http.site import API
 from smtpeter.ingress.smtp.auth import login_portal
 from smtpeter.ingress.smtp.limits import AuthThrottle, ConnectionLimits
-from smtpeter.ingress.smtp.server_connection import SMTPFactory
+from smtpeter.ingress.smtp.server_connection import SMTPServerFactory
 from smtpeter.ingress.smtp.server_session import SessionPolicy
 from smtpeter.ingress.submission import Submission
 from smtpeter.outbound.pipeline import Pipeline
@@ -136,8 +136,8 @@ class SmtpeterService(service.Service):
         auth_throttle = AuthThrottle(self.reactor, config.smtp.auth_failures_per_client,
                                      config.smtp.auth_failures_per_login, config.smtp.auth_failure_window)
 
-        def factory(implicit_tls: bool) -> SMTPFactory:
-            return SMTPFactory(
+        def factory(implicit_tls: bool) -> SMTPServerFactory:
+            return SMTPServerFactory(
                 policy, submission, portal, context, self.reactor,
                 implicit_tls=implicit_tls,
                 trusted_networks=config.smtp.networks(),

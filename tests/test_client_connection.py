@@ -9,9 +9,10 @@ from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
+from smtpeter.attempt import Peer
 from smtpeter.config import Timeouts
 from smtpeter.delivery.client_connection import ClientConnection, OpportunisticTLS, connect
-from smtpeter.delivery.client_session import ClientSession, Peer, SessionError, Transaction
+from smtpeter.delivery.client_session import ClientSession, SessionError, Transaction
 from smtpeter.envelope import Envelope, Recipient
 
 TIMEOUTS = Timeouts(greeting=1, ehlo=2, starttls=3, mail=4, rcpt=5, data=6, data_done=7, rset=8, quit=9)

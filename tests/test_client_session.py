@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from twisted.trial import unittest
 
+from smtpeter.attempt import RecipientResult
 from smtpeter.config import Timeouts
 from smtpeter.delivery.client_session import (
     Abort,
@@ -13,7 +14,6 @@ from smtpeter.delivery.client_session import (
     Finished,
     Output,
     Ready,
-    RecipientResult,
     SessionError,
     StartTLS,
     Transaction,
@@ -129,6 +129,17 @@ class HandshakeTests(unittest.TestCase):
         c = Conversation("opportunistic")
         c.ready(b"250 mx.test")
         self.assertFalse(c.session.tls)
+
+    def test_a_421_to_starttls_ends_the_session_even_when_tls_is_optional(self) -> None:
+        c = Conversation("opportunistic")
+        c.replies(b"220 mx.test", b"250-mx.test", b"250 STARTTLS")
+        exc = error(c.replies(b"421 4.7.0 Too many connections, closing"))
+        self.assertEqual((exc.state, exc.reply.code), ("starttls", 421))  # its text reaches the backoff rules
+
+    def test_a_3xx_to_ehlo_is_no_greeting(self) -> None:
+        c = Conversation()
+        c.replies(b"220 odd.test")
+        self.assertEqual(sent(c.replies(b"354 what?")), b"HELO out.test\r\n")
 
     def test_required_tls(self) -> None:
         c = Conversation("required")

@@ -12,6 +12,7 @@ import email.policy
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
+from smtpeter.storage import StorageError
 from tests.support.rig import SENDER_IP, Rig, message, sleep
 from tests.support.sink import Behaviour
 
@@ -60,6 +61,32 @@ class DeliveryTests(unittest.TestCase):
                          ("127.0.0.2", "mx1.dest.test", 250, "127.0.0.1"))
         self.assertEqual(delivery["attempt"], 1)  # counted from 1, as the queue counts
         self.assertIn("250", delivery["description"])
+
+    async def test_a_recipient_queued_twice_gets_an_outcome_each_time(self) -> None:
+        """Results go by position: an address twice in one transaction still has two outcomes."""
+        rig = await self.one_destination()
+        first, second = await rig.send("bob@dest.test", "bob@dest.test")
+        for mid in (first, second):
+            entry = await rig.wait_for(mid, "delivered")
+            self.assertEqual(entry.attempts, 1)
+
+    async def test_a_storage_error_while_reading_messages_strands_nothing(self) -> None:
+        rig = await self.one_destination(lease=2)
+        storage = rig.storage
+        real = storage.messages
+        calls = []
+
+        async def failing_once(ids: list[str]) -> dict:
+            calls.append(ids)
+            if len(calls) == 1:
+                raise StorageError("disk I/O error")
+            return await real(ids)
+
+        self.patch(storage, "messages", failing_once)
+        (mid,) = await rig.send("bob@dest.test")
+        entry = await rig.wait_for(mid, "delivered", timeout=20)  # once the lease ran out
+        self.assertEqual(entry.attempts, 1)
+        self.assertGreaterEqual(len(calls), 2)
 
     async def test_connection_reuse(self) -> None:
         rig = await self.one_destination()

@@ -15,8 +15,9 @@ from typing import Any
 from twisted.internet import defer, task
 from twisted.trial import unittest
 
+from smtpeter.attempt import Capabilities, Peer, RecipientResult
 from smtpeter.config import parse_config
-from smtpeter.delivery.client_session import Capabilities, Peer, RecipientResult, Transaction
+from smtpeter.delivery.client_session import Transaction
 from smtpeter.delivery.destination import Context, Destination, HandBack
 from smtpeter.delivery.dispatcher import Dispatcher
 from smtpeter.delivery.shaping import profiles, shaping_for

@@ -7,7 +7,13 @@ from hypothesis import strategies as st
 from twisted.trial import unittest
 
 from smtpeter.config import parse_config
-from smtpeter.delivery.client_session import Capabilities, ProtocolError, Reply, ReplyParser, data_payload
+from smtpeter.delivery.client_session import (
+    ProtocolError,
+    Reply,
+    ReplyParser,
+    capabilities_from_ehlo,
+    data_payload,
+)
 from smtpeter.delivery.shaping import RateLimiter, profiles, shaping_for
 from smtpeter.ingress.smtp.data import DataReader
 from smtpeter.scheduler.retry import retry_delay, retry_hint
@@ -35,12 +41,12 @@ class ReplyTests(unittest.TestCase):
 
     def test_capabilities(self) -> None:
         reply = Reply(250, ("mx Hello", "PIPELINING", "SIZE 2000", "8BITMIME", "DSN", "STARTTLS", "smtputf8"))
-        caps = Capabilities.from_ehlo(reply)
+        caps = capabilities_from_ehlo(reply)
         self.assertTrue(caps.pipelining and caps.eightbitmime and caps.dsn)
         self.assertTrue(caps.starttls and caps.smtputf8)
         self.assertEqual(caps.size, 2000)
-        self.assertFalse(Capabilities.from_ehlo(Reply(250, ("mx", "SIZE"))).pipelining)
-        self.assertIsNone(Capabilities.from_ehlo(Reply(250, ("mx", "SIZE"))).size)
+        self.assertFalse(capabilities_from_ehlo(Reply(250, ("mx", "SIZE"))).pipelining)
+        self.assertIsNone(capabilities_from_ehlo(Reply(250, ("mx", "SIZE"))).size)
 
 
 class DataPayloadTests(unittest.TestCase):

@@ -15,12 +15,12 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
+from smtpeter.attempt import Capabilities, RecipientResult
 from smtpeter.config import Timeouts, parse_config
-from smtpeter.delivery.client_session import Capabilities, RecipientResult, Transaction
+from smtpeter.delivery.client_session import NotForThisPeer, Transaction
 from smtpeter.delivery.destination import Context, Destination
 from smtpeter.delivery.shaping import profiles, shaping_for
 from smtpeter.envelope import Envelope, Recipient
-from smtpeter.outbound.wire import CannotDowngrade
 
 MESSAGE = "Subject: Grüße\r\n\r\nHallo.\r\n".encode()
 LATENCY = 0.01  # every reply of the scripted servers takes this long
@@ -176,7 +176,8 @@ class DestinationTests(unittest.TestCase):
 
     def test_a_message_that_cannot_be_converted_fails_permanently_unsent(self) -> None:
         async def cannot(transaction: Transaction, capabilities: Capabilities) -> Transaction:
-            raise CannotDowngrade("8-bit text in the Subject header field")
+            raise NotForThisPeer("5.6.3", "the receiving server lacks 8BITMIME and the message cannot be "
+                                          "converted: 8-bit text in the Subject header field")
 
         server = ScriptedMX(self.clock, ehlo=("PIPELINING",))
         destination = self.destination(server, for_peer=cannot)

@@ -8,6 +8,7 @@ from twisted.internet import reactor
 from twisted.trial import unittest
 
 from smtpeter.envelope import Envelope, MessageOptions, Recipient
+from smtpeter.outbound import pipeline as pipeline_module
 from smtpeter.outbound import steps as outbound_steps
 from smtpeter.outbound.job import OutboundJob
 from smtpeter.outbound.pipeline import Pipeline, batched
@@ -66,54 +67,64 @@ class PipelineTests(unittest.TestCase):
         jobs = []
         for chunk in range(100):
             recipients = [Recipient(f"r{chunk}-{n}@dest.test") for n in range(100)]
-            jobs += await pipeline.jobs(stored, recipients)
+            jobs += [batch.job for batch in await pipeline.jobs(stored, recipients)]
         self.assertEqual(CALLS, ["m1"])
         self.assertEqual(len(jobs), 100)  # plain mail: a transaction per chunk of 100
         self.assertTrue(all(len(job.recipients) == 100 for job in jobs))
         self.assertTrue(all(job.content.startswith(b"X-Prepared") for job in jobs))
         for _ in range(100):
             pipeline.release(stored.id)
-        self.assertEqual(pipeline._prepared, {})
-        await pipeline.jobs(stored, [Recipient("late@dest.test")])  # not held any more: made anew
-        self.assertEqual(CALLS, ["m1", "m1"])
+        self.assertEqual(pipeline._entries, {})
+        await pipeline.jobs(stored, [Recipient("late@dest.test")])  # just released: still known
+        self.assertEqual(CALLS, ["m1"])
+        self.patch(pipeline_module, "RECENT_BYTES", 0)
+        pipeline.hold(message(message_id="m2"))
+        pipeline.release("m2")  # forgotten at once: nothing else fits now
+        await pipeline.jobs(message(message_id="m2"), [Recipient("a@dest.test")])
+        await pipeline.jobs(message(message_id="m2"), [Recipient("a@dest.test")])
+        self.assertEqual(CALLS, ["m1", "m2", "m2"])
 
     async def test_nothing_to_do_costs_no_worker(self) -> None:
         ran: list[str] = []
         self.workers.run = lambda *args: ran.append("ran")  # type: ignore[method-assign]
         pipeline = Pipeline(self.workers)  # the shipped steps: lines are short, nothing to do
-        (job,) = await pipeline.jobs(message(), [Recipient("a@dest.test"), Recipient("b@dest.test")])
-        self.assertEqual((ran, job.content, len(job.recipients)), ([], MIME, 2))
+        (batch,) = await pipeline.jobs(message(), [Recipient("a@dest.test"), Recipient("b@dest.test")])
+        self.assertEqual((ran, batch.job.content, len(batch.job.recipients), batch.positions),
+                         ([], MIME, 2, (0, 1)))
 
     async def test_per_recipient_variants_share_a_transaction_only_when_identical(self) -> None:
         pipeline = Pipeline(self.workers, recipient_steps=[Step("variant", variant_by_domain, always)])
         recipients = [Recipient(a) for a in ("a@one.test", "b@two.test", "c@one.test", "d@two.test",
                                              "e@three.test")]
-        jobs = await pipeline.jobs(message(), recipients)
-        self.assertEqual([[r.address for r in job.recipients] for job in jobs],
+        batches = await pipeline.jobs(message(), recipients)
+        self.assertEqual([[r.address for r in batch.job.recipients] for batch in batches],
                          [["a@one.test", "c@one.test"], ["b@two.test", "d@two.test"], ["e@three.test"]])
-        self.assertEqual([job.content.split(b"\r\n")[0] for job in jobs],
+        self.assertEqual([batch.positions for batch in batches], [(0, 2), (1, 3), (4,)])
+        self.assertEqual([batch.job.content.split(b"\r\n")[0] for batch in batches],
                          [b"X-Variant: one.test", b"X-Variant: two.test", b"X-Variant: three.test"])
+        self.assertTrue(all(batch.job.message.mime == MIME for batch in batches))  # not the worker's copy
 
     async def test_batching_keeps_senders_apart(self) -> None:
         stored = message()
         a = OutboundJob(stored, Envelope("x@example.com", (Recipient("a@d.test"),)), MIME)
         b = OutboundJob(stored, Envelope("y@example.com", (Recipient("b@d.test"),)), MIME)
         c = OutboundJob(stored, Envelope("x@example.com", (Recipient("c@d.test"),)), MIME)
-        self.assertEqual([[r.address for r in job.recipients] for job in batched([a, b, c])],
-                         [["a@d.test", "c@d.test"], ["b@d.test"]])
+        self.assertEqual([([r.address for r in batch.job.recipients], batch.positions)
+                          for batch in batched([a, b, c])],
+                         [(["a@d.test", "c@d.test"], (0, 2)), (["b@d.test"], (1,))])
 
     async def test_a_failing_step_is_skipped_and_the_message_kept(self) -> None:
         pipeline = Pipeline(self.workers, message_steps=[Step("fail", fail, always),
                                                          Step("count", count_parse, always)])
-        (job,) = await pipeline.jobs(message(), [Recipient("a@dest.test")])
-        self.assertEqual(job.content, b"X-Prepared: yes\r\n" + MIME)  # the next step still ran
+        (batch,) = await pipeline.jobs(message(), [Recipient("a@dest.test")])
+        self.assertEqual(batch.job.content, b"X-Prepared: yes\r\n" + MIME)  # the next step still ran
 
     async def test_steps_run_in_a_worker_process(self) -> None:
         workers = Workers(reactor, 1)
         self.addCleanup(workers.stop)
         pipeline = Pipeline(workers, message_steps=[Step("pid", stamp_pid, always)])
-        (job,) = await pipeline.jobs(message(), [Recipient("a@dest.test")])
-        pid = int(job.content.split(b"\r\n")[0].split(b": ")[1])
+        (batch,) = await pipeline.jobs(message(), [Recipient("a@dest.test")])
+        pid = int(batch.job.content.split(b"\r\n")[0].split(b": ")[1])
         self.assertNotEqual(pid, os.getpid())
 
 

@@ -12,8 +12,8 @@ from smtpeter.ingress.smtp.server_session import (
     BeginData,
     Close,
     Deliver,
+    ServerSession,
     SessionPolicy,
-    SMTPSession,
     StartTLS,
 )
 
@@ -26,21 +26,21 @@ def text(outputs: list) -> str:
 
 class SessionTests(unittest.TestCase):
     def session(self, tls: bool = False, trusted: bool = False, *, ehlo: bool = False,
-                **policy: object) -> SMTPSession:
+                **policy: object) -> ServerSession:
         """A new session; with ``ehlo``, one past "EHLO c.test"."""
         chosen = SessionPolicy(**{**POLICY.__dict__, **policy}) if policy else POLICY
-        session = SMTPSession(chosen, "192.0.2.1", tls, trusted)
+        session = ServerSession(chosen, "192.0.2.1", tls, trusted)
         if ehlo:
             session.line(b"EHLO c.test")
         return session
 
-    def lines(self, session: SMTPSession, *lines: bytes) -> list:
+    def lines(self, session: ServerSession, *lines: bytes) -> list:
         outputs: list = []
         for line in lines:
             outputs += session.line(line)
         return outputs
 
-    def logged_in(self, **kwargs: object) -> SMTPSession:
+    def logged_in(self, **kwargs: object) -> ServerSession:
         session = self.session(tls=True, ehlo=True, **kwargs)
         outputs = session.line(b"AUTH PLAIN " + base64.b64encode(b"\0u\0p"))
         self.assertIsInstance(outputs[-1], Authenticate)
@@ -131,6 +131,15 @@ class SessionTests(unittest.TestCase):
         self.assertEqual(deliver.client.login, "the-login")
         self.assertEqual(text(session.stored(b"250 2.0.0 ok\r\n")), "250 2.0.0 ok\r\n")
         self.assertTrue(text(session.line(b"RCPT TO:<c@example.net>")).startswith("503"))
+
+    def test_a_recipient_given_twice_is_taken_once(self) -> None:
+        session = self.logged_in()
+        outputs = self.lines(session, b"MAIL FROM:<a@example.com>", b"RCPT TO:<b@example.net> NOTIFY=NEVER",
+                             b"RCPT TO:<b@EXAMPLE.net>", b"RCPT TO:<c@example.net>", b"DATA")
+        self.assertIn("250 2.1.5 Recipient OK (already given)", text(outputs))
+        (deliver,) = session.data_received(b"Subject: x\r\n\r\nhi\r\n")
+        self.assertEqual([(r.address, r.notify) for r in deliver.envelope.recipients],
+                         [("b@example.net", "NEVER"), ("c@example.net", None)])
 
     def test_parameter_errors(self) -> None:
         session = self.logged_in()

@@ -18,20 +18,18 @@ from twisted.internet.interfaces import IDelayedCall, IOpenSSLClientConnectionCr
 from twisted.protocols.basic import LineReceiver
 from zope.interface import implementer
 
+from smtpeter.attempt import Capabilities, Peer, RecipientResult
 from smtpeter.delivery.client_session import (
     Abort,
-    Capabilities,
+    AwaitedReply,
     ClientSession,
     Close,
     Failed,
     Finished,
     Output,
-    Peer,
     Ready,
-    RecipientResult,
     SessionError,
     StartTLS,
-    Step,
     Transaction,
 )
 
@@ -74,7 +72,7 @@ class ClientConnection(LineReceiver):
         self._handshake: defer.Deferred = defer.Deferred()
         self._operation: defer.Deferred | None = self._handshake
         self._timer: IDelayedCall | None = None
-        self._timed: Step | None = None  # the step the timer runs for
+        self._timed: AwaitedReply | None = None  # the step the timer runs for
         self._closed = False
 
     # -- the API for Destination ----------------------------------------------------------

@@ -16,11 +16,12 @@ import re
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 from smtpeter.address import xtext_encode
+from smtpeter.attempt import Capabilities, RecipientResult
 from smtpeter.config import Timeouts
 from smtpeter.envelope import Envelope, Recipient
+from smtpeter.mime.lines import crlf_lines
 
 _STATUS = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})\b")
 _REPLY_LINE = re.compile(rb"^([2-5]\d\d)([ -]?)(.*)$", re.S)
@@ -87,36 +88,23 @@ class ReplyParser:
         return reply
 
 
-@dataclass(frozen=True)
-class Capabilities:
-    """What the server said it supports in its EHLO reply (nothing after HELO)."""
-
-    esmtp: bool = False
-    pipelining: bool = False
-    size: int | None = None
-    eightbitmime: bool = False
-    smtputf8: bool = False
-    dsn: bool = False
-    starttls: bool = False
-    enhanced_status_codes: bool = False
-
-    @classmethod
-    def from_ehlo(cls, reply: Reply) -> Capabilities:
-        keywords: dict[str, str] = {}
-        for line in reply.lines[1:]:
-            keyword, _, value = line.strip().partition(" ")
-            keywords[keyword.upper()] = value.strip()
-        size = keywords.get("SIZE")
-        return cls(
-            esmtp=True,
-            pipelining="PIPELINING" in keywords,
-            size=int(size) if size and size.isdigit() and int(size) > 0 else None,
-            eightbitmime="8BITMIME" in keywords,
-            smtputf8="SMTPUTF8" in keywords,
-            dsn="DSN" in keywords,
-            starttls="STARTTLS" in keywords,
-            enhanced_status_codes="ENHANCEDSTATUSCODES" in keywords,
-        )
+def capabilities_from_ehlo(reply: Reply) -> Capabilities:
+    """What an EHLO reply offers."""
+    keywords: dict[str, str] = {}
+    for line in reply.lines[1:]:
+        keyword, _, value = line.strip().partition(" ")
+        keywords[keyword.upper()] = value.strip()
+    size = keywords.get("SIZE")
+    return Capabilities(
+        esmtp=True,
+        pipelining="PIPELINING" in keywords,
+        size=int(size) if size and size.isdigit() and int(size) > 0 else None,
+        eightbitmime="8BITMIME" in keywords,
+        smtputf8="SMTPUTF8" in keywords,
+        dsn="DSN" in keywords,
+        starttls="STARTTLS" in keywords,
+        enhanced_status_codes="ENHANCEDSTATUSCODES" in keywords,
+    )
 
 
 def data_payload(message: bytes) -> bytes:
@@ -127,13 +115,7 @@ def data_payload(message: bytes) -> bytes:
     and cannot end the DATA early. Bare CR and bare LF become CRLF, so no
     ambiguous line ending leaves us (RFC 5321 §2.3.8).
     """
-    if b"\r" in message:
-        # Normalise every CRLF, then every bare CR and LF left, to CRLF.
-        message = message.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-    message = message.replace(b"\n", b"\r\n")
-    if message and not message.endswith(b"\r\n"):
-        message += b"\r\n"
-    stuffed = (b"\r\n" + message).replace(b"\r\n.", b"\r\n..")[2:]
+    stuffed = (b"\r\n" + crlf_lines(message)).replace(b"\r\n.", b"\r\n..")[2:]
     return stuffed + b".\r\n"
 
 
@@ -149,13 +131,24 @@ class SessionError(Exception):
         self.permanent = permanent
 
 
+class NotForThisPeer(Exception):
+    """A transaction cannot go to this peer at all (``Context.for_peer`` says why): its
+    recipients fail with ``status`` without a command being sent."""
+
+    def __init__(self, status: str, description: str) -> None:
+        super().__init__(description)
+        self.status = status
+        self.description = description
+
+
 @dataclass(frozen=True)
 class Transaction:
     """One message for one or more recipients: MAIL FROM, RCPT TO..., DATA."""
 
     envelope: Envelope  # the sender ("" for <>), the recipients with their DSN requests, RET, ENVID
     message: bytes  # final: sent as it is (only dot-stuffed)
-    job: Any = None  # what the outbound pipeline made this of, for its ``for_peer``; never read here
+    # What the outbound pipeline made this of: opaque here, handed back to ``Context.for_peer``.
+    job: object | None = None
 
     @property
     def recipients(self) -> tuple[Recipient, ...]:
@@ -168,38 +161,11 @@ class Transaction:
         return replace(self, message=message)
 
 
-@dataclass
-class Peer:
-    """Where a session is connected, for events: their MX host and IP, our IP, TLS details."""
-
-    mx: str
-    ip: str
-    port: int
-    local_ip: str = ""
-    tls: bool = False
-    tls_version: str | None = None
-    cipher: str | None = None
-    capabilities: Capabilities = field(default_factory=Capabilities)
-
-
-@dataclass
-class RecipientResult:
-    """What the peer said about one recipient."""
-
-    address: str
-    state: str  # the SMTP step the verdict came at: rcptto, data, message, ...
-    code: int | None
-    status: str | None
-    description: str
-    delivered: bool = False
-    permanent: bool = False
-    peer: Peer | None = None
-
-    @classmethod
-    def from_reply(cls, address: str, state: str, reply: Reply) -> RecipientResult:
-        status = reply.status or (f"{str(reply.code)[0]}.0.0" if reply.code >= 400 else "2.0.0")
-        return cls(address, state, reply.code, status, str(reply),
-                   delivered=reply.positive and state == "message", permanent=reply.code >= 500)
+def result_from_reply(address: str, state: str, reply: Reply) -> RecipientResult:
+    """A recipient's result from the reply at ``state`` (delivered only by the reply to the message)."""
+    status = reply.status or (f"{str(reply.code)[0]}.0.0" if reply.code >= 400 else "2.0.0")
+    return RecipientResult(address, state, reply.code, status, str(reply),
+                           delivered=reply.positive and state == "message", permanent=reply.code >= 500)
 
 
 def needs_smtputf8(tx: Transaction) -> bool:
@@ -218,7 +184,7 @@ def needs_smtputf8(tx: Transaction) -> bool:
 
 
 @dataclass(eq=False)
-class Step:
+class AwaitedReply:
     """A reply the session waits for: the step it answers, and how long it may take to come."""
 
     state: str
@@ -274,8 +240,9 @@ class _Progress:
     mail_reply: Reply | None = None
     rcpt_replies: list[Reply] = field(default_factory=list)
     data_reply: Reply | None = None
-    results: dict[str, RecipientResult] = field(default_factory=dict)
-    accepted: list[str] = field(default_factory=list)  # the recipients the final reply is for
+    # By position in the transaction: the same address may be there twice.
+    results: dict[int, RecipientResult] = field(default_factory=dict)
+    accepted: list[int] = field(default_factory=list)  # the recipients the final reply is for
 
 
 class ClientSession:
@@ -297,7 +264,7 @@ class ClientSession:
         self.usable = True  # another transaction may start
         self.transactions = 0
         self._parser = ReplyParser()
-        self._expected: deque[Step] = deque([Step("greeting", timeouts.greeting)])
+        self._expected: deque[AwaitedReply] = deque([AwaitedReply("greeting", timeouts.greeting)])
         self._progress: _Progress | None = None
         self._handlers: dict[str, Callable[[Reply], list[Output]]] = {
             "greeting": self._on_greeting, "ehlo": self._on_ehlo, "helo": self._on_helo,
@@ -307,7 +274,7 @@ class ClientSession:
         }
 
     @property
-    def expecting(self) -> Step | None:
+    def expecting(self) -> AwaitedReply | None:
         """The step whose reply comes next, if the session waits for one (for the adapter's timer)."""
         return self._expected[0] if self._expected else None
 
@@ -371,7 +338,7 @@ class ClientSession:
             steps = [("rset", self.timeouts.rset)] if reset else []
             steps += [("mailfrom", self.timeouts.mail), *[("rcptto", self.timeouts.rcpt)] * len(rcpts),
                       ("data", self.timeouts.data)]
-            self._expected.extend(Step(state, timeout) for state, timeout in steps)
+            self._expected.extend(AwaitedReply(state, timeout) for state, timeout in steps)
             lines = [b"RSET"] if reset else []
             return [b"".join(line + b"\r\n" for line in [*lines, mail, *rcpts, b"DATA"])]
         if reset:
@@ -393,15 +360,15 @@ class ClientSession:
         return self._command(b"EHLO " + self.helo_name, "ehlo", self.timeouts.ehlo)
 
     def _on_ehlo(self, reply: Reply) -> list[Output]:
-        if reply.ok:
-            self.capabilities = Capabilities.from_ehlo(reply)
+        if reply.positive:
+            self.capabilities = capabilities_from_ehlo(reply)
             return self._after_hello()
         if reply.code == 421:
             return self._fail("ehlo", str(reply), reply)
         return self._command(b"HELO " + self.helo_name, "helo", self.timeouts.ehlo)
 
     def _on_helo(self, reply: Reply) -> list[Output]:
-        if not reply.ok:
+        if not reply.positive:
             return self._fail("helo", str(reply), reply)
         self.capabilities = Capabilities()
         return self._after_hello()
@@ -417,7 +384,7 @@ class ClientSession:
 
     def _on_starttls(self, reply: Reply) -> list[Output]:
         if reply.code != 220:
-            if self.tls_policy == "required":
+            if self.tls_policy == "required" or reply.code == 421:  # 421: the server is closing
                 return self._fail("starttls", str(reply), reply)
             return self._ready()  # opportunistic: carry on in plaintext, as the server wants
         self.tls = True
@@ -473,38 +440,39 @@ class ClientSession:
         mail_reply = progress.mail_reply
         assert mail_reply is not None
         if not mail_reply.positive:
-            progress.results = {r.address: RecipientResult.from_reply(r.address, "mailfrom", mail_reply)
-                                for r in recipients}
+            progress.results = {index: result_from_reply(r.address, "mailfrom", mail_reply)
+                                for index, r in enumerate(recipients)}
         else:
-            for recipient, reply in zip(recipients, progress.rcpt_replies, strict=False):
+            for index, (recipient, reply) in enumerate(zip(recipients, progress.rcpt_replies, strict=False)):
                 if reply.positive:
-                    progress.accepted.append(recipient.address)
+                    progress.accepted.append(index)
                 else:
-                    progress.results[recipient.address] = RecipientResult.from_reply(
-                        recipient.address, "rcptto", reply)
+                    progress.results[index] = result_from_reply(recipient.address, "rcptto", reply)
             if progress.accepted and not go_ahead:
                 assert data_reply is not None  # DATA went out: someone was accepted
-                for address in progress.accepted:
-                    progress.results[address] = RecipientResult.from_reply(address, "data", data_reply)
+                for index in progress.accepted:
+                    progress.results[index] = result_from_reply(recipients[index].address, "data",
+                                                                         data_reply)
                 progress.accepted = []
         if go_ahead:
             # A server that says 354 gets a message: ours, or an empty one if nobody is left for it.
             payload = progress.payload if progress.accepted else b".\r\n"
             # The timer covers the transfer too: allow a slow link 16 KB/s on top.
-            self._expected.append(Step("message", self.timeouts.data_done + len(payload) / 16384))
+            self._expected.append(AwaitedReply("message", self.timeouts.data_done + len(payload) / 16384))
             return [payload]
         return self._finished()
 
     def _on_message(self, reply: Reply) -> list[Output]:
         progress = self._current()
-        for address in progress.accepted:
-            progress.results[address] = RecipientResult.from_reply(address, "message", reply)
+        recipients = progress.transaction.recipients
+        for index in progress.accepted:
+            progress.results[index] = result_from_reply(recipients[index].address, "message", reply)
         return self._finished()
 
     def _finished(self) -> list[Output]:
         progress = self._current()
         self._progress = None
-        return [Finished([progress.results[r.address] for r in progress.transaction.recipients])]
+        return [Finished([progress.results[index] for index in range(len(progress.transaction.recipients))])]
 
     def _on_quit(self, reply: Reply) -> list[Output]:
         return [Close()]
@@ -552,7 +520,7 @@ class ClientSession:
     # -- helpers -------------------------------------------------------------------------------
 
     def _command(self, line: bytes, state: str, timeout: float) -> list[Output]:
-        self._expected.append(Step(state, timeout))
+        self._expected.append(AwaitedReply(state, timeout))
         return [line + b"\r\n"]
 
     def _current(self) -> _Progress:

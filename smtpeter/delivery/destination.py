@@ -17,18 +17,11 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from smtpeter import dns
+from smtpeter.attempt import Capabilities, Peer, RecipientResult
 from smtpeter.config import DeliveryConfig, Timeouts
 from smtpeter.delivery.client_connection import ClientConnection, connect
-from smtpeter.delivery.client_session import (
-    Capabilities,
-    ClientSession,
-    Peer,
-    RecipientResult,
-    SessionError,
-    Transaction,
-)
+from smtpeter.delivery.client_session import ClientSession, NotForThisPeer, SessionError, Transaction
 from smtpeter.delivery.shaping import RateLimiter, Rule, Shaping, Turns
-from smtpeter.outbound.wire import CannotDowngrade
 
 log = Logger()
 
@@ -52,7 +45,9 @@ class HandBack(Exception):
 
 
 @dataclass
-class Job:
+class WaitingTransaction:
+    """A transaction in a destination's queue, and the Deferred its results go to."""
+
     transaction: Transaction
     queued_at: float
     result: defer.Deferred = field(default_factory=defer.Deferred)
@@ -78,8 +73,8 @@ class Context:
     max_backlog: int = 500
     max_wait: float = 900.0
     # The transaction in the form a peer with these capabilities gets (the outbound
-    # pipeline's last steps: 7-bit for a peer without 8BITMIME, then DKIM). It may
-    # raise CannotDowngrade. The client sends what it returns as it is.
+    # pipeline's last steps: 7-bit for a peer without 8BITMIME, then DKIM). It raises
+    # NotForThisPeer when the peer cannot take it. The client sends what it returns as it is.
     for_peer: Callable[[Transaction, Capabilities], Awaitable[Transaction]] = unchanged
 
     @classmethod
@@ -119,7 +114,7 @@ class Destination:
         self.context = context
         self.implicit_mx = implicit_mx
         self.on_room = on_room
-        self.queue: deque[Job] = deque()
+        self.queue: deque[WaitingTransaction] = deque()
         self.backlog = 0  # recipients in the queue
         self.sessions = 0  # connecting or connected
         self.connected = 0
@@ -191,7 +186,7 @@ class Destination:
         fails with HandBack when it was not attempted."""
         now = self._now()
         self.last_used = now
-        job = Job(transaction, now)
+        job = WaitingTransaction(transaction, now)
         if self._closing:
             job.result.errback(HandBack(now, "shutting down"))
         elif self.paused:
@@ -209,14 +204,14 @@ class Destination:
             self._schedule_sweep()
         return job.result
 
-    def _put(self, job: Job, front: bool = False) -> None:
+    def _put(self, job: WaitingTransaction, front: bool = False) -> None:
         if front:
             self.queue.appendleft(job)
         else:
             self.queue.append(job)
         self.backlog += len(job.transaction.recipients)
 
-    def _take(self) -> Job:
+    def _take(self) -> WaitingTransaction:
         """The first waiting job; tells the scheduler when that makes room for a claim."""
         was_busy = self.busy
         job = self.queue.popleft()
@@ -306,14 +301,14 @@ class Destination:
 
         timer = self.context.clock.callLater(self.shaping.idle_timeout, expire)
 
-        def stop_timer(result: Job | None) -> Job | None:
+        def stop_timer(result: WaitingTransaction | None) -> WaitingTransaction | None:
             if timer.active():
                 timer.cancel()
             return result
 
         return waiter.addBoth(stop_timer)
 
-    def _requeue(self, job: Job) -> None:
+    def _requeue(self, job: WaitingTransaction) -> None:
         """Put a job that never started back in front (or hand it back when closing)."""
         if self._closing:
             job.result.errback(HandBack(self._now(), "shutting down"))
@@ -403,10 +398,17 @@ class Destination:
         """One job: its transaction in the form this peer gets, then delivered."""
         try:
             transaction = await self.context.for_peer(transaction, connection.capabilities)
-        except CannotDowngrade as exc:
-            results = [RecipientResult(r.address, "mailfrom", None, "5.6.3",
-                                       f"the receiving server lacks 8BITMIME and the message cannot be "
-                                       f"converted: {exc}", permanent=True) for r in transaction.recipients]
+        except NotForThisPeer as exc:
+            results = [RecipientResult(r.address, "mailfrom", None, exc.status, exc.description,
+                                       permanent=True) for r in transaction.recipients]
+        except defer.CancelledError:
+            raise
+        except Exception as exc:
+            # Our own fault (a worker died): retried later; the connection is fine and stays.
+            log.failure("preparing a transaction for {key} failed", key=self.key)
+            results = [RecipientResult(r.address, "internal", None, "4.3.0",
+                                       f"internal error preparing the message: {exc!r}")
+                       for r in transaction.recipients]
         else:
             results = await self._deliver(connection, transaction)
         for result in results:
@@ -418,15 +420,17 @@ class Destination:
         """Recipients refused with "too many recipients" (452, RFC 5321 §4.5.3.1.10) go again
         at once in a next transaction, as long as each makes progress. (The same bytes: the
         job was made for this peer once.)"""
-        results = {r.address: r for r in await connection.deliver(transaction)}
+        results = list(await connection.deliver(transaction))  # by position: an address may come twice
+        sent = range(len(results))
         while connection.usable:
-            rest = [r for r in transaction.recipients if _too_many(results[r.address])]
-            if not rest or len(rest) == len(transaction.recipients):
+            rest = [index for index in sent if _too_many(results[index])]
+            if not rest or len(rest) == len(sent):
                 break
-            transaction = transaction.with_recipients(rest)
-            for result in await connection.deliver(transaction):
-                results[result.address] = result
-        return list(results.values())
+            batch = transaction.with_recipients([transaction.recipients[index] for index in rest])
+            for index, result in zip(rest, await connection.deliver(batch), strict=True):
+                results[index] = result
+            sent = rest
+        return results
 
     def _wait_for_rate(self) -> defer.Deferred:
         """Fires when this session may send a message. Sessions queue for the slots in

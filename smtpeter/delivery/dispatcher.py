@@ -10,8 +10,9 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from smtpeter import dns
+from smtpeter.attempt import RecipientResult
 from smtpeter.config import DeliveryConfig
-from smtpeter.delivery.client_session import RecipientResult, Transaction
+from smtpeter.delivery.client_session import Transaction
 from smtpeter.delivery.destination import Context, Destination, HandBack
 from smtpeter.delivery.shaping import profiles, shaping_for
 

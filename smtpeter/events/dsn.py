@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from smtpeter.address import xtext_encode
-from smtpeter.delivery.client_session import RecipientResult
+from smtpeter.attempt import RecipientResult
 from smtpeter.envelope import Envelope, Recipient
 from smtpeter.events.model import accept
 from smtpeter.ids import new_id

@@ -12,9 +12,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from smtpeter.delivery.client_session import RecipientResult
+from smtpeter.attempt import RecipientResult
 from smtpeter.ids import new_id
-from smtpeter.scheduler.retry import Verdict
 from smtpeter.storage.models import DELIVERED, EXPIRED, FAILED, Lease, NewEvent, NewMessage, StoredMessage
 
 # Accepted for delivery (SMTPeter calls it an attempt: the log of what was sent).
@@ -34,7 +33,8 @@ UNSUBSCRIBE = "unsubscribe"
 TYPES = (ATTEMPT, DELIVERY, DEFERRED, FAILURE, BOUNCE, RESPONSE, ABUSE, CLICK, OPEN, UNSUBSCRIBE)
 
 
-def accepted(sender: str | None, recipient: str, properties: list[str], tags: list[str]) -> dict[str, Any]:
+def _attempt_data(sender: str | None, recipient: str, properties: list[str],
+                  tags: list[str]) -> dict[str, Any]:
     """The data of an ATTEMPT event: the message was accepted for ``recipient``."""
     return {"envelope": sender or "", "recipient": recipient, "properties": ";".join(sorted(properties)),
             "tags": tags}
@@ -46,27 +46,28 @@ def accept(message: NewMessage) -> NewMessage:
     ids = [new_id() for _ in message.envelope.recipients]
     properties = [name for name, value in message.options.as_dict().items() if value is True]
     events = [NewEvent(message.account_id, rid, rcpt.address, ATTEMPT,
-                       accepted(message.envelope.sender, rcpt.address, properties, message.tags))
+                       _attempt_data(message.envelope.sender, rcpt.address, properties, message.tags))
               for rid, rcpt in zip(ids, message.envelope.recipients, strict=True)]
     return replace(message, recipient_ids=ids, events=events)
 
 
-def attempt_outcome(message: StoredMessage, lease: Lease, result: RecipientResult,
-                    verdict: Verdict) -> tuple[str, dict[str, Any]]:
-    """The event one delivery attempt (or an expiry before one) leaves: its type and data."""
+def attempt_outcome(message: StoredMessage, lease: Lease, result: RecipientResult, state: str,
+                    attempts: int, next_attempt: float) -> tuple[str, dict[str, Any]]:
+    """The event one delivery attempt (or an expiry before one) leaves: its type and data, given the
+    recipient's ``state`` after it, the ``attempts`` made and when the next is due."""
     peer = result.peer
     data: dict[str, Any] = {
-        "recipient": lease.address, "envelope": message.envelope.sender or "", "attempt": verdict.attempts,
+        "recipient": lease.address, "envelope": message.envelope.sender or "", "attempt": attempts,
         "from": peer.local_ip if peer else "", "to": peer.ip if peer else "",
         "mx": peer.mx if peer else "", "code": result.code, "status": result.status,
         "description": result.description, "state": result.state, "tags": message.tags,
     }
     if peer is not None and peer.tls:
         data["tls"] = {"version": peer.tls_version, "cipher": peer.cipher}
-    if verdict.state == DELIVERED:
+    if state == DELIVERED:
         return DELIVERY, data
-    if verdict.state == FAILED:
+    if state == FAILED:
         return FAILURE, {**data, "type": "failed"}
-    if verdict.state == EXPIRED:
+    if state == EXPIRED:
         return FAILURE, {**data, "type": "expired", "state": "expired", "smtp_state": result.state}
-    return DEFERRED, {**data, "retry": verdict.next_attempt}
+    return DEFERRED, {**data, "retry": next_attempt}

@@ -85,3 +85,14 @@ def fold(line: bytes, width: int) -> bytes:
         start = cut
     pieces.append(line[start:])
     return b"\r\n".join(pieces)
+
+
+def crlf_lines(data: bytes) -> bytes:
+    """``data`` with every line ending CRLF, the last one too (RFC 5321 §2.3.8: no bare CR or LF)."""
+    if b"\r" in data:
+        # Every CRLF, then every bare CR and LF left, becomes LF; then all of them CRLF.
+        data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    data = data.replace(b"\n", b"\r\n")
+    if data and not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    return data

@@ -33,7 +33,3 @@ class OutboundJob:
 
     def with_content(self, content: bytes) -> OutboundJob:
         return replace(self, content=content)
-
-    def key(self) -> tuple[str | None, bytes]:
-        """Jobs with equal keys can share one transaction."""
-        return self.envelope.sender, self.content

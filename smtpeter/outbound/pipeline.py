@@ -1,11 +1,11 @@
 """The outbound pipeline: from a stored message and its leased recipients to what goes on the wire.
 
 The scheduler asks for ``jobs``: the message is prepared once (per-message
-steps, cached while the scheduler holds the message, however many recipients
-it has), then per-recipient steps run where they apply, and recipients whose
-outbound envelope and bytes come out identical share one job (one
-transaction). Plain mail keeps one transaction for up to 100 recipients;
-tracked mail goes one recipient per transaction.
+steps, kept while the scheduler holds the message and a little after, however
+many recipients it has), then per-recipient steps run where they apply, and
+recipients whose outbound envelope and bytes come out identical share one
+job (one transaction). Plain mail keeps one transaction for up to 100
+recipients; tracked mail goes one recipient per transaction.
 
 The delivery client asks ``for_peer`` once it knows the receiving server:
 the 7-bit form is decided there (for a peer without 8BITMIME), before the
@@ -13,26 +13,56 @@ last steps (DKIM signing), so the bytes the last step returns are exactly
 the bytes that server stores.
 
 Steps run in ``Workers``, never on the reactor thread, and only when their
-cheap ``needed`` test says there is work.
+cheap ``needed`` test says there is work. A step that fails is skipped (the
+message goes on without it); when the workers themselves fail, per-message
+and per-recipient steps are skipped too, while ``for_peer`` fails, so the
+transaction is tried again later rather than sent unsigned or undeliverable.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass, field
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
-from smtpeter.delivery.client_session import Capabilities, Transaction
+from smtpeter.attempt import Capabilities
+from smtpeter.delivery.client_session import NotForThisPeer, Transaction
 from smtpeter.envelope import Recipient
 from smtpeter.outbound import steps as outbound_steps
+from smtpeter.outbound import wire
 from smtpeter.outbound.job import OutboundJob, PreparedMessage
 from smtpeter.outbound.steps import Step
 from smtpeter.outbound.workers import Workers
 from smtpeter.storage.models import StoredMessage
 
 log = Logger()
+
+# Prepared messages nobody holds any more are kept up to this many bytes, newest first:
+# the next claim for a big mailing's recipients (behind a busy destination) comes soon.
+RECENT_BYTES = 64 * 1024 * 1024
+
+
+@dataclass
+class _Entry:
+    """One message's preparation: done, or the callers waiting for it."""
+
+    holders: int = 0
+    prepared: PreparedMessage | None = None
+    waiting: list[defer.Deferred] = field(default_factory=list)
+    working: bool = False
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One job, and the positions (in the recipients ``jobs`` was given) of its recipients."""
+
+    job: OutboundJob
+    positions: tuple[int, ...]
 
 
 class Pipeline:
@@ -45,102 +75,142 @@ class Pipeline:
         self.recipient_steps = tuple(outbound_steps.RECIPIENT_STEPS if recipient_steps is None
                                      else recipient_steps)
         self.last_steps = tuple(outbound_steps.LAST_STEPS if last_steps is None else last_steps)
-        # message id -> (its PreparedMessage, or the waiters while it is made; how many hold it)
-        self._prepared: dict[str, tuple[Any, int]] = {}
+        self._entries: dict[str, _Entry] = {}
+        self._recent: OrderedDict[str, PreparedMessage] = OrderedDict()
+        self._recent_bytes = 0
 
     # -- per message, once ---------------------------------------------------------------------
 
     def hold(self, message: StoredMessage) -> None:
         """The scheduler holds ``message`` for a job: its preparation is kept until ``release``."""
-        state, holders = self._prepared.get(message.id, (None, 0))
-        self._prepared[message.id] = (state, holders + 1)
+        entry = self._entries.setdefault(message.id, _Entry())
+        entry.holders += 1
+        if entry.prepared is None and message.id in self._recent:
+            entry.prepared = self._forget_recent(message.id)
 
     def release(self, message_id: str) -> None:
-        state, holders = self._prepared[message_id]
-        if holders <= 1:
-            del self._prepared[message_id]
-        else:
-            self._prepared[message_id] = (state, holders - 1)
+        self._entries[message_id].holders -= 1
+        self._drop_if_unheld(message_id)
+
+    def _drop_if_unheld(self, message_id: str) -> None:
+        entry = self._entries[message_id]
+        if entry.holders > 0 or entry.working:
+            return
+        del self._entries[message_id]
+        if entry.prepared is not None:
+            self._remember(message_id, entry.prepared)
 
     def prepared(self, message: StoredMessage) -> defer.Deferred:
-        """The message after its per-message steps: computed once while it is held, then shared."""
-        state, holders = self._prepared.get(message.id, (None, 0))
-        if isinstance(state, PreparedMessage):
-            return defer.succeed(state)
+        """The message after its per-message steps: made once while it is held, then shared."""
+        entry = self._entries.get(message.id)
+        if entry is None and message.id in self._recent:
+            return defer.succeed(self._recent[message.id])
+        entry = entry or _Entry()
+        if entry.prepared is not None:
+            return defer.succeed(entry.prepared)
         waiter: defer.Deferred = defer.Deferred()
-        if state is None:
-            state = [waiter]
-            if holders:
-                self._prepared[message.id] = (state, holders)
+        entry.waiting.append(waiter)
+        if not entry.working:
+            entry.working = True
             work = defer.Deferred.fromCoroutine(self._prepare(message))
-            work.addBoth(self._prepared_done, message.id, state)
-        else:
-            state.append(waiter)
+            work.addBoth(self._prepared_done, message.id, entry)
         return waiter
 
-    def _prepared_done(self, result: Any, message_id: str, waiters: list[defer.Deferred]) -> None:
-        entry = self._prepared.get(message_id)
-        if entry is not None and entry[0] is waiters:
-            # Kept for the next jobs of this message; after a failure the next one tries again.
-            state = None if isinstance(result, defer.Failure) else result
-            self._prepared[message_id] = (state, entry[1])
-        for waiter in waiters:
-            waiter.errback(result) if isinstance(result, defer.Failure) else waiter.callback(result)
+    def _prepared_done(self, result: PreparedMessage | Failure, message_id: str, entry: _Entry) -> None:
+        entry.working = False
+        waiting, entry.waiting = entry.waiting, []
+        if self._entries.get(message_id) is entry:
+            if isinstance(result, PreparedMessage):  # after a failure the next caller tries again
+                entry.prepared = result
+            self._drop_if_unheld(message_id)  # it may have been released while it was made
+        for waiter in waiting:
+            waiter.errback(result) if isinstance(result, Failure) else waiter.callback(result)
 
     async def _prepare(self, message: StoredMessage) -> PreparedMessage:
         needed = [step for step in self.message_steps if step.needed(message, message.mime)]
         if not needed:
             return PreparedMessage(message, message.mime)
-        prepared = await self.workers.run(outbound_steps.run_message_steps, needed, message, message.mime)
-        for warning in prepared.warnings:
-            log.warn("message {id}: a step failed and was skipped: {warning}", id=message.id, warning=warning)
+        try:
+            made: PreparedMessage = await self.workers.run(outbound_steps.run_message_steps, needed,
+                                                           _light(message), message.mime)
+        except Exception as exc:
+            _warn(message.id, [f"every per-message step ({exc!r})"])
+            return PreparedMessage(message, message.mime)
+        _warn(message.id, made.warnings)
+        return PreparedMessage(message, made.content, made.warnings)
+
+    def _remember(self, message_id: str, prepared: PreparedMessage) -> None:
+        self._recent[message_id] = prepared
+        self._recent_bytes += len(prepared.content)
+        while self._recent_bytes > RECENT_BYTES:
+            self._forget_recent(next(iter(self._recent)))
+
+    def _forget_recent(self, message_id: str) -> PreparedMessage:
+        prepared = self._recent.pop(message_id)
+        self._recent_bytes -= len(prepared.content)
         return prepared
 
     # -- per recipient ---------------------------------------------------------------------------
 
-    async def jobs(self, message: StoredMessage, recipients: Sequence[Recipient]) -> list[OutboundJob]:
-        """The jobs (one per transaction) that deliver ``message`` to ``recipients``, in their order."""
+    async def jobs(self, message: StoredMessage, recipients: Sequence[Recipient]) -> list[Batch]:
+        """The jobs (one per transaction) that deliver ``message`` to ``recipients``."""
         prepared: PreparedMessage = await self.prepared(message)
         envelope = message.envelope.with_recipients(recipients)
         needed = [step for step in self.recipient_steps if step.needed(prepared)]
         if not needed:
-            return [OutboundJob(message, envelope, prepared.content)]
-        singles = [OutboundJob(message, envelope.with_recipients([r]), prepared.content) for r in recipients]
-        done, warnings = await self.workers.run(outbound_steps.run_recipient_steps, needed, singles)
-        for warning in warnings:
-            log.warn("message {id}: a step failed and was skipped: {warning}", id=message.id, warning=warning)
-        return batched(done)
+            return [Batch(OutboundJob(message, envelope, prepared.content), tuple(range(len(recipients))))]
+        light = _light(message)
+        singles = [OutboundJob(light, envelope.with_recipients([r]), prepared.content) for r in recipients]
+        try:
+            done, warnings = await self.workers.run(outbound_steps.run_recipient_steps, needed, singles)
+        except Exception as exc:
+            done, warnings = singles, [f"every per-recipient step ({exc!r})"]
+        _warn(message.id, warnings)
+        return batched([dataclasses.replace(job, message=message) for job in done])
 
     # -- per receiving server ----------------------------------------------------------------------
 
     async def for_peer(self, transaction: Transaction, capabilities: Capabilities) -> Transaction:
         """``transaction`` in the form this peer gets: 7-bit where it must be, then the last steps.
 
-        Raises wire.CannotDowngrade when the peer cannot take the message at all.
+        Raises NotForThisPeer when the peer cannot take the message at all.
         """
-        job: OutboundJob | None = transaction.job
-        if job is None:  # not made by the pipeline (a test's own transaction)
+        job = transaction.job
+        if not isinstance(job, OutboundJob):  # not made by the pipeline (a test's own transaction)
             return transaction
         eight_bit_ok = capabilities.eightbitmime or job.content.isascii()
         last = [step for step in self.last_steps if step.needed(job)]
         if eight_bit_ok and not last:
             return transaction
-        content, warnings = await self.workers.run(outbound_steps.wire_form, job, eight_bit_ok, last)
-        for warning in warnings:
-            log.warn("message {id}: a step failed and was skipped: {warning}", id=job.message.id,
-                     warning=warning)
+        sendable = dataclasses.replace(job, message=_light(job.message))
+        try:
+            content, warnings = await self.workers.run(outbound_steps.wire_form, sendable, eight_bit_ok, last)
+        except wire.CannotDowngrade as exc:
+            raise NotForThisPeer("5.6.3", "the receiving server lacks 8BITMIME and the message cannot be "
+                                          f"converted: {exc}") from None
+        _warn(job.message.id, warnings)
         return transaction.with_message(content)
 
 
-def batched(jobs: Sequence[OutboundJob]) -> list[OutboundJob]:
-    """Jobs with the same outbound envelope sender and bytes merged into one, in first-seen order."""
-    merged: dict[tuple[str | None, bytes], OutboundJob] = {}
-    for job in jobs:
-        key = job.key()
-        first = merged.get(key)
-        if first is None:
-            merged[key] = job
+def batched(jobs: Sequence[OutboundJob]) -> list[Batch]:
+    """One-recipient jobs with the same outbound envelope and bytes merged, in first-seen order."""
+    merged: dict[tuple[object, bytes], tuple[OutboundJob, list[int]]] = {}
+    for position, job in enumerate(jobs):
+        key = (job.envelope.with_recipients(()), job.content)
+        if key in merged:
+            first, positions = merged[key]
+            merged[key] = (dataclasses.replace(first, envelope=first.envelope.with_recipients(
+                [*first.recipients, *job.recipients])), [*positions, position])
         else:
-            merged[key] = OutboundJob(first.message, first.envelope.with_recipients(
-                [*first.recipients, *job.recipients]), first.content)
-    return list(merged.values())
+            merged[key] = (job, [position])
+    return [Batch(job, tuple(positions)) for job, positions in merged.values()]
+
+
+def _light(message: StoredMessage) -> StoredMessage:
+    """The message without its bytes, for a worker that is given the bytes to work on anyway."""
+    return dataclasses.replace(message, mime=b"")
+
+
+def _warn(message_id: str, warnings: Sequence[str]) -> None:
+    for warning in warnings:
+        log.warn("message {id}: a step failed and was skipped: {warning}", id=message_id, warning=warning)

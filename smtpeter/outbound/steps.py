@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from smtpeter.mime.lines import has_long_line
+from smtpeter.mime.lines import crlf_lines, has_long_line
 from smtpeter.outbound import wire
 from smtpeter.outbound.job import OutboundJob, PreparedMessage
 from smtpeter.storage.models import StoredMessage
@@ -85,6 +85,8 @@ def wire_form(job: OutboundJob, eight_bit_ok: bool, last: Sequence[Step]) -> tup
     """
     if not eight_bit_ok:
         job = job.with_content(wire.make_7bit(job.content))
+    # The line ends the client would make anyway, now: the last steps see the bytes as sent.
+    job = job.with_content(crlf_lines(job.content))
     warnings = []
     for step in last:
         try:

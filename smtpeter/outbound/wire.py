@@ -41,10 +41,6 @@ _ADDRESS_PIECE = re.compile(
 )
 
 
-def has_8bit(raw: bytes) -> bool:
-    return not raw.isascii()
-
-
 def make_7bit(raw: bytes) -> bytes:
     """The message with every 8-bit byte transfer-encoded (RFC 6152 §3); ``raw`` itself if 7-bit already.
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from smtpeter.delivery.client_session import RecipientResult
+from smtpeter.attempt import RecipientResult
 from smtpeter.storage.models import DELIVERED, EXPIRED, FAILED, QUEUED
 
 # The last attempt before a message expires comes this long before the end.

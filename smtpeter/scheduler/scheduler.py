@@ -9,18 +9,18 @@ the remote server said to), until the message's delivery time runs out.
 from __future__ import annotations
 
 import socket
-from collections import defaultdict
+from collections import Counter, defaultdict
 from time import perf_counter
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.logger import Logger
 
+from smtpeter.attempt import RecipientResult
 from smtpeter.config import DeliveryConfig
-from smtpeter.delivery.client_session import RecipientResult, Transaction
+from smtpeter.delivery.client_session import Transaction
 from smtpeter.delivery.destination import HandBack
 from smtpeter.delivery.dispatcher import Dispatcher
-from smtpeter.envelope import Recipient
 from smtpeter.events import dsn, model
 from smtpeter.events.metrics import Metrics
 from smtpeter.outbound.job import OutboundJob
@@ -42,12 +42,6 @@ WAKE_DELAY = 0.02
 # next waits this many times as long as it took: a deep backlog to one destination
 # must not keep storage busy with claims that find nothing (each commit wakes us).
 SHORT_CLAIM_REST = 4.0
-async def _sleep(clock: Any, seconds: float) -> None:
-    d: defer.Deferred = defer.Deferred()
-    clock.callLater(seconds, d.callback, None)
-    await d
-
-
 class Scheduler:
     def __init__(self, storage: Storage, dispatcher: Dispatcher, config: DeliveryConfig, hostname: str,
                  clock: Any, node: str | None = None, metrics: Metrics | None = None, *,
@@ -62,6 +56,7 @@ class Scheduler:
         self.node = node or f"{hostname}/{socket.gethostname()}"
         self.in_flight = 0
         self._leased: set[str] = set()  # recipient ids with a job in progress
+        self._preparing: Counter[str] = Counter()  # domain -> its recipients in the outbound pipeline
         self._messages: dict[str, tuple[StoredMessage, int]] = {}
         self._held_bytes = 0
         self._filling = False
@@ -132,7 +127,10 @@ class Scheduler:
                     return
                 # At most what a destination with room can take: a claim never overfills one.
                 limit = min(room, CLAIM_BATCH, self.dispatcher.claim_limit)
-                held = self.dispatcher.held_domains()
+                # Recipients still in the outbound pipeline are no destination's backlog yet:
+                # a domain with a claim's worth there waits too.
+                held = [*self.dispatcher.held_domains(),
+                        *(d for d, n in self._preparing.items() if n >= self.dispatcher.claim_limit)]
                 started = perf_counter()
                 try:
                     leases = await self.storage.claim(self.node, limit, self.config.lease, held)
@@ -166,7 +164,9 @@ class Scheduler:
         except StorageError as exc:
             log.warn("scheduler: cannot read messages: {exc}", exc=exc)
             self.in_flight -= len(leases)
-            return  # the leases run out and the recipients come back by themselves
+            # The leases run out and the recipients come back by themselves, to be taken anew.
+            self._leased.difference_update(lease.id for lease in leases)
+            return
         groups: dict[tuple[str, str], list[Lease]] = defaultdict(list)
         for lease in leases:
             groups[(lease.message_id, lease.domain)].append(lease)
@@ -215,17 +215,22 @@ class Scheduler:
 
     async def _deliver(self, message: StoredMessage, domain: str, leases: list[Lease]) -> None:
         """Deliver to ``leases``: one transaction per job the pipeline makes of them, side by side."""
+        self._preparing[domain] += len(leases)
         try:
-            jobs = await self.pipeline.jobs(message, [lease.recipient for lease in leases])
+            batches = await self.pipeline.jobs(message, [lease.recipient for lease in leases])
+        except defer.CancelledError:
+            return  # shutting down: the lease stays, and the restart makes it due at once
         except Exception:
             log.failure("scheduler: the outbound pipeline failed on {id}", id=message.id)
             await self._record(message, leases, _internal_error(leases, "internal error preparing it"))
             return
-        waiting: dict[Recipient, list[Lease]] = defaultdict(list)
-        for lease in leases:
-            waiting[lease.recipient].append(lease)
+        finally:
+            self._preparing[domain] -= len(leases)
+            if self._preparing[domain] <= 0:
+                del self._preparing[domain]
         parts = [defer.Deferred.fromCoroutine(self._deliver_job(
-            message, domain, [waiting[r].pop(0) for r in job.recipients], job)) for job in jobs]
+            message, domain, [leases[position] for position in batch.positions], batch.job))
+            for batch in batches]
         await defer.gatherResults(parts, consumeErrors=True)
 
     async def _deliver_job(self, message: StoredMessage, domain: str, leases: list[Lease],
@@ -271,31 +276,36 @@ class Scheduler:
             # Formatted here: one field is much cheaper for the log observer than five.
             log.info("{line}", line=f"{outcome.recipient_id} to=<{outcome.address}> state={outcome.state} "
                                     f"{outcome.description or ''}")
+        for attempt in range(RECORD_ATTEMPTS):
+            try:
+                await self.storage.record(self.node, outcomes, dsns)
+            except StorageError as exc:
+                log.warn("scheduler: cannot record delivery outcomes yet: {exc}", exc=exc)
+                await task.deferLater(self.clock, 2.0**attempt)
+                continue
+            self._count(outcomes, len(dsns))
+            if dsns:
+                self.wake()  # the DSNs are new mail
+            return
+        # The leases run out and the recipients are tried again: a duplicate at
+        # worst, never a loss.
+        log.error("scheduler: gave up recording {n} outcomes", n=len(outcomes))
+
+    def _count(self, outcomes: list[Outcome], dsns: int) -> None:
         counted = {DELIVERED: "smtpeter_delivered_total", QUEUED: "smtpeter_deferred_total",
                    FAILED: "smtpeter_failed_total", EXPIRED: "smtpeter_failed_total"}
         for outcome in outcomes:
             self.metrics.count(counted[outcome.state])
             if outcome.state == EXPIRED:
                 self.metrics.count("smtpeter_expired_total")
-        self.metrics.count("smtpeter_bounced_total", len(dsns))
-        for attempt in range(RECORD_ATTEMPTS):
-            try:
-                await self.storage.record(self.node, outcomes, dsns)
-                if dsns:
-                    self.wake()  # the DSNs are new mail
-                return
-            except StorageError as exc:
-                log.warn("scheduler: cannot record delivery outcomes yet: {exc}", exc=exc)
-                await _sleep(self.clock, 2.0**attempt)
-        # The leases run out and the recipients are tried again: a duplicate at
-        # worst, never a loss.
-        log.error("scheduler: gave up recording {n} outcomes", n=len(outcomes))
+        self.metrics.count("smtpeter_bounced_total", dsns)
 
     def _outcome(self, message: StoredMessage, lease: Lease, result: RecipientResult,
                  expired: bool) -> Outcome:
         verdict = decide(result, lease.attempts, self.clock.seconds(), message.expires,
                          self.config.retry_schedule, expired)
-        event_type, event = model.attempt_outcome(message, lease, result, verdict)
+        event_type, event = model.attempt_outcome(message, lease, result, verdict.state, verdict.attempts,
+                                                  verdict.next_attempt)
         return Outcome(lease.id, lease.account_id, lease.address, verdict.state, verdict.attempts,
                        verdict.next_attempt, event_type, event, result.code, result.status,
                        result.description, "expired" if verdict.state == EXPIRED else result.state,

@@ -1,6 +1,6 @@
 """The Twisted edge of the SMTP server: framing, TLS, timeouts, connection limits.
 
-All protocol decisions live in ``session.SMTPSession``; this adapter only
+All protocol decisions live in ``session.ServerSession``; this adapter only
 splits the stream into lines or DATA and carries out the session's outputs.
 """
 
@@ -12,7 +12,7 @@ from typing import Any
 
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import Portal
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
@@ -31,8 +31,8 @@ from smtpeter.ingress.smtp.server_session import (
     Client,
     Close,
     Deliver,
+    ServerSession,
     SessionPolicy,
-    SMTPSession,
     StartTLS,
     reply,
 )
@@ -62,12 +62,12 @@ def queued_reply(ids: Sequence[str], recipients: Sequence[str]) -> bytes:
 
 
 @implementer(IHandshakeListener)
-class SMTPServerProtocol(LineReceiver, TimeoutMixin):
+class ServerConnection(LineReceiver, TimeoutMixin):
     MAX_LENGTH = MAX_LINE_LENGTH
-    factory: SMTPFactory
+    factory: SMTPServerFactory
 
     def __init__(self) -> None:
-        self.session: SMTPSession | None = None
+        self.session: ServerSession | None = None
         self._reader: DataReader | None = None
         self._peer = ""
         self._busy = False  # an AUTH check or a commit is in progress
@@ -86,7 +86,7 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
         peer = self.transport.getPeer()
         self._peer = getattr(peer, "host", "") or "unknown"
         trusted = factory.is_trusted(self._peer)
-        self.session = SMTPSession(factory.policy, self._peer, tls=factory.implicit_tls, trusted=trusted)
+        self.session = ServerSession(factory.policy, self._peer, tls=factory.implicit_tls, trusted=trusted)
         self._handshaking = factory.implicit_tls
         if hasattr(self.transport, "setTcpNoDelay"):
             self.transport.setTcpNoDelay(True)
@@ -270,7 +270,7 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
         except UnauthorizedLogin:
             succeeded = False
             log.info("AUTH failed: client={client} login={login}", client=self._peer, login=username[:256])
-            await _sleep(self.factory.clock, AUTH_FAILURE_DELAY)
+            await task.deferLater(self.factory.clock, AUTH_FAILURE_DELAY)
             return session.authenticated(None)
         except Exception as exc:
             log.warn("SMTP AUTH could not be checked: {exc!r}", exc=exc)
@@ -282,12 +282,6 @@ class SMTPServerProtocol(LineReceiver, TimeoutMixin):
     async def _deliver(self, request: Deliver) -> list:
         answer = await self.factory.accept(request.client, request.envelope, request.data)
         return self.session.stored(answer)
-
-
-async def _sleep(clock: Any, seconds: float) -> None:
-    d: defer.Deferred = defer.Deferred()
-    clock.callLater(seconds, d.callback, None)
-    await d
 
 
 def received_header(hostname: str, client: Client, recipients: list[str], smtputf8: bool = False) -> bytes:
@@ -303,8 +297,8 @@ def received_header(hostname: str, client: Client, recipients: list[str], smtput
     ).encode()
 
 
-class SMTPFactory(ServerFactory):
-    protocol = SMTPServerProtocol
+class SMTPServerFactory(ServerFactory):
+    protocol = ServerConnection
 
     def __init__(
         self,

@@ -1,7 +1,7 @@
 """The SMTP server's state machine, without sockets (the h11 model).
 
 The adapter in ``protocol.py`` frames the byte stream into command lines and
-DATA, hands them to ``SMTPSession`` and carries out what it returns: bytes to
+DATA, hands them to ``ServerSession`` and carries out what it returns: bytes to
 send, and a few actions (start TLS, authenticate, store a message, close).
 Authentication and storing are asynchronous; while one is pending the
 adapter stops reading, so replies to pipelined commands always come back in
@@ -74,14 +74,14 @@ class BeginData:
 
 @dataclass
 class Authenticate:
-    """Check these credentials, then call ``SMTPSession.authenticated``."""
+    """Check these credentials, then call ``ServerSession.authenticated``."""
 
     credentials: IUsernamePassword
 
 
 @dataclass
 class Deliver:
-    """Store this message, then call ``SMTPSession.stored``."""
+    """Store this message, then call ``ServerSession.stored``."""
 
     client: Client
     envelope: Envelope
@@ -102,7 +102,7 @@ MAX_COMMAND_LENGTH = 2048
 MAX_LINE_LENGTH = len("AUTH ") + 20 + 1 + _SASL_MAX
 
 
-class SMTPSession:
+class ServerSession:
     """One SMTP conversation. Feed it lines and data; it answers with outputs."""
 
     def __init__(self, policy: SessionPolicy, peer: str, tls: bool, trusted: bool) -> None:
@@ -386,6 +386,9 @@ class SMTPSession:
             orcpt = f"{kind};{syntax.xtext_decode(value)}"
         if self.login is None and not self.trusted:
             return self._error(530, "5.7.0", "Authentication required")
+        if any(r.address == address for r in self._recipients):
+            # Once is enough (Postfix's duplicate filter): a second copy would be a second delivery.
+            return [reply(250, "2.1.5", "Recipient OK (already given)")]
         if len(self._recipients) >= self.policy.max_recipients:
             return [reply(452, "4.5.3", "Error: too many recipients")]
         self._recipients.append(Recipient(address, notify, orcpt))

@@ -19,6 +19,7 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -77,17 +78,21 @@ def measure(workers: int | None, args: argparse.Namespace, sink: SmtpSink) -> di
         smtpeter.configure(toml(hold=False))
         sink.reset()
         smtpeter.start()
-        idle = socket.create_connection(("127.0.0.1", smtpeter.port), timeout=60)
-        replies = idle.makefile("rb")
+        def idle_session() -> tuple[socket.socket, Callable[[], bytes]]:
+            sock = socket.create_connection(("127.0.0.1", smtpeter.port), timeout=60)
+            replies = sock.makefile("rb")
 
-        def reply() -> bytes:
-            while (line := replies.readline())[3:4] == b"-":
-                pass
-            return line
+            def reply() -> bytes:
+                while (line := replies.readline())[3:4] == b"-":
+                    pass
+                return line
 
-        reply()
-        idle.sendall(b"EHLO idle.test\r\n")
-        reply()
+            reply()
+            sock.sendall(b"EHLO idle.test\r\n")
+            reply()
+            return sock, reply
+
+        idle, reply = idle_session()
         done = threading.Event()
         started = time.monotonic()
         delivered: list[float] = []
@@ -99,6 +104,10 @@ def measure(workers: int | None, args: argparse.Namespace, sink: SmtpSink) -> di
         threading.Thread(target=wait, daemon=True).start()
         round_trips = []
         while not done.is_set():
+            if len(round_trips) % 90 == 89:
+                # A session of nothing but NOOPs is cut off (the junk command limit): a new one.
+                idle.close()
+                idle, reply = idle_session()
             sent = time.perf_counter()
             idle.sendall(b"NOOP\r\n")
             answer = reply()

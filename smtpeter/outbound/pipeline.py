@@ -42,8 +42,9 @@ from smtpeter.storage.models import StoredMessage
 
 log = Logger()
 
-# Prepared messages nobody holds any more are kept up to this many bytes, newest first:
-# the next claim for a big mailing's recipients (behind a busy destination) comes soon.
+# Prepared messages nobody holds any more, that steps changed, are kept up to this many
+# bytes, newest first: the next claim for a big mailing's recipients (behind a busy
+# destination) comes soon.
 RECENT_BYTES = 64 * 1024 * 1024
 
 
@@ -140,6 +141,9 @@ class Pipeline:
         return PreparedMessage(message, made.content, made.warnings)
 
     def _remember(self, message_id: str, prepared: PreparedMessage) -> None:
+        if prepared.content is prepared.message.mime:
+            return  # nothing was done: doing nothing again costs nothing
+        prepared = dataclasses.replace(prepared, message=_light(prepared.message))
         self._recent[message_id] = prepared
         self._recent_bytes += len(prepared.content)
         while self._recent_bytes > RECENT_BYTES:

@@ -91,6 +91,29 @@ class HTTPConfig:
 
 
 @dataclass
+class TrackingConfig:
+    """Click and open tracking, hosted images and the web version."""
+
+    # Secrets that sign tracking links: the first signs, all verify (rotate by adding one in
+    # front). Empty: one is made on first start and kept in the data directory.
+    keys: list[str] = field(default_factory=list)
+    # Networks the image proxy may fetch from although they are private or loopback.
+    allow_networks: list[str] = field(default_factory=list)
+    # Regular expressions for user agents that are machines (scanners, image proxies),
+    # on top of the shipped list.
+    bot_user_agents: list[str] = field(default_factory=list)
+    # A click or open this soon after delivery is a machine's, not a reader's.
+    bot_seconds: float = 5.0
+    # The image proxy: largest image, longest fetch, and what its cache may hold.
+    image_max_bytes: int = 10 * 1024 * 1024
+    image_timeout: float = 10.0
+    image_cache_bytes: int = 256 * 1024 * 1024
+
+    def networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [ipaddress.ip_network(n, strict=False) for n in self.allow_networks]
+
+
+@dataclass
 class TLSConfig:
     certificate: str = ""
     key: str = ""
@@ -188,6 +211,7 @@ class Config:
     mx: MXConfig = field(default_factory=MXConfig)
     http: HTTPConfig = field(default_factory=HTTPConfig)
     tls: TLSConfig = field(default_factory=TLSConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     dns: DNSConfig = field(default_factory=DNSConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     path: str = ""
@@ -321,6 +345,15 @@ def _validate(config: Config) -> None:
         config.smtp.networks()
     except ValueError as exc:
         raise ConfigError(f"[smtp] trusted_networks: {exc}") from None
+    try:
+        config.tracking.networks()
+    except ValueError as exc:
+        raise ConfigError(f"[tracking] allow_networks: {exc}") from None
+    for pattern in config.tracking.bot_user_agents:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ConfigError(f"[tracking] bot_user_agents: {pattern!r}: {exc}") from None
     if config.smtp.trusted_networks and not config.smtp.trusted_account:
         raise ConfigError("[smtp] trusted_networks needs trusted_account (the account they send as)")
     url = config.storage.url

@@ -22,6 +22,8 @@ from smtpeter.ingress.smtp.limits import AuthThrottle, ConnectionLimits
 from smtpeter.ingress.smtp.server_connection import SMTPServerFactory
 from smtpeter.ingress.smtp.server_session import SessionPolicy
 from smtpeter.ingress.submission import Submission
+from smtpeter.links import signing_keys
+from smtpeter.outbound.job import StepSettings
 from smtpeter.outbound.pipeline import Pipeline
 from smtpeter.outbound.workers import Workers, default_worker_count
 from smtpeter.scheduler.scheduler import Scheduler
@@ -182,7 +184,8 @@ class SmtpeterService(service.Service):
         resolver = dns.Resolver(self.reactor, nameservers, timeout=config.dns.timeout, clock=self.clock)
         workers = config.delivery.transform_workers
         self.workers = Workers(self.reactor, default_worker_count() if workers is None else workers)
-        pipeline = Pipeline(self.workers)
+        link_keys = tuple(signing_keys(config.tracking.keys, config.data_path))
+        pipeline = Pipeline(self.workers, StepSettings(config.public_url, link_keys))
         context = Context.for_config(config.delivery, self.reactor, self.clock, resolver,
                                      config.delivery.helo_name or config.hostname, for_peer=pipeline.for_peer)
         self.dispatcher = Dispatcher(config.delivery, context, config.hostname)

@@ -22,6 +22,7 @@ from smtpeter.delivery.destination import Context, Destination, HandBack
 from smtpeter.delivery.dispatcher import Dispatcher
 from smtpeter.delivery.shaping import profiles, shaping_for
 from smtpeter.envelope import Envelope, MessageOptions, Recipient
+from smtpeter.outbound.job import StepSettings
 from smtpeter.outbound.pipeline import Pipeline
 from smtpeter.outbound.workers import Workers
 from smtpeter.scheduler import scheduler as scheduler_module
@@ -155,8 +156,8 @@ class BackpressureTests(unittest.TestCase):
         self.context = context
         dispatcher = Dispatcher(config, context, "out.test")
         queue = MemoryQueue(self.clock)
-        scheduler = Scheduler(queue, dispatcher, config, "out.test", self.clock, node=NODE,
-                              pipeline=Pipeline(Workers(self.clock, 0)))
+        pipeline = Pipeline(Workers(self.clock, 0), StepSettings("http://t.test", (b"k",)))
+        scheduler = Scheduler(queue, dispatcher, config, "out.test", self.clock, node=NODE, pipeline=pipeline)
         self.addCleanup(lambda: self.stop(scheduler, dispatcher))
         defer.ensureDeferred(scheduler.start())
         return scheduler, queue

@@ -8,10 +8,11 @@ from twisted.internet import reactor
 from twisted.trial import unittest
 
 from smtpeter.envelope import Envelope, MessageOptions, Recipient
+from smtpeter.ids import new_id
 from smtpeter.outbound import pipeline as pipeline_module
 from smtpeter.outbound import steps as outbound_steps
-from smtpeter.outbound.job import OutboundJob
-from smtpeter.outbound.pipeline import Pipeline, batched
+from smtpeter.outbound.job import OutboundJob, StepSettings
+from smtpeter.outbound.pipeline import Batch, Pipeline, batched
 from smtpeter.outbound.steps import Step
 from smtpeter.outbound.workers import Workers
 from smtpeter.storage.models import StoredMessage
@@ -20,6 +21,7 @@ from tests.support.rig import message as rig_message
 from tests.support.sink import Behaviour
 
 MIME = b"From: news@example.com\r\nSubject: hi\r\n\r\nHello.\r\n"
+SETTINGS = StepSettings("http://track.test", (b"a test key",))
 CALLS: list[str] = []
 
 
@@ -29,20 +31,20 @@ def message(mime: bytes = MIME, message_id: str = "m1") -> StoredMessage:
 
 
 # Steps are module-level functions, as the shipped ones: workers get them by reference.
-def count_parse(message: StoredMessage, content: bytes) -> bytes:
+def count_parse(message: StoredMessage, content: bytes, settings: StepSettings) -> bytes:
     CALLS.append(message.id)
     return b"X-Prepared: yes\r\n" + content
 
 
-def fail(message: StoredMessage, content: bytes) -> bytes:
+def fail(message: StoredMessage, content: bytes, settings: StepSettings) -> bytes:
     raise ValueError("broken step")
 
 
-def stamp_pid(message: StoredMessage, content: bytes) -> bytes:
+def stamp_pid(message: StoredMessage, content: bytes, settings: StepSettings) -> bytes:
     return f"X-Worker-Pid: {os.getpid()}\r\n".encode() + content
 
 
-def variant_by_domain(job: OutboundJob) -> OutboundJob:
+def variant_by_domain(job: OutboundJob, settings: StepSettings) -> OutboundJob:
     """Per recipient, as tracking will be; here recipients of one domain get the same bytes."""
     domain = job.recipients[0].address.rpartition("@")[2]
     return job.with_content(f"X-Variant: {domain}\r\n".encode() + job.content)
@@ -50,6 +52,15 @@ def variant_by_domain(job: OutboundJob) -> OutboundJob:
 
 def always(*args: object) -> bool:
     return True
+
+
+def ids(recipients: list[Recipient]) -> list[str]:
+    return [new_id() for _ in recipients]
+
+
+async def jobs_for(pipeline: Pipeline, stored: StoredMessage, *addresses: str) -> list[Batch]:
+    recipients = [Recipient(address) for address in addresses]
+    return await pipeline.jobs(stored, recipients, ids(recipients))
 
 
 class PipelineTests(unittest.TestCase):
@@ -60,14 +71,14 @@ class PipelineTests(unittest.TestCase):
 
     async def test_a_message_is_prepared_once_for_all_its_recipients(self) -> None:
         """10,000 recipients of one message, in 100 jobs of 100: one parse, not 10,000."""
-        pipeline = Pipeline(self.workers, message_steps=[Step("count", count_parse, always)])
+        pipeline = Pipeline(self.workers, SETTINGS, message_steps=[Step("count", count_parse, always)])
         stored = message()
         for _ in range(100):
             pipeline.hold(stored)
         jobs = []
         for chunk in range(100):
             recipients = [Recipient(f"r{chunk}-{n}@dest.test") for n in range(100)]
-            jobs += [batch.job for batch in await pipeline.jobs(stored, recipients)]
+            jobs += [batch.job for batch in await pipeline.jobs(stored, recipients, ids(recipients))]
         self.assertEqual(CALLS, ["m1"])
         self.assertEqual(len(jobs), 100)  # plain mail: a transaction per chunk of 100
         self.assertTrue(all(len(job.recipients) == 100 for job in jobs))
@@ -75,28 +86,29 @@ class PipelineTests(unittest.TestCase):
         for _ in range(100):
             pipeline.release(stored.id)
         self.assertEqual(pipeline._entries, {})
-        await pipeline.jobs(stored, [Recipient("late@dest.test")])  # just released: still known
+        await jobs_for(pipeline, stored, "late@dest.test")  # just released: still known
         self.assertEqual(CALLS, ["m1"])
         self.patch(pipeline_module, "RECENT_BYTES", 0)
         pipeline.hold(message(message_id="m2"))
         pipeline.release("m2")  # forgotten at once: nothing else fits now
-        await pipeline.jobs(message(message_id="m2"), [Recipient("a@dest.test")])
-        await pipeline.jobs(message(message_id="m2"), [Recipient("a@dest.test")])
+        await jobs_for(pipeline, message(message_id="m2"), "a@dest.test")
+        await jobs_for(pipeline, message(message_id="m2"), "a@dest.test")
         self.assertEqual(CALLS, ["m1", "m2", "m2"])
 
     async def test_nothing_to_do_costs_no_worker(self) -> None:
         ran: list[str] = []
         self.workers.run = lambda *args: ran.append("ran")  # type: ignore[method-assign]
-        pipeline = Pipeline(self.workers)  # the shipped steps: lines are short, nothing to do
-        (batch,) = await pipeline.jobs(message(), [Recipient("a@dest.test"), Recipient("b@dest.test")])
+        pipeline = Pipeline(self.workers, SETTINGS)  # the shipped steps: lines are short, nothing to do
+        (batch,) = await jobs_for(pipeline, message(), "a@dest.test", "b@dest.test")
         self.assertEqual((ran, batch.job.content, len(batch.job.recipients), batch.positions),
                          ([], MIME, 2, (0, 1)))
 
     async def test_per_recipient_variants_share_a_transaction_only_when_identical(self) -> None:
-        pipeline = Pipeline(self.workers, recipient_steps=[Step("variant", variant_by_domain, always)])
+        pipeline = Pipeline(self.workers, SETTINGS,
+                            recipient_steps=[Step("variant", variant_by_domain, always)])
         recipients = [Recipient(a) for a in ("a@one.test", "b@two.test", "c@one.test", "d@two.test",
                                              "e@three.test")]
-        batches = await pipeline.jobs(message(), recipients)
+        batches = await pipeline.jobs(message(), recipients, ids(recipients))
         self.assertEqual([[r.address for r in batch.job.recipients] for batch in batches],
                          [["a@one.test", "c@one.test"], ["b@two.test", "d@two.test"], ["e@three.test"]])
         self.assertEqual([batch.positions for batch in batches], [(0, 2), (1, 3), (4,)])
@@ -114,16 +126,17 @@ class PipelineTests(unittest.TestCase):
                          [(["a@d.test", "c@d.test"], (0, 2)), (["b@d.test"], (1,))])
 
     async def test_a_failing_step_is_skipped_and_the_message_kept(self) -> None:
-        pipeline = Pipeline(self.workers, message_steps=[Step("fail", fail, always),
+        pipeline = Pipeline(self.workers, SETTINGS, message_steps=[Step("fail", fail, always),
                                                          Step("count", count_parse, always)])
-        (batch,) = await pipeline.jobs(message(), [Recipient("a@dest.test")])
+        (batch,) = await jobs_for(pipeline, message(), "a@dest.test")
         self.assertEqual(batch.job.content, b"X-Prepared: yes\r\n" + MIME)  # the next step still ran
+        self.assertEqual(batch.warnings, ("fail: ValueError('broken step')",))
 
     async def test_steps_run_in_a_worker_process(self) -> None:
         workers = Workers(reactor, 1)
         self.addCleanup(workers.stop)
-        pipeline = Pipeline(workers, message_steps=[Step("pid", stamp_pid, always)])
-        (batch,) = await pipeline.jobs(message(), [Recipient("a@dest.test")])
+        pipeline = Pipeline(workers, SETTINGS, message_steps=[Step("pid", stamp_pid, always)])
+        (batch,) = await jobs_for(pipeline, message(), "a@dest.test")
         pid = int(batch.job.content.split(b"\r\n")[0].split(b": ")[1])
         self.assertNotEqual(pid, os.getpid())
 
@@ -131,7 +144,7 @@ class PipelineTests(unittest.TestCase):
 SIGNED: dict[str, bytes] = {}
 
 
-def last_step(job: OutboundJob) -> bytes:
+def last_step(job: OutboundJob, settings: StepSettings) -> bytes:
     """Stands where DKIM will: adds a header over the final bytes, and remembers what it returned."""
     signed = b"X-Last-Step: " + job.recipients[0].address.encode() + b"\r\n" + job.content
     SIGNED[job.recipients[0].address] = signed
@@ -165,3 +178,16 @@ class WireBytesTests(unittest.TestCase):
         self.assertTrue(seven_bit.data.isascii())  # converted before the last step saw it
         self.assertTrue(seven_bit.data.startswith(b"X-Last-Step: b@bare.test\r\n"))
         self.assertIn(b"\r\n..a line", seven_bit.raw_data + eight_bit.raw_data)  # stuffed on the wire
+
+    async def test_a_step_that_fails_is_a_warning_event_and_the_mail_goes_out(self) -> None:
+        self.patch(outbound_steps, "MESSAGE_STEPS", (Step("fail", fail, always),))
+        rig = Rig(self)
+        rig.sink("127.0.0.2")
+        await rig.start(transform_workers=0)
+        rig.dns.mail_host("dest.test", "mx.dest.test", "127.0.0.2")
+        (mid,) = await rig.send("a@dest.test")
+        await rig.wait_for(mid, "delivered")
+        stored = await rig.storage.message_content(mid)
+        self.assertEqual(rig.sinks["127.0.0.2"].received[0].data, stored.mime)  # unchanged
+        (warning,) = [e for e in await rig.events(mid) if e.type == "warning"]
+        self.assertEqual(warning.data["description"], "fail: ValueError('broken step')")

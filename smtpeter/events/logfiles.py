@@ -42,7 +42,8 @@ EVENT_LOG = {event: log for log, events in LOG_EVENTS.items() for event in event
 # The API names: a deferral is reported as a failure with action "failure"
 # (SMTPeter's webhooks use "failed" for the final one).
 API_EVENT = {"attempt": "attempt", "delivery": "delivery", "failure": "failure", "deferred": "failure",
-             "bounce": "bounce", "click": "click", "open": "open", "response": "response", "abuse": "abuse"}
+             "bounce": "bounce", "click": "click", "open": "open", "response": "response", "abuse": "abuse",
+             "warning": "warning"}
 FILE_NAME = re.compile(r"([a-z]+)\.(\d{4}-\d{2}-\d{2})\.log")
 
 

@@ -30,7 +30,9 @@ ABUSE = "abuse"  # a complaint (feedback loop)
 CLICK = "click"
 OPEN = "open"
 UNSUBSCRIBE = "unsubscribe"
-TYPES = (ATTEMPT, DELIVERY, DEFERRED, FAILURE, BOUNCE, RESPONSE, ABUSE, CLICK, OPEN, UNSUBSCRIBE)
+# A step of the outbound pipeline failed on the message and was skipped; the mail went on.
+WARNING = "warning"
+TYPES = (ATTEMPT, DELIVERY, DEFERRED, FAILURE, BOUNCE, RESPONSE, ABUSE, CLICK, OPEN, UNSUBSCRIBE, WARNING)
 
 
 def _attempt_data(sender: str | None, recipient: str, properties: list[str],
@@ -71,3 +73,10 @@ def attempt_outcome(message: StoredMessage, lease: Lease, result: RecipientResul
     if state == EXPIRED:
         return FAILURE, {**data, "type": "expired", "state": "expired", "smtp_state": result.state}
     return DEFERRED, {**data, "retry": next_attempt}
+
+
+def warning(message: StoredMessage, lease: Lease, description: str) -> NewEvent:
+    """A WARNING event: ``description`` says which step failed on the message, and how."""
+    return NewEvent(message.account_id, lease.id, lease.address, WARNING,
+                    {"recipient": lease.address, "envelope": message.envelope.sender or "",
+                     "description": description, "tags": message.tags})

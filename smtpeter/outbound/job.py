@@ -22,10 +22,19 @@ class PreparedMessage:
 
 
 @dataclass(frozen=True)
+class StepSettings:
+    """What steps need beyond the job, the same for every job (it goes to the workers with it)."""
+
+    public_url: str  # the base of tracking links (http.public_url)
+    link_keys: tuple[bytes, ...]  # signing keys of tracking links, the first signs
+
+
+@dataclass(frozen=True)
 class OutboundJob:
     message: StoredMessage
     envelope: Envelope  # the outbound envelope: its sender is the MAIL FROM, its recipients the RCPTs
     content: bytes
+    recipient_ids: tuple[str, ...] = ()  # the public message id of each recipient, in order
 
     @property
     def recipients(self) -> tuple[Recipient, ...]:

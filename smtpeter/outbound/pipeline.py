@@ -35,7 +35,7 @@ from smtpeter.delivery.client_session import NotForThisPeer, Transaction
 from smtpeter.envelope import Recipient
 from smtpeter.outbound import steps as outbound_steps
 from smtpeter.outbound import wire
-from smtpeter.outbound.job import OutboundJob, PreparedMessage
+from smtpeter.outbound.job import OutboundJob, PreparedMessage, StepSettings
 from smtpeter.outbound.steps import Step
 from smtpeter.outbound.workers import Workers
 from smtpeter.storage.models import StoredMessage
@@ -60,18 +60,21 @@ class _Entry:
 
 @dataclass(frozen=True)
 class Batch:
-    """One job, and the positions (in the recipients ``jobs`` was given) of its recipients."""
+    """One job, the positions (in the recipients ``jobs`` was given) of its recipients, and
+    the steps that failed on it (skipped: the job went on without them)."""
 
     job: OutboundJob
     positions: tuple[int, ...]
+    warnings: tuple[str, ...] = ()
 
 
 class Pipeline:
-    def __init__(self, workers: Workers, message_steps: Sequence[Step] | None = None,
+    def __init__(self, workers: Workers, settings: StepSettings, message_steps: Sequence[Step] | None = None,
                  recipient_steps: Sequence[Step] | None = None,
                  last_steps: Sequence[Step] | None = None) -> None:
         """The steps of ``outbound/steps.py``, unless others are given."""
         self.workers = workers
+        self.settings = settings
         self.message_steps = tuple(outbound_steps.MESSAGE_STEPS if message_steps is None else message_steps)
         self.recipient_steps = tuple(outbound_steps.RECIPIENT_STEPS if recipient_steps is None
                                      else recipient_steps)
@@ -133,11 +136,9 @@ class Pipeline:
             return PreparedMessage(message, message.mime)
         try:
             made: PreparedMessage = await self.workers.run(outbound_steps.run_message_steps, needed,
-                                                           _light(message), message.mime)
+                                                           _light(message), message.mime, self.settings)
         except Exception as exc:
-            _warn(message.id, [f"every per-message step ({exc!r})"])
-            return PreparedMessage(message, message.mime)
-        _warn(message.id, made.warnings)
+            return PreparedMessage(message, message.mime, (f"every per-message step: {exc!r}",))
         return PreparedMessage(message, made.content, made.warnings)
 
     def _remember(self, message_id: str, prepared: PreparedMessage) -> None:
@@ -156,21 +157,28 @@ class Pipeline:
 
     # -- per recipient ---------------------------------------------------------------------------
 
-    async def jobs(self, message: StoredMessage, recipients: Sequence[Recipient]) -> list[Batch]:
-        """The jobs (one per transaction) that deliver ``message`` to ``recipients``."""
+    async def jobs(self, message: StoredMessage, recipients: Sequence[Recipient],
+                   recipient_ids: Sequence[str]) -> list[Batch]:
+        """The jobs (one per transaction) that deliver ``message`` to ``recipients`` (whose public
+        message ids are ``recipient_ids``)."""
         prepared: PreparedMessage = await self.prepared(message)
         envelope = message.envelope.with_recipients(recipients)
         needed = [step for step in self.recipient_steps if step.needed(prepared)]
         if not needed:
-            return [Batch(OutboundJob(message, envelope, prepared.content), tuple(range(len(recipients))))]
+            job = OutboundJob(message, envelope, prepared.content, tuple(recipient_ids))
+            return [Batch(job, tuple(range(len(recipients))), prepared.warnings)]
         light = _light(message)
-        singles = [OutboundJob(light, envelope.with_recipients([r]), prepared.content) for r in recipients]
+        singles = [OutboundJob(light, envelope.with_recipients([r]), prepared.content, (i,))
+                   for r, i in zip(recipients, recipient_ids, strict=True)]
         try:
-            done, warnings = await self.workers.run(outbound_steps.run_recipient_steps, needed, singles)
+            done, failed = await self.workers.run(outbound_steps.run_recipient_steps, needed, singles,
+                                                  self.settings)
         except Exception as exc:
-            done, warnings = singles, [f"every per-recipient step ({exc!r})"]
-        _warn(message.id, warnings)
-        return batched([dataclasses.replace(job, message=message) for job in done])
+            done, failed = singles, [f"every per-recipient step: {exc!r}"]
+        warnings = (*prepared.warnings, *failed)
+        return [dataclasses.replace(batch, job=dataclasses.replace(batch.job, message=message),
+                                    warnings=warnings)
+                for batch in batched(done)]
 
     # -- per receiving server ----------------------------------------------------------------------
 
@@ -188,11 +196,14 @@ class Pipeline:
             return transaction
         sendable = dataclasses.replace(job, message=_light(job.message))
         try:
-            content, warnings = await self.workers.run(outbound_steps.wire_form, sendable, eight_bit_ok, last)
+            content, warnings = await self.workers.run(outbound_steps.wire_form, sendable, eight_bit_ok, last,
+                                                       self.settings)
         except wire.CannotDowngrade as exc:
             raise NotForThisPeer("5.6.3", "the receiving server lacks 8BITMIME and the message cannot be "
                                           f"converted: {exc}") from None
-        _warn(job.message.id, warnings)
+        for warning in warnings:
+            log.warn("message {id}: a last step failed and was skipped: {warning}", id=job.message.id,
+                     warning=warning)
         return transaction.with_message(content)
 
 
@@ -203,8 +214,9 @@ def batched(jobs: Sequence[OutboundJob]) -> list[Batch]:
         key = (job.envelope.with_recipients(()), job.content)
         if key in merged:
             first, positions = merged[key]
-            merged[key] = (dataclasses.replace(first, envelope=first.envelope.with_recipients(
-                [*first.recipients, *job.recipients])), [*positions, position])
+            merged[key] = (dataclasses.replace(
+                first, envelope=first.envelope.with_recipients([*first.recipients, *job.recipients]),
+                recipient_ids=(*first.recipient_ids, *job.recipient_ids)), [*positions, position])
         else:
             merged[key] = (job, [position])
     return [Batch(job, tuple(positions)) for job, positions in merged.values()]
@@ -213,8 +225,3 @@ def batched(jobs: Sequence[OutboundJob]) -> list[Batch]:
 def _light(message: StoredMessage) -> StoredMessage:
     """The message without its bytes, for a worker that is given the bytes to work on anyway."""
     return dataclasses.replace(message, mime=b"")
-
-
-def _warn(message_id: str, warnings: Sequence[str]) -> None:
-    for warning in warnings:
-        log.warn("message {id}: a step failed and was skipped: {warning}", id=message_id, warning=warning)

@@ -25,7 +25,7 @@ from typing import Any
 
 from smtpeter.mime.lines import crlf_lines, has_long_line
 from smtpeter.outbound import wire
-from smtpeter.outbound.job import OutboundJob, PreparedMessage
+from smtpeter.outbound.job import OutboundJob, PreparedMessage, StepSettings
 from smtpeter.storage.models import StoredMessage
 
 
@@ -36,7 +36,7 @@ class Step:
     needed: Callable[..., bool]
 
 
-def _limit_line_length(message: StoredMessage, content: bytes) -> bytes:
+def _limit_line_length(message: StoredMessage, content: bytes, settings: StepSettings) -> bytes:
     return wire.limit_line_length(content)
 
 
@@ -44,41 +44,44 @@ def _has_long_lines(message: StoredMessage, content: bytes) -> bool:
     return has_long_line(content, 998)
 
 
-# Per message, in order: run(message, content) -> content; needed(message, content).
+# Per message, in order: run(message, content, settings) -> content; needed(message, content).
 MESSAGE_STEPS: tuple[Step, ...] = (
     Step("line length", _limit_line_length, _has_long_lines),
 )
-# Per recipient, in order: run(job) -> job; needed(prepared) says whether a message needs it at all.
+# Per recipient, in order: run(job, settings) -> job; needed(prepared) says whether a message
+# needs it at all.
 RECIPIENT_STEPS: tuple[Step, ...] = ()
-# Last, over the bytes the peer gets: run(job) -> content; needed(job).
+# Last, over the bytes the peer gets: run(job, settings) -> content; needed(job).
 LAST_STEPS: tuple[Step, ...] = ()
 
-def run_message_steps(steps: Sequence[Step], message: StoredMessage, content: bytes) -> PreparedMessage:
+def run_message_steps(steps: Sequence[Step], message: StoredMessage, content: bytes,
+                      settings: StepSettings) -> PreparedMessage:
     """Run per-message steps (in a worker); a failing one is skipped."""
     warnings = []
     for step in steps:
         try:
-            content = step.run(message, content)
+            content = step.run(message, content, settings)
         except Exception as exc:
             warnings.append(f"{step.name}: {exc!r}")
     return PreparedMessage(message, content, tuple(warnings))
 
 
-def run_recipient_steps(steps: Sequence[Step],
-                        jobs: Sequence[OutboundJob]) -> tuple[list[OutboundJob], list[str]]:
+def run_recipient_steps(steps: Sequence[Step], jobs: Sequence[OutboundJob],
+                        settings: StepSettings) -> tuple[list[OutboundJob], list[str]]:
     """Run per-recipient steps over each one-recipient job (in a worker)."""
     done, warnings = [], []
     for job in jobs:
         for step in steps:
             try:
-                job = step.run(job)
+                job = step.run(job, settings)
             except Exception as exc:
                 warnings.append(f"{step.name} for {job.recipients[0].address}: {exc!r}")
         done.append(job)
     return done, warnings
 
 
-def wire_form(job: OutboundJob, eight_bit_ok: bool, last: Sequence[Step]) -> tuple[bytes, list[str]]:
+def wire_form(job: OutboundJob, eight_bit_ok: bool, last: Sequence[Step],
+              settings: StepSettings) -> tuple[bytes, list[str]]:
     """The bytes for a peer (in a worker): 7-bit unless it takes 8BITMIME, then the last steps.
 
     Raises wire.CannotDowngrade when the message cannot reach such a peer.
@@ -90,7 +93,7 @@ def wire_form(job: OutboundJob, eight_bit_ok: bool, last: Sequence[Step]) -> tup
     warnings = []
     for step in last:
         try:
-            job = job.with_content(step.run(job))
+            job = job.with_content(step.run(job, settings))
         except Exception as exc:
             warnings.append(f"{step.name}: {exc!r}")
     return job.content, warnings

@@ -24,7 +24,7 @@ from smtpeter.delivery.dispatcher import Dispatcher
 from smtpeter.events import dsn, model
 from smtpeter.events.metrics import Metrics
 from smtpeter.outbound.job import OutboundJob
-from smtpeter.outbound.pipeline import Pipeline
+from smtpeter.outbound.pipeline import Batch, Pipeline
 from smtpeter.scheduler.retry import decide
 from smtpeter.storage import Storage, StorageError
 from smtpeter.storage.models import DELIVERED, EXPIRED, FAILED, QUEUED, Lease, Outcome, StoredMessage
@@ -217,7 +217,8 @@ class Scheduler:
         """Deliver to ``leases``: one transaction per job the pipeline makes of them, side by side."""
         self._preparing[domain] += len(leases)
         try:
-            batches = await self.pipeline.jobs(message, [lease.recipient for lease in leases])
+            batches = await self.pipeline.jobs(message, [lease.recipient for lease in leases],
+                                               [lease.id for lease in leases])
         except defer.CancelledError:
             return  # shutting down: the lease stays, and the restart makes it due at once
         except Exception:
@@ -228,10 +229,25 @@ class Scheduler:
             self._preparing[domain] -= len(leases)
             if self._preparing[domain] <= 0:
                 del self._preparing[domain]
+        await self._warn(message, leases, batches)
         parts = [defer.Deferred.fromCoroutine(self._deliver_job(
             message, domain, [leases[position] for position in batch.positions], batch.job))
             for batch in batches]
         await defer.gatherResults(parts, consumeErrors=True)
+
+    async def _warn(self, message: StoredMessage, leases: list[Lease], batches: list[Batch]) -> None:
+        """A step that failed on a job is a warning event for its recipients: the mail went on."""
+        warnings = [model.warning(message, leases[position], text)
+                    for batch in batches for text in batch.warnings for position in batch.positions]
+        if not warnings:
+            return
+        for event in warnings:
+            log.warn("message {id}: a step failed and was skipped: {text}", id=event.message_id,
+                     text=event.data["description"])
+        try:
+            await self.storage.record_events(warnings)
+        except StorageError as exc:
+            log.warn("scheduler: cannot record warnings: {exc}", exc=exc)
 
     async def _deliver_job(self, message: StoredMessage, domain: str, leases: list[Lease],
                            job: OutboundJob) -> None:

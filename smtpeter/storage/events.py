@@ -16,7 +16,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from smtpeter.storage.db import SQL, Database, Insert, Statement, Tables
 from smtpeter.storage.keys import address_key, check_id
-from smtpeter.storage.models import FEED_START, Event, Position
+from smtpeter.storage.models import FEED_START, Event, NewEvent, Position
 
 EVENTS_LIMIT = 10000  # events one query answers at most
 DAY = 86400
@@ -49,6 +49,16 @@ class Events(Tables):
     def __init__(self, db: Database, clock: IReactorTime) -> None:
         super().__init__(db, clock)
         self._event_watchers: list[Callable[[], None]] = []
+
+    async def record_events(self, events: Sequence[NewEvent]) -> None:
+        """Store events that belong to no message or outcome transaction (a step's warning,
+        clicks and opens), stamped now, in one transaction."""
+        if not events:
+            return
+        now = self.now()
+        await self.db.transaction([insert_events(
+            [event_row(e.account_id, e.message_id, e.address, e.type, now, e.data) for e in events])])
+        self._events_recorded()
 
     async def events(self, message_id: str, account_id: str | None = None) -> list[Event]:
         """Every event of one message (one recipient), oldest first."""

@@ -10,6 +10,7 @@ from smtpeter.envelope import Envelope, MessageOptions, Recipient
 from smtpeter.events.model import accept
 from smtpeter.storage import Conflict, NotFound, StorageError, StorageUnavailable, open_storage, queue
 from smtpeter.storage.db import SQL
+from smtpeter.storage.hosted import HostedImage
 from smtpeter.storage.models import Lease, NewMessage, Outcome
 from smtpeter.storage.schema import LATEST, current_version, migrate
 from tests.support import postgres
@@ -220,6 +221,24 @@ class StorageSuite:
         self.assertEqual(rows[0][0], 0)
         with self.assertRaises(NotFound):
             await storage.delete_recipient(ids[1])
+
+    async def test_hosted_images_are_kept_once_and_go_with_their_message(self) -> None:
+        storage = await self.open_storage()
+        account = await storage.create_account("acme")
+        (rid,) = await storage.enqueue(new_message(account.id))
+        message_id = (await storage.message_content(rid)).id
+        png = bytes(range(256)) * 4
+        await storage.store_hosted_images(message_id, [HostedImage(0, "image/png", png),
+                                                       HostedImage(2, "image/gif", b"GIF89a")])
+        # Another node storing the same image again changes nothing.
+        await storage.store_hosted_images(message_id, [HostedImage(0, "image/jpeg", b"other")])
+        self.assertEqual(await storage.hosted_image(message_id, 0), HostedImage(0, "image/png", png))
+        self.assertEqual((await storage.hosted_image(message_id, 2)).data, b"GIF89a")
+        self.assertIsNone(await storage.hosted_image(message_id, 1))
+        with self.assertRaises(NotFound):
+            await storage.hosted_image("'; --", 0)
+        await storage.delete_recipient(rid)
+        self.assertIsNone(await storage.hosted_image(message_id, 0))
 
     async def test_closed_storage_is_unavailable_not_silent(self) -> None:
         storage = await self.open_storage()

@@ -136,6 +136,18 @@ MIGRATIONS: list[list[str]] = [
     [
         "CREATE INDEX recipients_domain ON recipients (domain) WHERE state = 'queued'",
     ],
+    # 4: hosted images (images: hosted), decoded, by message and position (storage/hosted.py).
+    [
+        """CREATE TABLE hosted_images (
+            message_id TEXT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+            position INTEGER NOT NULL,
+            content_type TEXT NOT NULL,
+            data {blob} NOT NULL,
+            size {bigint} NOT NULL,
+            created {time} NOT NULL,
+            PRIMARY KEY (message_id, position)
+        )""",
+    ],
 ]
 
 LATEST = len(MIGRATIONS)

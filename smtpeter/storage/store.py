@@ -2,8 +2,8 @@
 
 ``Storage`` is composed of its parts, one job each: ``accounts`` (accounts,
 tokens, logins, sender domains), ``queue`` (messages, leases, outcomes; built
-on ``events``: event rows and the feed's positions) and ``batching`` (group
-commit). Storage persists what it is given; it imports no stage.
+on ``events``: event rows and the feed's positions), ``hosted`` (hosted images)
+and ``batching`` (group commit). Storage persists what it is given; it imports no stage.
 """
 
 from __future__ import annotations
@@ -14,12 +14,13 @@ from twisted.internet.interfaces import IReactorTime
 
 from smtpeter.storage.accounts import Accounts
 from smtpeter.storage.db import Database, StorageError
+from smtpeter.storage.hosted import HostedImages
 from smtpeter.storage.queue import DEFAULT_MAX_DELIVER_TIME, Queue
 from smtpeter.storage.schema import migrate
 
 
-class Storage(Queue, Accounts):
-    """Accounts, secrets, sender domains, the queue and events."""
+class Storage(Queue, Accounts, HostedImages):
+    """Accounts, secrets, sender domains, the queue, events and hosted images."""
 
     async def migrate(self) -> int:
         return await migrate(self.db)

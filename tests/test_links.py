@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
+import tempfile
 from pathlib import Path
 
 from twisted.trial import unittest
@@ -44,7 +46,8 @@ class LinkTests(unittest.TestCase):
         self.assertEqual(LinkSigner([b"new key"]).verify(fresh, b"x"), self.link)
 
     def test_a_key_is_made_once_and_kept_private(self) -> None:
-        directory = self.mktemp()
+        directory = tempfile.mkdtemp(prefix="smtpeter-test-")
+        self.addCleanup(shutil.rmtree, directory, True)
         keys = signing_keys([], Path(directory))
         self.assertEqual(signing_keys([], Path(directory)), keys)
         mode = stat.S_IMODE(os.stat(Path(directory) / "tracking.key").st_mode)

@@ -172,6 +172,7 @@ class SmtpeterService(service.Service):
         self.api = API(self.storage, submission, config, self.clock, self.metrics,
                        stats=self.dispatcher.stats, smtp_ports=(starttls_ports, implicit_ports))
         site = self.api.site()
+        self.api.hit_log.start()
         for description in config.http.listen:
             self.ports.append(await listen(self.reactor, description, site, "HTTP API"))
         for description in config.http.listen_tls:
@@ -203,6 +204,8 @@ class SmtpeterService(service.Service):
         for port in self.ports:
             yield port.stopListening()
         self.ports.clear()
+        if self.api is not None:  # the clicks and opens taken so far are written before storage closes
+            yield defer.Deferred.fromCoroutine(self.api.hit_log.stop())
         if self.scheduler is not None:
             # No new work; idle sessions QUIT and queued work is handed back. Work in
             # progress gets a grace period, then is cut: it keeps its lease, and the

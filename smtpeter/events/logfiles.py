@@ -23,13 +23,14 @@ COLUMNS: dict[str, list[str]] = {
     "abuses": ["id", "time", "envelope", "recipient", "tags", "templateid"],
     "attempts": ["id", "time", "envelope", "recipient", "properties", "tags", "templateid"],
     "bounces": ["id", "time", "envelope", "recipient", "mime", "tags", "templateid"],
+    # Clicks and opens: SMTPeter's columns, then whether a machine made it and why (events/bots.py).
     "clicks": ["id", "time", "headers", "ip", "url", "destination", "tags", "recipient", "city",
-               "countryname", "countrycode", "regioncode", "templateid"],
+               "countryname", "countrycode", "regioncode", "templateid", "bot", "bot_reason"],
     "deliveries": ["id", "time", "envelope", "recipient", "from", "to", "attempt", "tags", "templateid"],
     "failures": ["id", "time", "envelope", "recipient", "attempt", "from", "to", "type", "code", "status",
                  "description", "state", "tags", "templateid"],
     "opens": ["id", "time", "headers", "ip", "protocol", "tags", "recipient", "city", "countryname",
-              "countrycode", "regioncode", "templateid"],
+              "countrycode", "regioncode", "templateid", "bot", "bot_reason"],
     "responses": ["id", "time", "envelope", "recipient", "mime", "tags", "templateid"],
 }
 # Stored event types behind each log; a deferred attempt is a failure that will be retried.
@@ -93,8 +94,13 @@ def api_event(event: Event) -> dict[str, Any]:
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
+def _text(value: Any) -> str:
+    """A value as CSV and XML write it (true/false, as JSON does)."""
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
 def _xml_text(value: Any) -> str:
-    return escape(_NOT_XML.sub("\ufffd", str(value)))
+    return escape(_NOT_XML.sub("\ufffd", _text(value)))
 
 
 def render(log: str, events: Iterable[Event], form: str) -> tuple[bytes, str]:
@@ -115,5 +121,5 @@ def render(log: str, events: Iterable[Event], form: str) -> tuple[bytes, str]:
     if form == "header":
         writer.writerow(columns)
     for row in rows:
-        writer.writerow([row[c] for c in columns])
+        writer.writerow([_text(row[c]) for c in columns])
     return out.getvalue().encode(), "text/csv; charset=utf-8"

@@ -20,6 +20,10 @@ COUNTERS = {
     "smtpeter_failed_total": "Recipients that failed for good (expired ones included).",
     "smtpeter_expired_total": "Recipients whose delivery time ran out.",
     "smtpeter_bounced_total": "Delivery status notifications sent back to senders.",
+    "smtpeter_clicks_total": "Clicks on tracked links by people (machines not counted).",
+    "smtpeter_bot_clicks_total": "Clicks on tracked links by machines (scanners, previews; events/bots.py).",
+    "smtpeter_opens_total": "Opens (tracked image loads) by people (machines not counted).",
+    "smtpeter_bot_opens_total": "Opens by machines (image proxies that load every message, scanners).",
 }
 
 

@@ -57,7 +57,8 @@ class Events(Tables):
             return
         now = self.now()
         await self.db.transaction([insert_events(
-            [event_row(e.account_id, e.message_id, e.address, e.type, now, e.data) for e in events])])
+            [event_row(e.account_id, e.message_id, e.address, e.type, now if e.time is None else e.time,
+                       e.data) for e in events])])
         self._events_recorded()
 
     async def events(self, message_id: str, account_id: str | None = None) -> list[Event]:

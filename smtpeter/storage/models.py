@@ -39,13 +39,15 @@ class SenderDomain:
 
 @dataclass(frozen=True)
 class NewEvent:
-    """An event to record about one message id (one recipient); storage stamps its time."""
+    """An event to record about one message id (one recipient); storage stamps its time unless
+    it happened earlier (a click is written a moment after it was made)."""
 
     account_id: str
     message_id: str
     address: str
     type: str
     data: dict[str, object]
+    time: float | None = None
 
 
 @dataclass

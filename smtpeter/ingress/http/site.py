@@ -23,15 +23,19 @@ from zope.interface import provider
 
 from smtpeter import credentials
 from smtpeter.config import Config
+from smtpeter.events.bots import BotRules
+from smtpeter.events.hits import HitLog
 from smtpeter.events.metrics import Metrics
 
 # The route modules: importing one registers its routes on routing.app.
 from smtpeter.ingress.http import archive, documents, events, logfiles, routing, send  # noqa: F401
 from smtpeter.ingress.http import metrics as metrics_routes  # noqa: F401
 from smtpeter.ingress.http.budget import ByteBudget
+from smtpeter.ingress.http.clicks import HitRecorder, Redirector, TrackingChannel, TrackingResource
 from smtpeter.ingress.http.fields import BadRequest, decode_body
 from smtpeter.ingress.http.routing import LARGE_BODY, Unauthorized, body_size, header, query
 from smtpeter.ingress.submission import Submission
+from smtpeter.links import LinkSigner, signing_keys
 from smtpeter.storage import Storage
 
 _TOKEN_CACHE_SECONDS = 10.0
@@ -57,6 +61,13 @@ class API:
         # Large bodies are decoded, composed and stored a budget's worth at a time; the rest
         # wait (holding only their spooled body file), so memory stays bounded (budget.py).
         self.large_bodies = ByteBudget(LARGE_BODY_BUDGET)
+        # Tracking links: ``links`` verifies them, ``hits.open(request, link)`` and
+        # ``hits.click(...)`` record what was followed (clicks.py; ``hit_log`` writes them).
+        self.links = LinkSigner(signing_keys(config.tracking.keys, config.data_path))
+        rules = BotRules(config.tracking.bot_user_agents, config.tracking.bot_seconds)
+        self.hit_log = HitLog(storage, metrics, clock, rules)
+        self.hits = HitRecorder(self.hit_log, clock, config.public_url)
+        self.redirector = Redirector(self.links, self.hits, config.public_url)
 
     def site(self) -> Site:
         access_log = self.config.http.access_log or str(self.config.data_path / "http-access.log")
@@ -64,6 +75,7 @@ class API:
         site.displayTracebacks = False
         LimitedRequest.max_body = self.config.http.max_body_size
         site.requestFactory = LimitedRequest
+        site.track(self.redirector)
         return site
 
     async def in_thread(self, work: Callable[..., Any], *args: Any) -> Any:
@@ -161,6 +173,9 @@ def _access_log_line(timestamp: str, request: Any) -> str:
 
 
 class APISite(Site):
+    _redirector: Redirector | None = None
+    _tracking: Resource | None = None
+
     def __init__(self, resource: Any, send: Resource, **kwargs: Any) -> None:
         super().__init__(resource, logFormatter=_access_log_line, **kwargs)
         self._send = send
@@ -169,7 +184,22 @@ class APISite(Site):
         # Client addresses and paths with message ids: for the operator only.
         return os.fdopen(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "a", 1, newline="\n")
 
+    def track(self, redirector: Redirector) -> None:
+        """Answer the redirector and the pixel (clicks.py): on a connection's first requests before
+        Twisted's machinery (TrackingChannel), after them past Klein (as /v1/send)."""
+        self._redirector = redirector
+        self._tracking = TrackingResource(redirector)
+        self.protocol = lambda: TrackingChannel(redirector)
+
+    def log(self, request: Any) -> None:
+        if self._redirector is None or not self._redirector.ours(request.path):
+            super().log(request)  # hits on tracking links are events (clicks, opens), not log lines
+
     def getResourceFor(self, request: Any) -> Any:
+        if self._redirector is not None and self._redirector.ours(request.path):
+            request.site = self
+            request.sitepath = request.prepath[:]
+            return self._tracking
         # /v1/send's fast path (send.SendResource): past Klein's dispatch.
         if request.path == b"/v1/send":
             request.site = self

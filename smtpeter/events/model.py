@@ -43,9 +43,10 @@ def _attempt_data(sender: str | None, recipient: str, properties: list[str],
 
 
 def accept(message: NewMessage) -> NewMessage:
-    """``message`` ready to be queued: a public message id for each recipient, and the
+    """``message`` ready to be queued: a public message id for each recipient (unless it has
+    them: personalization makes a recipient's id first, to write it into the message), and the
     ATTEMPT event of each, which storage records in the transaction that stores the message."""
-    ids = [new_id() for _ in message.envelope.recipients]
+    ids = list(message.recipient_ids) or [new_id() for _ in message.envelope.recipients]
     properties = [name for name, value in message.options.as_dict().items() if value is True]
     events = [NewEvent(message.account_id, rid, rcpt.address, ATTEMPT,
                        _attempt_data(message.envelope.sender, rcpt.address, properties, message.tags))

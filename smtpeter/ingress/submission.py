@@ -243,10 +243,12 @@ class Submission:
         options: MessageOptions | None = None,
         tags: list[str] | None = None,
         expires: float | None = None,
+        recipient_ids: list[str] | None = None,
     ) -> NewMessage:
         """Check one message and make it ready to store (its recipients' ids and events made).
 
-        ``trace`` is a Received field to prepend. Options come from the login
+        ``trace`` is a Received field to prepend; ``recipient_ids`` are ids made for the
+        recipients already (a personalized message names its own id). Options come from the login
         defaults, then ``options``, then ``x-smtpeter-*`` headers, which win.
         Raises Refused.
         """
@@ -271,6 +273,7 @@ class Submission:
             options=sender.defaults.merged(options or MessageOptions(), header_options),
             tags=header_tags if header_tags is not None else list(tags or []),
             expires=expires,
+            recipient_ids=list(recipient_ids or []),
         ))
 
     async def store(self, messages: list[NewMessage]) -> list[list[str]]:

@@ -136,6 +136,14 @@ class Part:
             self.separator = b"\r\n"
 
 
+def disposition(part: Part) -> tuple[str, dict[str, str]]:
+    """Content-Disposition: its type in lower case ("" without one) and its parameters (as ``params``)."""
+    found = part.header("content-disposition")
+    if found is None:
+        return "", {}
+    return _segments(found.value)[0].strip().lower(), _parse_content_type(found.value)[1]
+
+
 def parse(raw: bytes) -> Part:
     """The MIME tree of ``raw``; never raises, whatever the bytes."""
     return _parse(raw, "text/plain", 0)

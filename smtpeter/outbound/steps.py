@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from smtpeter.mime.lines import crlf_lines, has_long_line
-from smtpeter.outbound import wire
+from smtpeter.outbound import hosted_images, wire
 from smtpeter.outbound.job import OutboundJob, PreparedMessage, StepSettings
 from smtpeter.storage.models import StoredMessage
 
@@ -47,6 +47,7 @@ def _has_long_lines(message: StoredMessage, content: bytes) -> bool:
 # Per message, in order: run(message, content, settings) -> content; needed(message, content).
 MESSAGE_STEPS: tuple[Step, ...] = (
     Step("line length", _limit_line_length, _has_long_lines),
+    Step("hosted images", hosted_images.run, hosted_images.needed),
 )
 # Per recipient, in order: run(job, settings) -> job; needed(prepared) says whether a message
 # needs it at all.

@@ -48,7 +48,9 @@ class Rig:
         self.sinks[ip] = sink
         return sink
 
-    async def start(self, backend: str = "sqlite", **delivery: Any) -> Rig:
+    async def start(self, backend: str = "sqlite", sections: dict[str, dict[str, Any]] | None = None,
+                    **delivery: Any) -> Rig:
+        """``delivery`` settings over the rig's; ``sections`` other configuration sections."""
         await self.dns.start()
         self.test.addCleanup(lambda: defer.Deferred.fromCoroutine(self.dns.stop()))
         for sink in self.sinks.values():
@@ -60,8 +62,9 @@ class Rig:
                     "timeouts": dict(FAST_TIMEOUTS), **delivery}
         if "timeouts" in delivery:
             settings["timeouts"] = {**FAST_TIMEOUTS, **delivery["timeouts"]}
+        dns = {"nameservers": self.dns.nameservers, "timeout": 1.0}
         self.harness = Harness(self.test, backend, clock=self.clock,
-                               delivery=settings, dns={"nameservers": self.dns.nameservers, "timeout": 1.0})
+                               **{**(sections or {}), "delivery": settings, "dns": dns})
         self.login = await self.harness.login("acme", domains=("example.com",))
         await self.harness.start()
         return self

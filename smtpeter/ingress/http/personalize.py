@@ -2,7 +2,9 @@
 
 The text (the fields, or the whole MIME) is parsed as a template once and
 rendered per recipient with the call's ``data``, the recipient's own data and
-the built-in ``recipient`` and ``envelope``. Data may come from a web form,
+the built-ins: ``recipient``, ``envelope`` and ``webversion`` (the URL of the
+recipient's message in a browser, made with the recipient's message id, which
+is therefore made here, before the message is submitted). Data may come from a web form,
 so in a whole MIME message a value written into the header may not hold line
 breaks or control characters (it would become a header of its own), and no
 value may hold a boundary line of the message (it would become a part of its
@@ -13,8 +15,10 @@ renderings of one call share one Budget.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
+from smtpeter.ids import new_id
 from smtpeter.ingress.http.compose import compose, raw
 from smtpeter.ingress.http.fields import HEADER_FORBIDDEN, BadRequest, SendRequest
 from smtpeter.ingress.http.template import Budget, Template, TemplateError, has_tags
@@ -94,9 +98,11 @@ def _fill(value: Any, variables: dict[str, Any], budget: Budget) -> Any:
     return value
 
 
-def personalized(send: SendRequest, max_total: int) -> list[tuple[str, bytes, bool]]:
-    """(recipient, message, needs SMTPUTF8) for every recipient; BadRequest for a template
-    that cannot be parsed or rendered, or messages together larger than ``max_total``."""
+def personalized(send: SendRequest, max_total: int, webversion: Callable[[str], str] | None = None,
+                 ) -> list[tuple[str, bytes, bool, str]]:
+    """(recipient, message, needs SMTPUTF8, its message id) for every recipient; BadRequest for a
+    template that cannot be parsed or rendered, or messages together larger than ``max_total``.
+    ``webversion`` makes a message id's web version URL."""
     try:
         if send.mime is not None:
             text = send.mime.decode("utf-8")
@@ -110,8 +116,11 @@ def personalized(send: SendRequest, max_total: int) -> list[tuple[str, bytes, bo
         raise BadRequest(f"personalization: {exc}") from None
     results, total, budget = [], 0, Budget()
     for recipient in send.recipients:
+        message_id = new_id()
         variables = {**(send.data or {}), **send.personal.get(recipient, {}),
                      "recipient": recipient, "envelope": send.envelope.sender or ""}
+        if webversion is not None:
+            variables["webversion"] = webversion(message_id)
         try:
             if send.mime is not None:
                 body_values = _BodyValues()
@@ -127,5 +136,5 @@ def personalized(send: SendRequest, max_total: int) -> list[tuple[str, bytes, bo
         if total > max_total:
             raise BadRequest(f"the personalized messages together are larger than {max_total} bytes; "
                              "send fewer recipients per call", 413)
-        results.append((recipient, data, smtputf8))
+        results.append((recipient, data, smtputf8, message_id))
     return results

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 from klein import Klein
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from smtpeter.ingress.http.fields import BadRequest
@@ -126,3 +128,33 @@ def routing_error(api: API, request: Any, failure: Any) -> bytes:
         request.setHeader(b"allow", ", ".join(exc.valid_methods).encode())
     messages = {404: "Not found", 405: "Method not allowed"}
     return error(request, exc.code or 400, messages.get(exc.code, exc.name))
+
+
+class DirectResource(Resource):
+    """A route reached past Klein's dispatch (site.APISite): ``handler(api, request)`` (a ``handled``
+    coroutine) answers the ``methods`` it takes."""
+
+    isLeaf = True
+
+    def __init__(self, api: API, handler: Callable[..., Any], methods: tuple[bytes, ...]) -> None:
+        super().__init__()
+        self.api = api
+        self.handler = handler
+        self.methods = methods
+
+    def render(self, request: Any) -> Any:
+        if request.method not in self.methods:
+            request.setHeader(b"allow", b", ".join(self.methods))
+            return error(request, 405, "Method not allowed")
+
+        def respond(body: bytes) -> None:
+            if not request._disconnected:
+                request.write(body)
+                request.finish()
+
+        def failed(failure: Any) -> None:
+            log.failure("{method} {path} failed", failure, method=request.method, path=request.path)
+            respond(error(request, 500, "Internal error"))
+
+        defer.Deferred.fromCoroutine(self.handler(self.api, request)).addCallback(respond).addErrback(failed)
+        return NOT_DONE_YET

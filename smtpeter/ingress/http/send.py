@@ -5,22 +5,15 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet import defer
-from twisted.logger import Logger
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET
-
 from smtpeter.envelope import MessageOptions
 from smtpeter.ingress.http import compose, personalize
 from smtpeter.ingress.http.fields import BadRequest, SendRequest, parse_send
-from smtpeter.ingress.http.routing import LARGE_BODY, app, body_size, error, handled, json_reply
+from smtpeter.ingress.http.routing import LARGE_BODY, DirectResource, app, body_size, handled, json_reply
 from smtpeter.ingress.submission import Sender
 from smtpeter.storage.models import NewMessage
 
 if TYPE_CHECKING:
     from smtpeter.ingress.http.site import API
-
-log = Logger()
 
 # SMTPeter's documented defaults for /v1/send (rest-send-advanced.md).
 API_DEFAULTS = MessageOptions(trackclicks=True, trackopens=True, trackbounces=True, inlinecss=False,
@@ -51,12 +44,13 @@ async def _send(api: API, request: Any) -> bytes:
     sending = parse_send(body, config.http.max_recipients, api.clock.seconds())
     del body  # large strings live on in ``sending`` only; the rest goes now
     if personalize.uses_templates(sending):
-        built = await api.in_thread(personalize.personalized, sending, config.http.max_body_size)
+        built = await api.in_thread(personalize.personalized, sending, config.http.max_body_size,
+                                    api.hosting.webversion_url)
     elif sending.mime is not None:
-        built = [(None, *compose.raw(sending.mime))]
+        built = [(None, *compose.raw(sending.mime), None)]
         sending.mime = None  # the client's copy is not needed any more
     else:
-        built = [(None, *await api.in_thread(compose.compose, sending.fields, sending.labels))]
+        built = [(None, *await api.in_thread(compose.compose, sending.fields, sending.labels), None)]
         sending.fields.clear()  # the attachments' base64 text, which may be most of the body
     sender = Sender(account, API_DEFAULTS)
     messages = [await _prepare(api, sender, sending, *item) for item in built]
@@ -67,7 +61,7 @@ async def _send(api: API, request: Any) -> bytes:
 
 
 async def _prepare(api: API, sender: Sender, sending: SendRequest, recipient: str | None, data: bytes,
-                   utf8: bool) -> NewMessage:
+                   utf8: bool, message_id: str | None) -> NewMessage:
     limit = api.config.smtp.max_message_size
     if len(data) > limit:
         raise BadRequest(f"message larger than {limit} bytes", 413)
@@ -77,7 +71,8 @@ async def _prepare(api: API, sender: Sender, sending: SendRequest, recipient: st
     addresses = [envelope.sender or "", *(r.address for r in envelope.recipients)]
     envelope = replace(envelope, smtputf8=utf8 or not all(a.isascii() for a in addresses))
     return await api.submission.prepare(sender, "api", envelope, data, options=sending.options,
-                                        tags=sending.tags, expires=sending.expires)
+                                        tags=sending.tags, expires=sending.expires,
+                                        recipient_ids=[message_id] if message_id else None)
 
 
 @app.route("/v1/resend", methods=["POST"])
@@ -93,32 +88,12 @@ async def resend(api: API, request: Any) -> bytes:
     return json_reply(request, {ids[0]: entry.address})
 
 
-class SendResource(Resource):
+class SendResource(DirectResource):
     """/v1/send without Klein's routing: the same handler, reached directly (site.APISite).
 
     It is the one hot path of the API; Klein's per-request dispatch cost more
     than the rest of the work (bench/api.py).
     """
 
-    isLeaf = True
-
     def __init__(self, api: API) -> None:
-        super().__init__()
-        self.api = api
-
-    def render(self, request: Any) -> Any:
-        if request.method != b"POST":
-            request.setHeader(b"allow", b"POST")
-            return error(request, 405, "Method not allowed")
-
-        def respond(body: bytes) -> None:
-            if not request._disconnected:
-                request.write(body)
-                request.finish()
-
-        def failed(failure: Any) -> None:
-            log.failure("POST /v1/send failed", failure)
-            respond(error(request, 500, "Internal error"))
-
-        defer.Deferred.fromCoroutine(send(self.api, request)).addCallback(respond).addErrback(failed)
-        return NOT_DONE_YET
+        super().__init__(api, send, (b"POST",))

@@ -33,6 +33,7 @@ from smtpeter.ingress.http import metrics as metrics_routes  # noqa: F401
 from smtpeter.ingress.http.budget import ByteBudget
 from smtpeter.ingress.http.clicks import HitRecorder, Redirector, TrackingChannel, TrackingResource
 from smtpeter.ingress.http.fields import BadRequest, decode_body
+from smtpeter.ingress.http.images import Hosting
 from smtpeter.ingress.http.routing import LARGE_BODY, Unauthorized, body_size, header, query
 from smtpeter.ingress.submission import Submission
 from smtpeter.links import LinkSigner, signing_keys
@@ -68,10 +69,12 @@ class API:
         self.hit_log = HitLog(storage, metrics, clock, rules)
         self.hits = HitRecorder(self.hit_log, clock, config.public_url)
         self.redirector = Redirector(self.links, self.hits, config.public_url)
+        # The image proxy, hosted images and the web version (images.py).
+        self.hosting = Hosting(self)
 
     def site(self) -> Site:
         access_log = self.config.http.access_log or str(self.config.data_path / "http-access.log")
-        site = APISite(self.app.resource(), send.SendResource(self), logPath=access_log)
+        site = APISite(self.app.resource(), send.SendResource(self), self.hosting, logPath=access_log)
         site.displayTracebacks = False
         LimitedRequest.max_body = self.config.http.max_body_size
         site.requestFactory = LimitedRequest
@@ -176,9 +179,10 @@ class APISite(Site):
     _redirector: Redirector | None = None
     _tracking: Resource | None = None
 
-    def __init__(self, resource: Any, send: Resource, **kwargs: Any) -> None:
+    def __init__(self, resource: Any, send: Resource, hosting: Hosting, **kwargs: Any) -> None:
         super().__init__(resource, logFormatter=_access_log_line, **kwargs)
         self._send = send
+        self._hosting = hosting
 
     def _openLogFile(self, path: str | bytes) -> Any:
         # Client addresses and paths with message ids: for the operator only.
@@ -205,4 +209,9 @@ class APISite(Site):
             request.site = self
             request.sitepath = request.prepath[:]
             return self._send
+        # Images and web versions read their raw request target (images.py).
+        if self._hosting.handles(request.path):
+            request.site = self
+            request.sitepath = request.prepath[:]
+            return self._hosting.resource
         return super().getResourceFor(request)

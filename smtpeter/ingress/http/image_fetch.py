@@ -12,8 +12,9 @@ else. Redirects are followed by hand, each target checked the same way.
 
 An image is at most ``image_max_bytes`` (a larger Content-Length is refused
 before the body, a longer body is cut off), one fetch with its redirects
-takes at most ``image_timeout`` seconds, and only ``image/*`` content types
-are taken. ``ImageCache`` keeps images in memory, at most
+takes at most ``image_timeout`` seconds, only ``image/*`` content types
+are taken, and at most ``FETCHES`` fetches run at once (one per URL: the
+loads that come meanwhile wait for it). ``ImageCache`` keeps images in memory, at most
 ``image_cache_bytes``, least recently used first out, as fresh as the
 origin's Cache-Control or Expires says (``no-store`` and ``private`` are not
 kept; a stale image with a validator is asked for again conditionally, and
@@ -55,6 +56,7 @@ FAILURE_SECONDS = 60.0  # how long a failed fetch is remembered
 DEFAULT_FRESHNESS = 3600.0  # an image whose origin says nothing about caching
 MAX_FRESHNESS = 7 * 86400.0
 STALE_IF_ERROR = 86400.0  # a stale image is served this much longer while its origin fails
+FETCHES = 32  # origin fetches at once (each holds up to image_max_bytes); the others wait their turn
 _REDIRECTS = (301, 302, 303, 307, 308)
 _IMAGE_TYPE = re.compile(r"image/[a-z0-9][a-z0-9.+-]*")
 _USER_AGENT = b"smtpeter-image-proxy/1"
@@ -371,6 +373,7 @@ class ImageProxy:
         self.cache = cache
         self.clock = clock
         self._waiting: dict[str, list[defer.Deferred[Image]]] = {}
+        self._fetches = defer.DeferredSemaphore(FETCHES)
 
     def cached(self, key: str) -> Image | None:
         """An image kept under ``key`` (by ``keep``, or a URL's while fresh), else None."""
@@ -407,7 +410,8 @@ class ImageProxy:
     async def _refresh(self, url: str, stale: _Entry | None) -> Image:
         known = stale if stale is not None and stale.image is not None else None
         try:
-            fetched = await self.fetcher.fetch(url, known.validators if known else None)
+            fetched = await self._fetches.run(defer.Deferred.fromCoroutine,
+                                              self.fetcher.fetch(url, known.validators if known else None))
         except FetchError as exc:
             now = self.clock.seconds()
             if known is not None and now < known.fresh_until + STALE_IF_ERROR:

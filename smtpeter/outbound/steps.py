@@ -5,7 +5,7 @@ Three stages:
 * per message (``MESSAGE_STEPS``): work that does not depend on the
   recipient, done once per message (line lengths today; inline CSS next);
 * per recipient (``RECIPIENT_STEPS``): may change a recipient's envelope
-  sender and content (click and open tracking, VERP); none yet;
+  sender and content (click and open tracking; VERP next);
 * per transaction, once the receiving server is known (``wire_form`` then
   ``LAST_STEPS``): the 7-bit form for a peer without 8BITMIME, and then the
   last step (DKIM signing), whose output is exactly what the peer stores.
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from smtpeter.mime.lines import crlf_lines, has_long_line
-from smtpeter.outbound import hosted_images, wire
+from smtpeter.outbound import hosted_images, tracking, wire
 from smtpeter.outbound.job import OutboundJob, PreparedMessage, StepSettings
 from smtpeter.storage.models import StoredMessage
 
@@ -51,7 +51,9 @@ MESSAGE_STEPS: tuple[Step, ...] = (
 )
 # Per recipient, in order: run(job, settings) -> job; needed(prepared) says whether a message
 # needs it at all.
-RECIPIENT_STEPS: tuple[Step, ...] = ()
+RECIPIENT_STEPS: tuple[Step, ...] = (
+    Step("tracking", tracking.run, tracking.needed),
+)
 # Last, over the bytes the peer gets: run(job, settings) -> content; needed(job).
 LAST_STEPS: tuple[Step, ...] = ()
 

@@ -31,6 +31,7 @@ from smtpeter.links import Link, LinkSigner
 from smtpeter.outbound import hosted_images
 from smtpeter.outbound.job import StepSettings
 from smtpeter.storage.models import StoredMessage
+from tests.support.harness import Harness
 from tests.support.http import Client, Response
 from tests.support.rig import SENDER_IP, Rig, sleep
 from tests.support.sink import free_port_on
@@ -227,7 +228,7 @@ def image(content_type: str, data: bytes, **headers: str) -> Any:
 
 
 class ImageTests(unittest.TestCase):
-    async def start(self, **tracking: Any) -> Rig:
+    async def start(self, backend: str = "sqlite", **tracking: Any) -> Rig:
         self.http_port = free_port_on("127.0.0.1")
         self.public_url = f"http://127.0.0.1:{self.http_port}"
         rig = self.rig = Rig(self)
@@ -236,7 +237,7 @@ class ImageTests(unittest.TestCase):
         self.origin, self.private = Origin(), Origin()
         self.origin_port = await self.serve(self.origin, ORIGIN_IP)
         self.private_port = await self.serve(self.private, PRIVATE_IP)
-        await rig.start(sections={
+        await rig.start(backend, sections={
             "http": {"listen": [f"tcp:{self.http_port}:interface=127.0.0.1"], "public_url": self.public_url},
             "tracking": {"allow_networks": [f"{ORIGIN_IP}/32"], "image_max_bytes": MAX_BYTES,
                          "image_timeout": 1.5, **tracking}})
@@ -293,11 +294,31 @@ class ImageTests(unittest.TestCase):
         await self.check_hosted(sent, smtp_id)
         # Over REST, as an option.
         response = await self.client.post("/v1/send", json_body={
-            "recipient": "bob@dest.test", "mime": data.decode(), "images": "hosted"})
+            "recipient": "bob@dest.test", "mime": data.decode(), "images": "hosted",
+            "trackclicks": False, "trackopens": False})
         self.assertEqual(response.code, 200, response.body)
         (rest_id,) = response.json
         await rig.wait_for(rest_id, "delivered")
         await self.check_hosted(await self.delivered(), rest_id)
+
+    async def test_another_node_serves_hosted_images_from_the_shared_database(self) -> None:
+        keys = {"keys": ["one secret for every node"]}
+        rig = await self.start("postgresql", **keys)
+        other = Harness(self, "postgresql", server={"hostname": "node2.test"}, tracking=keys,
+                        http={"listen": ["tcp:0:interface=127.0.0.1"], "public_url": self.public_url})
+        other.url = rig.harness.url  # the same database
+        await other.start()
+        (rid,) = await rig.send("bob@dest.test", data=newsletter('<img src="cid:logo@x">'),
+                                options={"images": "hosted"})
+        await rig.wait_for(rid, "delivered")
+        (url,) = re.findall(r'src="([^"]+)"', html_of(await self.delivered()))
+        path = url[len(self.public_url):]
+        first = await Client(other.http_url).get(path, token=None)
+        self.assert_image(first, "image/png", PNG)
+        # The first load kept the image as a row: this node reads it without the message.
+        message_id = (await rig.storage.message_content(rid)).id
+        self.assertEqual((await rig.storage.hosted_image(message_id, 0)).data, PNG)
+        self.assert_image(await self.load(url), "image/png", PNG)
 
     async def check_hosted(self, sent: bytes, recipient_id: str) -> None:
         message = parsed(sent)
@@ -351,6 +372,28 @@ class ImageTests(unittest.TestCase):
         self.assertEqual((await self.load(tracking_urls.image_url(self.public_url, click_token, where))).code,
                          404)
         self.assertEqual(len(self.origin.requests), 3)
+
+    async def test_tracked_and_hosted_images_of_a_delivered_message(self) -> None:
+        rig = await self.start()
+        self.origin.routes["/banner.png"] = image("image/png", PNG, cache_control="max-age=600")
+        banner = f"http://{ORIGIN_IP}:{self.origin_port}/banner.png"
+        html = f'<img src="{banner}" alt="banner"><img src="cid:logo@x">'
+        data = newsletter(html, (("logo@x", GIF, "gif"),))
+        (rid,) = await rig.send("bob@dest.test", data=data, options={"trackopens": True, "images": "hosted"})
+        await rig.wait_for(rid, "delivered")
+        tracked, hosted = re.findall(r'<img src="([^"]+)"', html_of(await self.delivered()))[:2]
+        self.assertTrue(tracked.startswith(self.public_url + "/i/"), tracked)
+        self.assertTrue(hosted.startswith(self.public_url + "/hosted/"), hosted)
+        self.assert_image(await self.load(tracked), "image/png", PNG)
+        self.assert_image(await self.load(hosted), "image/gif", GIF)
+        (opened,) = await self.opens(rid)
+        self.assertEqual((opened.data["image"], opened.data["recipient"]), (banner, "bob@dest.test"))
+        self.assertEqual(self.origin.hits("/banner.png"), 1)
+        # The recipient's link with its token changed anywhere: 404, and no open.
+        token = tracked.split("/")[4]
+        self.assertEqual((await self.load(tracked.replace(token, tampered(token)))).code, 404)
+        await sleep(1.5)
+        self.assertEqual(len(await self.opens(rid)), 1)
 
     async def test_a_changed_image_is_asked_for_with_its_validator(self) -> None:
         await self.start()
@@ -491,7 +534,8 @@ class ImageTests(unittest.TestCase):
                 '<img src="cid:logo@x"><script>alert(1)</script>')
         data = newsletter(html).decode()
         response = await self.client.post("/v1/send", json_body={
-            "recipients": {"bob@dest.test": {"name": "Bob"}}, "mime": data, "data": {}, "images": "default"})
+            "recipients": {"bob@dest.test": {"name": "Bob"}}, "mime": data, "data": {}, "images": "default",
+            "trackclicks": False, "trackopens": False})
         self.assertEqual(response.code, 200, response.body)
         (rid,) = response.json
         await rig.wait_for(rid, "delivered")

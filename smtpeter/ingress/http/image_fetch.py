@@ -245,7 +245,9 @@ class Fetcher:
         return usable
 
     async def _request(self, target: _Target, validators: Headers | None) -> Any:
-        headers = Headers({b"user-agent": [_USER_AGENT], b"accept": [b"image/*"]})
+        # The bytes as stored: we pass them on as they come, with the type alone.
+        headers = Headers({b"user-agent": [_USER_AGENT], b"accept": [b"image/*"],
+                           b"accept-encoding": [b"identity"]})
         for name, values in (validators.getAllRawHeaders() if validators is not None else ()):
             headers.setRawHeaders(name, values)
         problem = "no address"

@@ -284,6 +284,36 @@ def _print_events(events: list[dict], args: argparse.Namespace) -> None:
     _table(rows, ["time", "id", "recipient", "event", "details"])
 
 
+# -- inline-css: no storage, no configuration ------------------------------------
+
+
+def inline_css(args: argparse.Namespace) -> int:
+    """HTML on stdin, the inlined HTML on stdout; --json: the HTML with what stayed and what went."""
+    from smtpeter.outbound.inline_css import InlineError, inline_html
+
+    as_json = getattr(args, "json", False)
+    text = sys.stdin.buffer.read().decode("utf-8", "surrogateescape")
+    extra = ""
+    if args.css:
+        try:
+            with open(args.css, encoding="utf-8") as file:
+                extra = file.read()
+        except OSError as exc:
+            _fail(f"cannot read {args.css}: {exc.strerror}", 1, as_json)
+    try:
+        result = inline_html(text, extra_css=extra)
+    except InlineError as exc:
+        _fail(f"cannot inline: {exc}", 1, as_json)
+    if as_json:
+        print(json.dumps({"html": result.html.encode("utf-8", "surrogateescape").decode("utf-8", "replace"),
+                          "kept": result.report.kept, "dropped": result.report.dropped},
+                         indent=2, ensure_ascii=False))
+    else:
+        sys.stdout.buffer.write(result.html.encode("utf-8", "surrogateescape"))
+        sys.stdout.flush()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", "-c", default=argparse.SUPPRESS,
@@ -301,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="smtpeter", parents=[common],
                                      description="Administer an smtpeter installation.")
     groups = parser.add_subparsers(dest="group", required=True,
-                                   metavar="{account,login,token,domain,queue,events}")
+                                   metavar="{account,login,token,domain,queue,events,inline-css}")
 
     def command(group: Any, name: str, fn: Command, help: str,
                 human: Printer = _print_human) -> argparse.ArgumentParser:
@@ -363,6 +393,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--until", help="YYYY-MM-DD[ HH:MM:SS]")
     p.add_argument("--type", action="append",
                    choices=["attempt", "delivery", "deferred", "failure", "bounce", "click", "open"])
+
+    p = groups.add_parser("inline-css", parents=[common],
+                          help="inline the <style> rules of HTML on stdin (to stdout)",
+                          description="Reads HTML on stdin and writes it with the rules of its <style> "
+                                      "elements inlined, as outbound mail with inlinecss on gets it. "
+                                      "--json also says what stayed in <style> and what was dropped.")
+    p.add_argument("--css", metavar="FILE", help="a stylesheet applied after the page's own")
+    p.set_defaults(local=inline_css)
     return parser
 
 
@@ -380,6 +418,8 @@ def _fail(message: str, status: int, as_json: bool) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "local", None) is not None:
+        sys.exit(args.local(args))
     as_json = getattr(args, "json", False)
     try:
         config = load_config(getattr(args, "config", None))

@@ -3,7 +3,7 @@
 Three stages:
 
 * per message (``MESSAGE_STEPS``): work that does not depend on the
-  recipient, done once per message (line lengths today; inline CSS next);
+  recipient, done once per message (inline CSS, then line lengths);
 * per recipient (``RECIPIENT_STEPS``): may change a recipient's envelope
   sender and content (click and open tracking; VERP next);
 * per transaction, once the receiving server is known (``wire_form`` then
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from smtpeter.mime.lines import crlf_lines, has_long_line
-from smtpeter.outbound import hosted_images, tracking, wire
+from smtpeter.outbound import hosted_images, inline_css, tracking, wire
 from smtpeter.outbound.job import OutboundJob, PreparedMessage, StepSettings
 from smtpeter.storage.models import StoredMessage
 
@@ -46,6 +46,7 @@ def _has_long_lines(message: StoredMessage, content: bytes) -> bool:
 
 # Per message, in order: run(message, content, settings) -> content; needed(message, content).
 MESSAGE_STEPS: tuple[Step, ...] = (
+    Step("inline css", inline_css.step, inline_css.step_needed),
     Step("line length", _limit_line_length, _has_long_lines),
     Step("hosted images", hosted_images.run, hosted_images.needed),
 )

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from smtpeter.envelope import Envelope, Recipient
+from smtpeter.outbound.dkim import SigningKey
 from smtpeter.storage.models import StoredMessage
 
 
@@ -30,11 +31,23 @@ class StepSettings:
 
 
 @dataclass(frozen=True)
+class SenderAuth:
+    """How a message's sender domain authenticates it: looked up once per message (the sender
+    domain's settings, keys and last DNS check), it goes to the workers with the job."""
+
+    domain: str  # the approved sender domain the From address belongs to
+    signing_keys: tuple[SigningKey, ...] = ()  # DKIM keys that sign now (published, valid)
+    bounce_domain: str | None = None  # the VERP return path's domain, when its MX points to us
+    tracking_base: str | None = None  # tracking links' base URL on the domain's tracking host
+
+
+@dataclass(frozen=True)
 class OutboundJob:
     message: StoredMessage
     envelope: Envelope  # the outbound envelope: its sender is the MAIL FROM, its recipients the RCPTs
     content: bytes
     recipient_ids: tuple[str, ...] = ()  # the public message id of each recipient, in order
+    auth: SenderAuth | None = None  # None: no approved sender domain (no signing, no VERP)
 
     @property
     def recipients(self) -> tuple[Recipient, ...]:

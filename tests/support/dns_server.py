@@ -162,6 +162,19 @@ class TestDNSServer:
         self._records.setdefault(_key(name), {})[dns.CNAME] = [
             dns.RRHeader(name, dns.CNAME, ttl=ttl, payload=dns.Record_CNAME(target, ttl=ttl), auth=True)]
 
+    def txt(self, name: str, *values: str, ttl: int = 300) -> None:
+        """TXT records at ``name``; a value over 255 octets is split into strings as a zone file would."""
+        def strings(value: str) -> list[bytes]:
+            data = value.encode()
+            return [data[i:i + 255] for i in range(0, len(data), 255)] or [b""]
+        self._add(name, dns.TXT, [dns.Record_TXT(*strings(v), ttl=ttl) for v in values], ttl)
+
+    def remove(self, name: str, rtype: int | None = None) -> None:
+        """Records at ``name`` (of one type, or all) are gone."""
+        node = self._records.get(_key(name), {})
+        for key in [rtype] if rtype is not None else list(node):
+            node.pop(key, None)
+
     def servfail(self, name: str) -> None:
         self._servfail.add(_key(name))
 

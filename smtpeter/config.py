@@ -6,6 +6,7 @@ default (an operator who writes ``trusted_network`` must hear about it).
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import ipaddress
 import os
@@ -17,6 +18,8 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from smtpeter.domains.model import ALGORITHMS
 
 
 class ConfigError(Exception):
@@ -126,6 +129,34 @@ class DNSConfig:
 
 
 @dataclass
+class DomainsConfig:
+    """Sender domains: the DNS records we tell customers to publish, DKIM keys and their rotation."""
+
+    # Addresses mail leaves from, for the SPF records we recommend and check.
+    sending_addresses: list[str] = field(default_factory=list)
+    # A DNS zone we serve ourselves (hosted SPF, DKIM and DMARC records that customers CNAME or
+    # include); empty: none, the self-hosted records only.
+    hosted_zone: str = ""
+    # Twisted endpoint strings our authoritative DNS server for hosted_zone listens on.
+    dns_listen: list[str] = field(default_factory=list)
+    # The host bounce domains' MX records point to; default: server.hostname.
+    mx_host: str = ""
+    # Our DMARC aggregate report mailbox (rua); default: dmarc@ mx_host.
+    dmarc_address: str = ""
+    # Base64 of the 32-byte key that encrypts DKIM private keys at rest; empty: one made on first
+    # start and kept (mode 0600) in the data directory (smtpeter/domains/sealing.py).
+    encryption_key: str = ""
+    # Managed keys made for every sender domain, each signs (dual signatures, RFC 8463).
+    dkim_algorithms: list[str] = field(default_factory=lambda: list(ALGORITHMS))
+    # A managed key signs this long before the next one takes over; the retired one stays
+    # published this long after, for mail still in flight.
+    rotation_days: float = 30.0
+    retired_days: float = 7.0
+    # Seconds between live DNS checks of every sender domain.
+    check_interval: float = 3600.0
+
+
+@dataclass
 class BackoffRule:
     """When a reply matches ``pattern``, pause and/or slow the destination for a while."""
 
@@ -214,6 +245,7 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     dns: DNSConfig = field(default_factory=DNSConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    domains: DomainsConfig = field(default_factory=DomainsConfig)
     path: str = ""
 
     @property
@@ -241,7 +273,8 @@ class Config:
         return (self.http.public_url or f"http://{self.hostname}:8080").rstrip("/")
 
 
-_LIST_FIELDS_ACCEPTING_STRING = {"listen", "listen_tls", "trusted_networks", "nameservers"}
+_LIST_FIELDS_ACCEPTING_STRING = {"listen", "listen_tls", "trusted_networks", "nameservers",
+                                 "sending_addresses", "dns_listen"}
 
 
 def _check_type(section: str, key: str, value: object, annotation: object) -> object:
@@ -379,6 +412,7 @@ def _validate(config: Config) -> None:
         except ValueError as exc:
             raise ConfigError(f"[http] autoconfig_incoming: {exc}") from None
     _validate_delivery(config.delivery)
+    _validate_domains(config)
 
 
 _INCOMING = {"imaps": ("imap", "SSL", 993), "imap": ("imap", "STARTTLS", 143),
@@ -412,6 +446,62 @@ def _validate_delivery(delivery: DeliveryConfig) -> None:
             _check_rule(f"delivery.profiles.{name}.backoff", rule)
     for rule in delivery.backoff:
         _check_rule("delivery.backoff", rule)
+
+
+def _validate_domains(config: Config) -> None:
+    """Check [domains] and fill in its defaults that come from elsewhere (mx_host, dmarc_address)."""
+    domains = config.domains
+    addresses = []
+    for address in domains.sending_addresses:
+        try:
+            addresses.append(str(ipaddress.ip_address(address)))
+        except ValueError:
+            raise ConfigError(
+                f"[domains] sending_addresses: {address!r} is not an IPv4 or IPv6 address") from None
+    # Canonical forms: SPF records and checks compare them as text.
+    domains.sending_addresses = addresses
+    if domains.hosted_zone:
+        domains.hosted_zone = _host_name("hosted_zone", domains.hosted_zone)
+    if domains.dns_listen and not domains.hosted_zone:
+        raise ConfigError("[domains] dns_listen needs hosted_zone (the zone it serves)")
+    domains.mx_host = _host_name("mx_host" if domains.mx_host else "mx_host (server.hostname)",
+                                 domains.mx_host or config.hostname)
+    domains.dmarc_address = domains.dmarc_address or f"dmarc@{domains.mx_host}"
+    local, at, host = domains.dmarc_address.rpartition("@")
+    if not at or not local or any(c.isspace() or c in "<>,;\"" for c in local):
+        raise ConfigError(f"[domains] dmarc_address: {domains.dmarc_address!r} is not an e-mail address")
+    _host_name("dmarc_address", host)
+    if domains.encryption_key:
+        try:
+            key = base64.b64decode(domains.encryption_key, validate=True)
+        except ValueError:
+            key = b""
+        if len(key) != 32:
+            raise ConfigError("[domains] encryption_key must be the base64 of 32 bytes "
+                              "(make one: head -c 32 /dev/urandom | base64)")
+    if not domains.dkim_algorithms:
+        raise ConfigError("[domains] dkim_algorithms must name at least one of " + ", ".join(ALGORITHMS))
+    for algorithm in domains.dkim_algorithms:
+        if algorithm not in ALGORITHMS:
+            raise ConfigError(f"[domains] dkim_algorithms: {algorithm!r} is not one of "
+                              + ", ".join(ALGORITHMS))
+    if len(set(domains.dkim_algorithms)) != len(domains.dkim_algorithms):
+        raise ConfigError("[domains] dkim_algorithms names an algorithm twice")
+    for name in ("rotation_days", "retired_days", "check_interval"):
+        if getattr(domains, name) <= 0:
+            raise ConfigError(f"[domains] {name} must be positive")
+
+
+_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)\Z")
+
+
+def _host_name(key: str, value: str) -> str:
+    """``value`` as a DNS name (lower case, no final dot); ConfigError naming ``key`` if it is none."""
+    name = value.strip().rstrip(".").lower()
+    labels = name.split(".")
+    if len(name) > 253 or not all(_LABEL.match(label) for label in labels):
+        raise ConfigError(f"[domains] {key}: {value!r} is not a DNS name")
+    return name
 
 
 def _check_rule(where: str, rule: BackoffRule) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import tempfile
@@ -87,3 +88,71 @@ class ConfigTests(unittest.TestCase):
         with self.assertRaises(ConfigError) as caught:
             load_config(str(path))
         self.assertEqual(str(caught.exception), f"{path}: unknown key 'foo' in [smtp]")
+
+
+class DomainsConfigTests(unittest.TestCase):
+    """[domains]: sender domains' DNS records, DKIM keys and their rotation."""
+
+    def test_defaults(self) -> None:
+        domains = parse_config({"server": {"hostname": "mail.example.net"}}).domains
+        self.assertEqual(domains.sending_addresses, [])
+        self.assertEqual((domains.hosted_zone, domains.dns_listen), ("", []))
+        self.assertEqual(domains.mx_host, "mail.example.net")
+        self.assertEqual(domains.dmarc_address, "dmarc@mail.example.net")
+        self.assertEqual(domains.encryption_key, "")
+        self.assertEqual(domains.dkim_algorithms, ["rsa", "ed25519"])
+        self.assertEqual((domains.rotation_days, domains.retired_days, domains.check_interval),
+                         (30.0, 7.0, 3600.0))
+
+    def test_values(self) -> None:
+        key = base64.b64encode(bytes(range(32))).decode()
+        domains = parse_config({"domains": {
+            "sending_addresses": ["192.0.2.1", "2001:DB8:0:0::25"],
+            "hosted_zone": "DNS.Example.NET.",
+            "dns_listen": "tcp:5353",
+            "mx_host": "mx.example.net",
+            "dmarc_address": "reports@example.net",
+            "encryption_key": key,
+            "dkim_algorithms": ["ed25519"],
+            "rotation_days": 90,
+            "retired_days": 2.5,
+            "check_interval": 600,
+        }}).domains
+        # Addresses and names in the form records are compared in.
+        self.assertEqual(domains.sending_addresses, ["192.0.2.1", "2001:db8::25"])
+        self.assertEqual(domains.hosted_zone, "dns.example.net")
+        self.assertEqual(domains.dns_listen, ["tcp:5353"])
+        self.assertEqual((domains.mx_host, domains.dmarc_address), ("mx.example.net", "reports@example.net"))
+        self.assertEqual(domains.encryption_key, key)
+        self.assertEqual(domains.dkim_algorithms, ["ed25519"])
+        self.assertEqual((domains.rotation_days, domains.retired_days, domains.check_interval),
+                         (90.0, 2.5, 600.0))
+        # The DMARC mailbox follows a configured mx_host.
+        self.assertEqual(parse_config({"domains": {"mx_host": "mx.example.org"}}).domains.dmarc_address,
+                         "dmarc@mx.example.org")
+
+    def test_errors(self) -> None:
+        cases = [
+            ({"domains": {"sending_address": []}}, "unknown key 'sending_address' in [domains]"),
+            ({"domains": {"sending_addresses": ["192.0.2.0/24"]}}, "'192.0.2.0/24' is not an IPv4 or IPv6"),
+            ({"domains": {"sending_addresses": ["mail.example.net"]}}, "[domains] sending_addresses"),
+            ({"domains": {"sending_addresses": [1]}}, "[domains] sending_addresses must be a list of str"),
+            ({"domains": {"hosted_zone": "dns example"}}, "hosted_zone: 'dns example' is not a DNS"),
+            ({"domains": {"dns_listen": ["tcp:53"]}}, "dns_listen needs hosted_zone"),
+            ({"domains": {"mx_host": "-mx.example.net"}}, "[domains] mx_host"),
+            ({"server": {"hostname": "my_host"}}, "[domains] mx_host (server.hostname): 'my_host'"),
+            ({"domains": {"dmarc_address": "dmarc"}}, "[domains] dmarc_address: 'dmarc' is not an e-mail"),
+            ({"domains": {"dmarc_address": "dmarc@ex ample.net"}}, "[domains] dmarc_address"),
+            ({"domains": {"encryption_key": "c2hvcnQ="}}, "encryption_key must be the base64 of 32 bytes"),
+            ({"domains": {"encryption_key": "!" * 44}}, "encryption_key must be the base64 of 32 bytes"),
+            ({"domains": {"dkim_algorithms": []}}, "dkim_algorithms must name at least one"),
+            ({"domains": {"dkim_algorithms": ["dsa"]}}, "dkim_algorithms: 'dsa' is not one of rsa, ed25519"),
+            ({"domains": {"dkim_algorithms": ["rsa", "rsa"]}}, "names an algorithm twice"),
+            ({"domains": {"rotation_days": 0}}, "[domains] rotation_days must be positive"),
+            ({"domains": {"retired_days": -1}}, "[domains] retired_days must be positive"),
+            ({"domains": {"check_interval": "1h"}}, "[domains] check_interval must be a number"),
+        ]
+        for raw, message in cases:
+            with self.assertRaises(ConfigError, msg=raw) as caught:
+                parse_config(raw)
+            self.assertIn(message, str(caught.exception))

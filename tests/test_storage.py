@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import datetime
+
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from smtpeter import credentials
+from smtpeter.domains.model import ACTIVE, NEXT, RETIRED, DkimKey, DmarcPolicy, DomainStatus
 from smtpeter.envelope import Envelope, MessageOptions, Recipient
 from smtpeter.events.model import accept
 from smtpeter.storage import Conflict, NotFound, StorageError, StorageUnavailable, open_storage, queue
 from smtpeter.storage.db import SQL
 from smtpeter.storage.hosted import HostedImage
 from smtpeter.storage.models import Lease, NewMessage, Outcome
-from smtpeter.storage.schema import LATEST, current_version, migrate
+from smtpeter.storage.schema import LATEST, MIGRATIONS, _ddl, current_version, migrate
 from tests.support import postgres
 from tests.support.backends import BackendMixin, both_backends
 from tests.support.clock import ShiftedClock
@@ -368,7 +371,186 @@ class DeliveryStorageSuite:
         self.assertTrue(message.mime.startswith(b"From: a@example.com"))
 
 
+def dkim_key(domain: str, selector: str, **changes: object) -> DkimKey:
+    fields = {"algorithm": "rsa", "private_key": b"", "public_record": f"v=DKIM1; k=rsa; p={selector}",
+              "managed": True, "state": NEXT, "always": False, "created": 1000.0}
+    fields.update(changes)
+    return DkimKey(domain=domain, selector=selector, **fields)
+
+
+class DomainStorageSuite:
+    """Sender domains' settings, their last DNS check and their DKIM keys (sealed)."""
+
+    async def test_settings_defaults_and_changes(self) -> None:
+        storage = await self.open_storage()
+        acme = await storage.create_account("acme")
+        other = await storage.create_account("other")
+        await storage.add_domain(acme.id, "Example.COM")
+        settings = await storage.domain_settings(acme.id, "EXAMPLE.com")
+        self.assertEqual((settings.domain, settings.account_id, settings.approved),
+                         ("example.com", acme.id, False))
+        self.assertEqual((settings.bounces, settings.tracking, settings.https),
+                         ("bounces.example.com", "clicks.example.com", False))
+        self.assertEqual((settings.dmarc, settings.spf_mechanisms), (DmarcPolicy(), ()))
+        dmarc = DmarcPolicy("quarantine", 50, datetime.date(2026, 6, 1), datetime.date(2026, 7, 1),
+                            ("reports@example.com", "dmarc@thirdparty.example"))
+        changed = await storage.update_domain_settings(
+            acme.id, "example.com", bounces="b.example.com", tracking="t.example.com", https=True,
+            dmarc=dmarc, spf_mechanisms=["ip4:192.0.2.0/24", "include:_spf.example.net"])
+        self.assertEqual(changed, await storage.domain_settings(acme.id, "example.com"))
+        self.assertEqual((changed.bounces, changed.tracking, changed.https),
+                         ("b.example.com", "t.example.com", True))
+        self.assertEqual(changed.dmarc, dmarc)
+        self.assertEqual(changed.spf_mechanisms, ("ip4:192.0.2.0/24", "include:_spf.example.net"))
+        # What is not given stays as it is; a ramp without dates is kept without them.
+        again = await storage.update_domain_settings(acme.id, "example.com", https=False,
+                                                     dmarc=DmarcPolicy("reject"))
+        self.assertEqual((again.bounces, again.https, again.dmarc),
+                         ("b.example.com", False, DmarcPolicy("reject")))
+        self.assertEqual(again.spf_mechanisms, changed.spf_mechanisms)
+        self.assertEqual(await storage.update_domain_settings(acme.id, "example.com"), again)
+        await storage.add_domain(acme.id, "a.example")
+        await storage.add_domain(other.id, "other.example")
+        self.assertEqual([s.domain for s in await storage.domain_settings_list(acme.id)],
+                         ["a.example", "example.com"])
+        self.assertEqual((await storage.domain_settings_list(acme.id))[1], again)
+        self.assertEqual([s.domain for s in await storage.all_sender_domains()],
+                         ["a.example", "example.com", "other.example"])
+        self.assertEqual(await storage.sender_domain("Example.com"), again)
+        self.assertEqual((await storage.sender_domain("other.example")).account_id, other.id)
+        self.assertIsNone(await storage.sender_domain("nowhere.example"))
+        # Another account's domain is not found, whatever is asked of it.
+        with self.assertRaises(NotFound):
+            await storage.domain_settings(other.id, "example.com")
+        with self.assertRaises(NotFound):
+            await storage.update_domain_settings(other.id, "example.com", https=True)
+        with self.assertRaises(NotFound):
+            await storage.update_domain_settings(other.id, "example.com")
+        with self.assertRaises(NotFound):
+            await storage.delete_domain(other.id, "example.com")
+        self.assertFalse((await storage.domain_settings(acme.id, "example.com")).https)
+
+    async def test_migration_5_gives_existing_domains_their_defaults(self) -> None:
+        url = self.storage_url()
+        # A database as version 4 left it, with a domain in it.
+        storage = await self.open_storage(url)
+        db = storage.db
+        await db.transaction([SQL("DROP TABLE " + table) for table in (
+            "dkim_keys", "hosted_images", "feed_positions", "events", "recipients", "messages",
+            "sender_domains", "smtp_logins", "api_tokens", "accounts", "schema_version")])
+        self.assertEqual(await current_version(db), 0)
+        for number, statements in enumerate(MIGRATIONS[:4], start=1):
+            await db.transaction([SQL(_ddl(db.dialect, ddl)) for ddl in statements]
+                                 + [SQL("INSERT INTO schema_version (version) VALUES (?)", (number,))])
+        await db.transaction([
+            SQL("INSERT INTO accounts (id, name, created) VALUES ('a1', 'acme', 1)"),
+            SQL("INSERT INTO sender_domains (domain, account_id, approved, validation_token, created) "
+                "VALUES ('old.example', 'a1', 1, 'token', 2)")])
+        self.assertEqual(await migrate(db), LATEST)
+        settings = await storage.domain_settings("a1", "old.example")
+        self.assertEqual((settings.bounces, settings.tracking, settings.https, settings.approved),
+                         ("bounces.old.example", "clicks.old.example", False, True))
+        self.assertEqual((settings.dmarc, settings.spf_mechanisms), (DmarcPolicy(), ()))
+        self.assertIsNone(await storage.domain_status("old.example"))
+        # A row an older node writes after the migration (rolling upgrade) reads the same way.
+        await db.transaction([SQL(
+            "INSERT INTO sender_domains (domain, account_id, approved, validation_token, created) "
+            "VALUES ('older.example', 'a1', 0, 'token', 3)")])
+        settings = await storage.domain_settings("a1", "older.example")
+        self.assertEqual((settings.bounces, settings.tracking),
+                         ("bounces.older.example", "clicks.older.example"))
+
+    async def test_dns_status(self) -> None:
+        storage = await self.open_storage()
+        acme = await storage.create_account("acme")
+        await storage.add_domain(acme.id, "example.com")
+        self.assertIsNone(await storage.domain_status("example.com"))
+        found = DomainStatus("example.com", {"spf": "ok", "dkim": "error"},
+                             {"spf": "includes ours", "dkim": "zero._domainkey: no TXT record"},
+                             ("zero-ed", "one"), 1234.5)
+        await storage.record_domain_status(found)
+        self.assertEqual(await storage.domain_status("EXAMPLE.com"), found)
+        later = DomainStatus("example.com", {"spf": "ok", "dkim": "ok"}, {}, ("zero",), 2000.0)
+        await storage.record_domain_status(later)
+        self.assertEqual(await storage.domain_status("example.com"), later)
+        # Recording a status does not touch the settings.
+        settings = await storage.domain_settings(acme.id, "example.com")
+        self.assertEqual(settings.bounces, "bounces.example.com")
+        with self.assertRaises(NotFound):
+            await storage.record_domain_status(DomainStatus("gone.example", {}, {}, (), 1.0))
+        self.assertIsNone(await storage.domain_status("gone.example"))
+
+    async def test_dkim_keys_are_kept_sealed_and_per_account(self) -> None:
+        storage = await self.open_storage()
+        acme = await storage.create_account("acme")
+        other = await storage.create_account("other")
+        await storage.add_domain(acme.id, "example.com")
+        await storage.add_domain(acme.id, "example.org")
+        await storage.add_domain(other.id, "other.example")
+        sealed = bytes(range(256)) + b"\x00sealed"
+        zero = dkim_key("example.com", "zero", state=ACTIVE, activated=1500.0)
+        await storage.add_dkim_key(acme.id, zero, sealed)
+        customer = dkim_key("example.com", "Custom", algorithm="ed25519", managed=False, state=ACTIVE,
+                            always=True, start=100.0, end=9e9)
+        await storage.add_dkim_key(acme.id, customer, b"sealed customer key")
+        await storage.add_dkim_key(acme.id, dkim_key("example.org", "zero"), b"org")
+        await storage.add_dkim_key(other.id, dkim_key("other.example", "zero"), b"theirs")
+        with self.assertRaises(Conflict):
+            await storage.add_dkim_key(acme.id, dkim_key("example.com", "zero"), b"again")
+        # Only to a domain of the account.
+        with self.assertRaises(NotFound):
+            await storage.add_dkim_key(other.id, dkim_key("example.com", "one"), b"x")
+        with self.assertRaises(NotFound):
+            await storage.add_dkim_key(acme.id, dkim_key("nowhere.example", "one"), b"x")
+        # Never a private key in the clear.
+        with self.assertRaises(ValueError):
+            await storage.add_dkim_key(acme.id, dkim_key("example.com", "one", private_key=b"PEM"), b"x")
+
+        rows = await storage.dkim_key_rows("example.com")
+        self.assertEqual([(r.key.selector, r.sealed_private_key) for r in rows],
+                         [("custom", b"sealed customer key"), ("zero", sealed)])
+        self.assertEqual(rows[1].key, zero)
+        self.assertEqual(rows[0].key.selector, "custom")
+        self.assertEqual((rows[0].key.managed, rows[0].key.always, rows[0].key.start, rows[0].key.end,
+                          rows[0].key.algorithm), (False, True, 100.0, 9e9, "ed25519"))
+        self.assertTrue(all(r.key.private_key == b"" for r in rows))
+        rows = await storage.dkim_key_rows(account_id=acme.id)
+        self.assertEqual([(r.key.domain, r.key.selector) for r in rows],
+                         [("example.com", "custom"), ("example.com", "zero"), ("example.org", "zero")])
+        self.assertEqual(len(await storage.dkim_key_rows()), 4)
+        rows = await storage.dkim_key_rows("example.com", selector="ZERO")
+        self.assertEqual([r.key.selector for r in rows], ["zero"])
+        self.assertEqual(await storage.dkim_key_rows("example.com", account_id=other.id), [])
+        self.assertEqual(await storage.dkim_key_rows(account_id=other.id, selector="custom"), [])
+
+        await storage.update_dkim_key("example.com", "zero", state=RETIRED, end=5000.0)
+        (row,) = await storage.dkim_key_rows("example.com", selector="zero")
+        self.assertEqual((row.key.state, row.key.end, row.key.activated), (RETIRED, 5000.0, 1500.0))
+        await storage.update_dkim_key("example.org", "zero", state=ACTIVE, activated=4000.0)
+        (row,) = await storage.dkim_key_rows("example.org")
+        self.assertEqual((row.key.state, row.key.activated, row.key.end), (ACTIVE, 4000.0, None))
+        with self.assertRaises(NotFound):
+            await storage.update_dkim_key("example.com", "two", state=ACTIVE)
+
+        with self.assertRaises(NotFound):
+            await storage.delete_dkim_key(other.id, "example.com", "zero")
+        await storage.delete_dkim_key(acme.id, "example.com", "zero")
+        self.assertEqual([r.key.selector for r in await storage.dkim_key_rows("example.com")], ["custom"])
+        with self.assertRaises(NotFound):
+            await storage.delete_dkim_key(acme.id, "example.com", "zero")
+        # A domain's keys go with it, and only its.
+        await storage.delete_domain(acme.id, "example.com")
+        self.assertEqual(await storage.dkim_key_rows("example.com"), [])
+        with self.assertRaises(NotFound):
+            await storage.domain_settings(acme.id, "example.com")
+        self.assertEqual(len(await storage.dkim_key_rows()), 2)
+        # Registered again, it starts without keys.
+        await storage.add_domain(other.id, "example.com")
+        self.assertEqual(await storage.dkim_key_rows("example.com"), [])
+
+
 StorageSQLite, StoragePostgreSQL = both_backends(StorageSuite)
+DomainStorageSQLite, DomainStoragePostgreSQL = both_backends(DomainStorageSuite)
 DeliveryStorageSQLite, DeliveryStoragePostgreSQL = both_backends(DeliveryStorageSuite)
 
 

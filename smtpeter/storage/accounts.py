@@ -1,9 +1,8 @@
-"""Accounts and what belongs to them: API tokens, SMTP logins, sender domains."""
+"""Accounts and what belongs to them: API tokens, SMTP logins (sender domains: domains.py)."""
 
 from __future__ import annotations
 
 import json
-import secrets
 from typing import Any
 
 from twisted.internet.threads import deferToThread
@@ -12,11 +11,11 @@ from smtpeter import credentials
 from smtpeter.envelope import MessageOptions
 from smtpeter.ids import new_id, new_secret
 from smtpeter.storage.db import SQL, Conflict, NotFound, Tables
-from smtpeter.storage.models import Account, SenderDomain, SMTPLogin
+from smtpeter.storage.models import Account, SMTPLogin
 
 
 class Accounts(Tables):
-    """Accounts, their API tokens, SMTP logins and sender domains."""
+    """Accounts, their API tokens and SMTP logins."""
 
     # -- accounts -------------------------------------------------------------
 
@@ -104,39 +103,3 @@ class Accounts(Tables):
             return None
         row = rows[0]
         return SMTPLogin(row[0], row[1], row[2], row[3], MessageOptions(**json.loads(row[4])), bool(row[5]))
-
-    # -- sender domains -------------------------------------------------------
-
-    async def add_domain(self, account_id: str, domain: str, approved: bool = False) -> SenderDomain:
-        record = SenderDomain(domain.lower(), account_id, approved, secrets.token_hex(10), self.now())
-        try:
-            await self.db.transaction(
-                [SQL("INSERT INTO sender_domains (domain, account_id, approved, validation_token, created) "
-                     "VALUES (?, ?, ?, ?, ?)",
-                     (record.domain, account_id, int(approved), record.validation_token, record.created))]
-            )
-        except Conflict:
-            raise Conflict(f"the domain {domain!r} is already registered") from None
-        return record
-
-    async def approve_domain(self, account_id: str, domain: str) -> None:
-        rows = await self.db.transaction(
-            [SQL("UPDATE sender_domains SET approved = 1 "
-                 "WHERE account_id = ? AND domain = ? RETURNING domain", (account_id, domain.lower()))]
-        )
-        if not rows:
-            raise NotFound(f"no domain {domain!r} for this account")
-
-    async def domains(self, account_id: str) -> list[SenderDomain]:
-        rows = await self.db.query(
-            "SELECT domain, account_id, approved, validation_token, created FROM sender_domains "
-            "WHERE account_id = ? ORDER BY domain",
-            (account_id,),
-        )
-        return [SenderDomain(r[0], r[1], bool(r[2]), r[3], r[4]) for r in rows]
-
-    async def approved_domains(self, account_id: str) -> set[str]:
-        rows = await self.db.query(
-            "SELECT domain FROM sender_domains WHERE account_id = ? AND approved = 1", (account_id,)
-        )
-        return {row[0] for row in rows}

@@ -148,6 +148,47 @@ MIGRATIONS: list[list[str]] = [
             PRIMARY KEY (message_id, position)
         )""",
     ],
+    # 5: sender domains' settings, their last DNS check, and their DKIM keys (storage/domains.py).
+    [
+        # NULL bounces/tracking: bounces.DOMAIN and clicks.DOMAIN (rows written by an older node
+        # during a rolling upgrade); rows already there get them written out here.
+        "ALTER TABLE sender_domains ADD COLUMN bounces TEXT",
+        "ALTER TABLE sender_domains ADD COLUMN tracking TEXT",
+        "UPDATE sender_domains SET bounces = 'bounces.' || domain, tracking = 'clicks.' || domain",
+        "ALTER TABLE sender_domains ADD COLUMN https INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE sender_domains ADD COLUMN dmarc_policy TEXT NOT NULL DEFAULT 'none'",
+        "ALTER TABLE sender_domains ADD COLUMN dmarc_percentage INTEGER NOT NULL DEFAULT 100",
+        # ISO dates (yyyy-mm-dd) of the DMARC ramp.
+        "ALTER TABLE sender_domains ADD COLUMN dmarc_start TEXT",
+        "ALTER TABLE sender_domains ADD COLUMN dmarc_end TEXT",
+        # JSON lists: extra DMARC report addresses, extra mechanisms of the hosted SPF record.
+        "ALTER TABLE sender_domains ADD COLUMN dmarc_addresses TEXT NOT NULL DEFAULT '[]'",
+        "ALTER TABLE sender_domains ADD COLUMN spf_mechanisms TEXT NOT NULL DEFAULT '[]'",
+        # The last live DNS check: JSON {items, remarks, published_selectors}, and when.
+        "ALTER TABLE sender_domains ADD COLUMN dns_status TEXT",
+        "ALTER TABLE sender_domains ADD COLUMN dns_checked {time}",
+        # For the keys' foreign key: a key's account is always its domain's.
+        "CREATE UNIQUE INDEX sender_domains_owner ON sender_domains (domain, account_id)",
+        """CREATE TABLE dkim_keys (
+            domain TEXT NOT NULL,
+            selector TEXT NOT NULL,
+            account_id TEXT NOT NULL,
+            algorithm TEXT NOT NULL,
+            -- Sealed (AES-256-GCM, smtpeter/domains/sealing.py): never in the clear here.
+            private_key {blob} NOT NULL,
+            public_record TEXT NOT NULL,
+            managed INTEGER NOT NULL,
+            state TEXT NOT NULL,
+            always INTEGER NOT NULL DEFAULT 0,
+            created {time} NOT NULL,
+            start_time {time},
+            end_time {time},
+            activated {time},
+            PRIMARY KEY (domain, selector),
+            FOREIGN KEY (domain, account_id) REFERENCES sender_domains (domain, account_id) ON DELETE CASCADE
+        )""",
+        "CREATE INDEX dkim_keys_account ON dkim_keys (account_id)",
+    ],
 ]
 
 LATEST = len(MIGRATIONS)

@@ -1,7 +1,8 @@
 """The storage interface every stage uses, written once over both backends.
 
 ``Storage`` is composed of its parts, one job each: ``accounts`` (accounts,
-tokens, logins, sender domains), ``queue`` (messages, leases, outcomes; built
+tokens, logins), ``domains`` (sender domains, their settings, DNS status and
+DKIM keys), ``queue`` (messages, leases, outcomes; built
 on ``events``: event rows and the feed's positions), ``hosted`` (hosted images)
 and ``batching`` (group commit). Storage persists what it is given; it imports no stage.
 """
@@ -14,13 +15,14 @@ from twisted.internet.interfaces import IReactorTime
 
 from smtpeter.storage.accounts import Accounts
 from smtpeter.storage.db import Database, StorageError
+from smtpeter.storage.domains import Domains
 from smtpeter.storage.hosted import HostedImages
 from smtpeter.storage.queue import DEFAULT_MAX_DELIVER_TIME, Queue
 from smtpeter.storage.schema import migrate
 
 
-class Storage(Queue, Accounts, HostedImages):
-    """Accounts, secrets, sender domains, the queue, events and hosted images."""
+class Storage(Queue, Accounts, Domains, HostedImages):
+    """Accounts, secrets, sender domains and their keys, the queue, events and hosted images."""
 
     async def migrate(self) -> int:
         return await migrate(self.db)

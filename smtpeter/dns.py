@@ -367,6 +367,7 @@ class Resolver:
         timeout: float = 5.0,
         attempts: int = 2,
         clock: Any = None,
+        cache_answers: bool = True,
     ) -> None:
         if nameservers is not None and not nameservers:
             raise ValueError("no nameservers")
@@ -377,6 +378,8 @@ class Resolver:
         self.nameservers = list(nameservers) if nameservers is not None else read_resolv_conf()
         self._timeout = timeout
         self._attempts = attempts
+        # False for live checks (a sender domain's status): a fixed record shows at once, not after a TTL.
+        self._cache_answers = cache_answers
         self._cache: dict[tuple[dns.name.Name, dns.rdatatype.RdataType], tuple[float, _Answer]] = {}
         self._inflight: dict[tuple[dns.name.Name, dns.rdatatype.RdataType], _Flight] = {}
 
@@ -424,6 +427,23 @@ class Resolver:
                 failure.raiseException()
         return []
 
+    async def txt(self, name: str) -> list[str]:
+        """The TXT records at ``name`` (after CNAMEs), one str per record: its strings joined, as SPF,
+        DKIM and DMARC read them (RFC 7208 §3.3). No records: []; NXDOMAIN: NoSuchDomain."""
+        dns_name = _to_name(name)
+        answer = await self._lookup(dns_name, dns.rdatatype.TXT)
+        if answer.nxdomain:
+            raise NoSuchDomain(f"{_text(dns_name)}: no such domain")
+        return [b"".join(r.strings).decode("utf-8", errors="replace") for r in answer.records]
+
+    async def cname(self, name: str) -> str | None:
+        """The target of the CNAME at ``name`` (one step, not followed), or None when it has none."""
+        dns_name = _to_name(name)
+        answer = await self._lookup(dns_name, dns.rdatatype.CNAME)
+        if answer.nxdomain:
+            raise NoSuchDomain(f"{_text(dns_name)}: no such domain")
+        return _text(answer.records[0].target) if answer.records else None
+
     # Cache and in-flight merging. Both work on (name, type) so MX and A lookups share them.
 
     def _lookup(self, name: dns.name.Name, rdtype: dns.rdatatype.RdataType) -> defer.Deferred[_Answer]:
@@ -460,7 +480,7 @@ class Resolver:
             flight.work.cancel()
 
     def _store(self, key: Any, answer: _Answer, ttl: float) -> None:
-        if ttl <= 0:
+        if ttl <= 0 or not self._cache_answers:
             return
         self._cache.pop(key, None)
         while len(self._cache) >= self.cache_size:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet import defer
+from dns import message as dnspython_message
+from dns import query as dnspython_query
+from twisted.internet import defer, threads
 from twisted.internet.error import CannotListenError
 from twisted.names import dns, server
 from twisted.python.failure import Failure
@@ -32,6 +34,10 @@ class _Authority:
         while True:
             if name in owner._servfail:
                 return defer.fail(_ServFail(name))
+            upstream = owner._upstream(name)
+            if upstream is not None:
+                return _forward(upstream, name, query.type).addCallback(
+                    lambda found, before=answers: (before + found[0], found[1], found[2]))
             node = owner._records.get(name)
             if node is None:
                 # Simplification: a chain ending in a missing name answers NXDOMAIN without the CNAMEs.
@@ -47,6 +53,25 @@ class _Authority:
                                  minimum=owner.soa_ttl, ttl=owner.soa_ttl)
             return defer.succeed((answers, [dns.RRHeader(name, dns.SOA, ttl=owner.soa_ttl, payload=soa,
                                                          auth=True)], []))
+
+
+def _forward(upstream: tuple[str, int], name: str, qtype: int) -> defer.Deferred[Any]:
+    """Ask ``upstream`` (dnspython in a thread, UDP then TCP if truncated) and hand its sections on."""
+    def ask() -> bytes:
+        query = dnspython_message.make_query(name, qtype)
+        response, _ = dnspython_query.udp_with_fallback(query, upstream[0], timeout=5, port=upstream[1])
+        return response.to_wire()
+
+    def sections(wire: bytes) -> Any:
+        message = dns.Message()
+        message.fromStr(wire)
+        if message.rCode == dns.ENAME:
+            raise dns.DomainError(name)
+        if message.rCode != dns.OK:
+            raise _ServFail(name)
+        return message.answers, message.authority, []
+
+    return threads.deferToThread(ask).addCallback(sections)
 
 
 class _Factory(server.DNSServerFactory):
@@ -90,7 +115,8 @@ def _key(name: bytes | str) -> str:
 
 
 class TestDNSServer:
-    """Serves MX/A/AAAA/CNAME from dicts; unknown names are NXDOMAIN, known names without the type NODATA."""
+    """Serves MX/A/AAAA/CNAME/TXT from dicts; unknown names are NXDOMAIN, known names without the type
+    NODATA; zones given to ``forward`` are asked of another server."""
 
     __test__ = False  # not a test case, despite the name
 
@@ -107,6 +133,7 @@ class TestDNSServer:
         self._records: dict[str, dict[int, list[dns.RRHeader]]] = {}
         self._servfail: set[str] = set()
         self._truncate: set[str] = set()
+        self._forwards: dict[str, tuple[str, int]] = {}
         self._factory = _Factory(self)
         self._udp: Any = None
         self._tcp: Any = None
@@ -175,6 +202,18 @@ class TestDNSServer:
         for key in [rtype] if rtype is not None else list(node):
             node.pop(key, None)
 
+    def forward(self, zone: str, server: str) -> None:
+        """Names in ``zone`` are asked of ``server`` ("IP:port"), as a recursive resolver would follow a
+        delegation; CNAME chains from our own data into the zone are completed from there."""
+        host, _, port = server.rpartition(":")
+        self._forwards[_key(zone)] = (host.strip("[]"), int(port))
+
+    def _upstream(self, name: str) -> tuple[str, int] | None:
+        for zone, upstream in self._forwards.items():
+            if name == zone or name.endswith("." + zone):
+                return upstream
+        return None
+
     def servfail(self, name: str) -> None:
         self._servfail.add(_key(name))
 
@@ -185,5 +224,6 @@ class TestDNSServer:
         self._records.clear()
         self._servfail.clear()
         self._truncate.clear()
+        self._forwards.clear()
         self.queries.clear()
         self.tcp_queries.clear()

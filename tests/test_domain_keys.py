@@ -186,6 +186,9 @@ class KeyStoreTests(BackendMixin, unittest.TestCase):
             private = serialization.load_pem_private_key(key.private_key, None)
             self.assertEqual(public.public_bytes(*spki), private.public_key().public_bytes(*spki))
         self.assertEqual([public_view(k)["algorithm"] for k in keys], ["sha256", "ed25519-sha256"])
+        # Read from the public record: a key as storage lists it (not opened) shows the same.
+        for key, row in zip(keys, await self.storage.dkim_key_rows("example.com"), strict=True):
+            self.assertEqual(public_view(row.key), public_view(key))
 
     async def test_signing_keys(self) -> None:
         now = self.clock.seconds()

@@ -11,6 +11,7 @@ through them (``smtpeter.domains.rotation``); keys a customer installs take any 
 
 from __future__ import annotations
 
+import base64
 import datetime
 import re
 from collections.abc import Collection, Sequence
@@ -82,9 +83,13 @@ def load_private_key(pem: bytes | str, algorithm: str | None = None) -> tuple[st
 
 
 def public_key_pem(key: DkimKey) -> str:
-    private: Any = serialization.load_pem_private_key(key.private_key, password=None)
-    return private.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode("ascii").strip()
+    """The public key in PEM, read from the key's DNS record (so a key need not be opened for it)."""
+    tags = dict(tag.strip().partition("=")[::2] for tag in key.public_record.split(";") if "=" in tag)
+    data = base64.b64decode("".join(tags["p"].split()))
+    public: Any = (serialization.load_der_public_key(data) if key.algorithm == "rsa"
+                   else ed25519.Ed25519PublicKey.from_public_bytes(data))
+    return public.public_bytes(serialization.Encoding.PEM,
+                               serialization.PublicFormat.SubjectPublicKeyInfo).decode("ascii").strip()
 
 
 def _time(seconds: float | None) -> str | None:

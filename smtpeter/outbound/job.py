@@ -16,13 +16,6 @@ from smtpeter.storage.models import StoredMessage
 
 
 @dataclass(frozen=True)
-class PreparedMessage:
-    message: StoredMessage
-    content: bytes  # after the per-message steps
-    warnings: tuple[str, ...] = ()  # steps that failed and were skipped
-
-
-@dataclass(frozen=True)
 class StepSettings:
     """What steps need beyond the job, the same for every job (it goes to the workers with it)."""
 
@@ -39,6 +32,14 @@ class SenderAuth:
     signing_keys: tuple[SigningKey, ...] = ()  # DKIM keys that sign now (published, valid)
     bounce_domain: str | None = None  # the VERP return path's domain, when its MX points to us
     tracking_base: str | None = None  # tracking links' base URL on the domain's tracking host
+
+
+@dataclass(frozen=True)
+class PreparedMessage:
+    message: StoredMessage
+    content: bytes  # after the per-message steps
+    warnings: tuple[str, ...] = ()  # steps that failed and were skipped
+    auth: SenderAuth | None = None  # the message's sender authentication, looked up once with it
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,14 @@ steps, kept while the scheduler holds the message and a little after, however
 many recipients it has), then per-recipient steps run where they apply, and
 recipients whose outbound envelope and bytes come out identical share one
 job (one transaction). Plain mail keeps one transaction for up to 100
-recipients; tracked mail goes one recipient per transaction.
+recipients; tracked mail, and mail with a VERP return path (an envelope
+sender per recipient), goes one recipient per transaction.
+
+The message's sender authentication (``SenderAuth``: DKIM keys, bounce domain,
+tracking host) comes from the ``authority`` once per message, with its
+preparation, and goes into every job made of it. If the authority fails, the
+preparation fails (the recipients are tried again later): mail is never sent
+unsigned because a lookup failed.
 
 The delivery client asks ``for_peer`` once it knows the receiving server:
 the 7-bit form is decided there (for a peer without 8BITMIME), before the
@@ -23,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from twisted.internet import defer
@@ -35,7 +42,7 @@ from smtpeter.delivery.client_session import NotForThisPeer, Transaction
 from smtpeter.envelope import Recipient
 from smtpeter.outbound import steps as outbound_steps
 from smtpeter.outbound import wire
-from smtpeter.outbound.job import OutboundJob, PreparedMessage, StepSettings
+from smtpeter.outbound.job import OutboundJob, PreparedMessage, SenderAuth, StepSettings
 from smtpeter.outbound.steps import Step
 from smtpeter.outbound.workers import Workers
 from smtpeter.storage.models import StoredMessage
@@ -46,6 +53,9 @@ log = Logger()
 # bytes, newest first: the next claim for a big mailing's recipients (behind a busy
 # destination) comes soon.
 RECENT_BYTES = 64 * 1024 * 1024
+
+# How a message's sender domain authenticates it (None: no approved sender domain).
+Authority = Callable[[StoredMessage], Awaitable[SenderAuth | None]]
 
 
 @dataclass
@@ -71,10 +81,12 @@ class Batch:
 class Pipeline:
     def __init__(self, workers: Workers, settings: StepSettings, message_steps: Sequence[Step] | None = None,
                  recipient_steps: Sequence[Step] | None = None,
-                 last_steps: Sequence[Step] | None = None) -> None:
-        """The steps of ``outbound/steps.py``, unless others are given."""
+                 last_steps: Sequence[Step] | None = None, authority: Authority | None = None) -> None:
+        """The steps of ``outbound/steps.py``, unless others are given; ``authority`` gives each
+        message's ``SenderAuth`` (without it no job has one: nothing is signed, no VERP)."""
         self.workers = workers
         self.settings = settings
+        self.authority = authority
         self.message_steps = tuple(outbound_steps.MESSAGE_STEPS if message_steps is None else message_steps)
         self.recipient_steps = tuple(outbound_steps.RECIPIENT_STEPS if recipient_steps is None
                                      else recipient_steps)
@@ -131,15 +143,16 @@ class Pipeline:
             waiter.errback(result) if isinstance(result, Failure) else waiter.callback(result)
 
     async def _prepare(self, message: StoredMessage) -> PreparedMessage:
+        auth = None if self.authority is None else await self.authority(message)
         needed = [step for step in self.message_steps if step.needed(message, message.mime)]
         if not needed:
-            return PreparedMessage(message, message.mime)
+            return PreparedMessage(message, message.mime, auth=auth)
         try:
             made: PreparedMessage = await self.workers.run(outbound_steps.run_message_steps, needed,
                                                            _light(message), message.mime, self.settings)
         except Exception as exc:
-            return PreparedMessage(message, message.mime, (f"every per-message step: {exc!r}",))
-        return PreparedMessage(message, made.content, made.warnings)
+            return PreparedMessage(message, message.mime, (f"every per-message step: {exc!r}",), auth)
+        return PreparedMessage(message, made.content, made.warnings, auth)
 
     def _remember(self, message_id: str, prepared: PreparedMessage) -> None:
         if prepared.content is prepared.message.mime:
@@ -165,10 +178,10 @@ class Pipeline:
         envelope = message.envelope.with_recipients(recipients)
         needed = [step for step in self.recipient_steps if step.needed(prepared)]
         if not needed:
-            job = OutboundJob(message, envelope, prepared.content, tuple(recipient_ids))
+            job = OutboundJob(message, envelope, prepared.content, tuple(recipient_ids), prepared.auth)
             return [Batch(job, tuple(range(len(recipients))), prepared.warnings)]
         light = _light(message)
-        singles = [OutboundJob(light, envelope.with_recipients([r]), prepared.content, (i,))
+        singles = [OutboundJob(light, envelope.with_recipients([r]), prepared.content, (i,), prepared.auth)
                    for r, i in zip(recipients, recipient_ids, strict=True)]
         try:
             done, failed = await self.workers.run(outbound_steps.run_recipient_steps, needed, singles,

@@ -5,7 +5,7 @@ Three stages:
 * per message (``MESSAGE_STEPS``): work that does not depend on the
   recipient, done once per message (inline CSS, then line lengths);
 * per recipient (``RECIPIENT_STEPS``): may change a recipient's envelope
-  sender and content (click and open tracking; VERP next);
+  sender and content (click and open tracking, the VERP return path);
 * per transaction, once the receiving server is known (``wire_form`` then
   ``LAST_STEPS``): the 7-bit form for a peer without 8BITMIME, and then the
   last step (DKIM signing), whose output is exactly what the peer stores.
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from smtpeter.mime.lines import crlf_lines, has_long_line
-from smtpeter.outbound import hosted_images, inline_css, tracking, wire
+from smtpeter.outbound import dkim, hosted_images, inline_css, tracking, verp, wire
 from smtpeter.outbound.job import OutboundJob, PreparedMessage, StepSettings
 from smtpeter.storage.models import StoredMessage
 
@@ -44,6 +44,26 @@ def _has_long_lines(message: StoredMessage, content: bytes) -> bool:
     return has_long_line(content, 998)
 
 
+class StepPartlyFailed(Exception):
+    """A last step did part of its work: ``content`` is what it made, the message says what it left."""
+
+    def __init__(self, content: bytes, reason: str) -> None:
+        super().__init__(reason)
+        self.content = content
+
+
+def _dkim_sign(job: OutboundJob, settings: StepSettings) -> bytes:
+    assert job.auth is not None
+    signed, failed = dkim.sign_each(job.content, job.auth.signing_keys)
+    if failed:  # a key that cannot sign leaves the others' signatures; each failure is a warning
+        raise StepPartlyFailed(signed, "; ".join(failed))
+    return signed
+
+
+def _has_signing_keys(job: OutboundJob) -> bool:
+    return job.auth is not None and bool(job.auth.signing_keys)
+
+
 # Per message, in order: run(message, content, settings) -> content; needed(message, content).
 MESSAGE_STEPS: tuple[Step, ...] = (
     Step("inline css", inline_css.step, inline_css.step_needed),
@@ -54,9 +74,15 @@ MESSAGE_STEPS: tuple[Step, ...] = (
 # needs it at all.
 RECIPIENT_STEPS: tuple[Step, ...] = (
     Step("tracking", tracking.run, tracking.needed),
+    Step("verp", verp.run, verp.needed),
 )
-# Last, over the bytes the peer gets: run(job, settings) -> content; needed(job).
-LAST_STEPS: tuple[Step, ...] = ()
+# Last, over the bytes the peer gets: run(job, settings) -> content; needed(job). A step that
+# fails is skipped (DKIM: the mail goes out unsigned, with a warning); one that raises
+# StepPartlyFailed gives what it did.
+LAST_STEPS: tuple[Step, ...] = (
+    Step("dkim", _dkim_sign, _has_signing_keys),
+)
+
 
 def run_message_steps(steps: Sequence[Step], message: StoredMessage, content: bytes,
                       settings: StepSettings) -> PreparedMessage:
@@ -98,6 +124,9 @@ def wire_form(job: OutboundJob, eight_bit_ok: bool, last: Sequence[Step],
     for step in last:
         try:
             job = job.with_content(step.run(job, settings))
+        except StepPartlyFailed as partly:
+            job = job.with_content(partly.content)
+            warnings.append(f"{step.name}: {partly}")
         except Exception as exc:
             warnings.append(f"{step.name}: {exc!r}")
     return job.content, warnings

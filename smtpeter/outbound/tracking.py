@@ -79,8 +79,10 @@ def needed(prepared: PreparedMessage) -> bool:
 
 
 def run(job: OutboundJob, settings: StepSettings) -> OutboundJob:
-    """This recipient's copy of the message, its links signed for it."""
-    made = template(job.message, job.content, settings.public_url)
+    """This recipient's copy of the message, its links signed for it: on the sender domain's
+    tracking host when it has one, else on http.public_url."""
+    base = job.auth.tracking_base if job.auth is not None and job.auth.tracking_base else None
+    made = template(job.message, job.content, settings.public_url, base)
     if made.unchanged:
         return job
     return job.with_content(made.render(_signer(settings.link_keys), job.recipient_ids[0]))
@@ -144,18 +146,19 @@ _lock = threading.Lock()
 _signers: dict[tuple[bytes, ...], LinkSigner] = {}
 
 
-def template(message: StoredMessage, content: bytes, public_url: str) -> Template:
-    """The message's template: made once, then kept while it is in work."""
+def template(message: StoredMessage, content: bytes, public_url: str, base: str | None = None) -> Template:
+    """The message's template: made once, then kept while it is in work. Links go to ``base``
+    (a tracking host) if given, else to ``public_url``; links to either are ours and left alone."""
     global _templates_bytes
     options = message.options
-    key = (message.id, public_url, (bool(options.trackclicks), bool(options.trackopens),
-                                    bool(options.preventscam)))
+    key = (message.id, base or public_url, (bool(options.trackclicks), bool(options.trackopens),
+                                            bool(options.preventscam)))
     with _lock:
         found = _templates.get(key)
         if found is not None and (found[0] is content or found[0] == content):
             _templates.move_to_end(key)
             return found[1]
-    made = make_template(content, public_url, *key[2])
+    made = make_template(content, base or public_url, *key[2], public_url)
     with _lock:
         if key in _templates:
             _templates_bytes -= len(_templates.pop(key)[0])
@@ -179,6 +182,7 @@ class _Links:
 
     public_url: str
     unsubscribe: set[str]
+    also_ours: str | None = None  # http.public_url, when links go to a tracking host
     slots: list[Slot] = field(default_factory=list)
     next_position: int = 1
 
@@ -193,7 +197,8 @@ class _Links:
 
     def trackable(self, url: str) -> tracking_urls.Target | None:
         where = tracking_urls.target(url)
-        if where is None or where.url.startswith(self.public_url + "/") or where.url == self.public_url:
+        if where is None or any(where.url.startswith(ours + "/") or where.url == ours
+                                for ours in (self.public_url, self.also_ours) if ours):
             return None
         return where
 
@@ -208,10 +213,12 @@ class _Links:
 _Pieces = list[str | tuple[str, int, str]]
 
 
-def make_template(content: bytes, public_url: str, clicks: bool, opens: bool, preventscam: bool) -> Template:
-    """Parse the message once and make the template of its tracked copies."""
+def make_template(content: bytes, public_url: str, clicks: bool, opens: bool, preventscam: bool,
+                  also_ours: str | None = None) -> Template:
+    """Parse the message once and make the template of its tracked copies, its links on
+    ``public_url``; links to ``also_ours`` are left alone as well."""
     root = tree.parse(content)
-    links = _Links(public_url, _list_unsubscribe(root))
+    links = _Links(public_url, _list_unsubscribe(root), also_ours=also_ours)
     marker = b"\x00" + secrets.token_hex(12).encode() + b"-"
     bodies: list[list[_Chunk]] = []
     for part in list(root.walk()):

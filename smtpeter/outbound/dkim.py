@@ -112,7 +112,8 @@ def sign(content: bytes, keys: Sequence[SigningKey]) -> bytes:
 def sign_each(content: bytes, keys: Sequence[SigningKey]) -> tuple[bytes, list[str]]:
     """``content`` signed by each key that can sign it, and why the others could not.
 
-    A key that fails (a broken key, a message dkimpy cannot parse) leaves the others' signatures.
+    A key that fails (a broken key) leaves the others' signatures; a message dkimpy cannot parse
+    raises (no key can sign it).
     """
     parsed = _parsed(content)
     fields, failed = [], []

@@ -1,11 +1,13 @@
 # smtpeter: `make run` starts the service (SQLite, etc/smtpeter.toml);
-# `make test` installs what the tests need and runs them all.
+# `make test` installs what the tests need and runs them all, then the accuracy
+# checks over the outside corpora (../shared/corpora, beside the checkout in CI).
 
 PYTHON ?= python3
 VENV   := .venv
+CORPORA ?= ../shared/corpora
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint bench system-deps
+.PHONY: run test lint bench system-deps accuracy
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,9 +27,20 @@ lint: $(VENV)/.installed
 
 test: $(VENV)/.installed system-deps lint
 	$(BIN)/pytest
+	$(MAKE) accuracy
+
+# The inliner over Juice's cases (at least css-inline's pass count) and, in headless
+# Chromium, over real templates (target 100%).
+accuracy: $(VENV)/.installed
+	@if [ -d "$(CORPORA)" ]; then \
+		$(BIN)/python scripts/juice_accuracy.py $(CORPORA)/juice --min-pass 61 && \
+		$(BIN)/python scripts/css_accuracy.py $(CORPORA)/templates --differences 0; \
+	else echo "accuracy: no corpora at $(CORPORA); pass CORPORA=path"; fi
 
 bench: $(VENV)/.installed
 	scripts/install-system-deps --bench
 	$(BIN)/python bench/ingress.py
 	$(BIN)/python bench/relay.py
 	$(BIN)/python bench/api.py
+	$(BIN)/python bench/redirect.py
+	$(BIN)/python bench/signing.py

@@ -47,8 +47,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-# Run as a script, bench/ is first on sys.path, where bench/dkim.py would hide the dkim package: last.
-sys.path.sort(key=lambda entry: Path(entry or ".").resolve() == Path(__file__).resolve().parent)
 
 from bench.peers import Smtpeter, free_port, require
 from bench.relay import SINK_HOST, SmtpSink

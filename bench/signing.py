@@ -12,7 +12,7 @@ domain with both keys signs), on one core of this process:
 * dkimpy: ``dkim.sign`` as dkimpy ships it (its pure-Python RSA, its
   canonicalisation, the PEM parsed per signature); its ed25519 is PyNaCl.
 
-    python bench/dkim.py [--seconds 1.0] [--sizes 2048,51200] [--json]
+    python bench/signing.py [--seconds 1.0] [--sizes 2048,51200] [--json]
 """
 
 from __future__ import annotations
@@ -27,20 +27,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-# This file is bench/dkim.py: its folder, first on the path, would shadow dkimpy's "dkim".
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import dkim as dkimpy  # noqa: E402
-from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import padding  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric.utils import Prehashed  # noqa: E402
-from dkim import canonicalization  # noqa: E402
+import dkim as dkimpy
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+from dkim import canonicalization
 
-from smtpeter.envelope import Envelope, MessageOptions, Recipient  # noqa: E402
-from smtpeter.outbound import dkim, steps  # noqa: E402
-from smtpeter.outbound.job import OutboundJob, SenderAuth, StepSettings  # noqa: E402
-from smtpeter.storage.models import StoredMessage  # noqa: E402
+from smtpeter.envelope import Envelope, MessageOptions, Recipient
+from smtpeter.outbound import dkim, steps
+from smtpeter.outbound.job import OutboundJob, SenderAuth, StepSettings
+from smtpeter.storage.models import StoredMessage
 
 HEADER = (b"Received: from app.example.com (app.example.com [192.0.2.10])\r\n"
           b"\tby mx.smtpeter.test with ESMTPS; Mon, 1 Jan 2024 00:00:00 +0000\r\n"

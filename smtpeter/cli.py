@@ -11,7 +11,9 @@ from typing import Any
 
 from twisted.internet import defer, task
 
+from smtpeter.address import domain_key
 from smtpeter.config import Config, ConfigError, load_config
+from smtpeter.domains.registry import SenderDomains
 from smtpeter.envelope import BOOLEAN_OPTIONS, IMAGES_VALUES, OPTION_NAMES, MessageOptions, OptionError
 from smtpeter.storage import Conflict, NotFound, Storage, StorageError, open_storage
 
@@ -38,10 +40,6 @@ def _login_options(args: argparse.Namespace) -> MessageOptions:
                                      if getattr(args, name, None) is not None})
     except OptionError as exc:
         raise CommandError(f"--{exc}") from None
-
-
-def validation_record(domain: str, token: str) -> dict[str, str]:
-    return {"name": f"smtpeter-{token[:12].lower()}.{domain}", "type": "TXT", "value": token}
 
 
 # -- accounts, logins, tokens ------------------------------------------------
@@ -89,13 +87,48 @@ async def token_revoke(storage: Storage, args: argparse.Namespace, config: Confi
 # -- sender domains ------------------------------------------------------------
 
 
+def _sender_domains(storage: Storage, config: Config) -> SenderDomains:
+    from twisted.internet import reactor
+
+    return SenderDomains.for_config(storage, config, reactor)
+
+
 async def domain_add(storage: Storage, args: argparse.Namespace, config: Config) -> dict:
+    """Register a domain with its DKIM keys; the records to publish (the ownership record first
+    unless approved here)."""
     account = await storage.account(args.account)
+    domains = _sender_domains(storage, config)
     record = await storage.add_domain(account.id, args.domain, approved=args.approve)
-    return {
-        "domain": record.domain, "account": account.name, "approved": record.approved,
-        "dns": [validation_record(record.domain, record.validation_token)],
-    }
+    await domains.keystore.setup_new_domain(account.id, record.domain, tuple(config.domains.dkim_algorithms))
+    variant = "selfhosted" if args.selfhosted else "recommended"
+    return {"domain": record.domain, "account": account.name, "approved": record.approved,
+            "dns": await domains.records(account.id, record.domain, variant)}
+
+
+async def domain_check(storage: Storage, args: argparse.Namespace, config: Config) -> dict:
+    """A live check of a domain's DNS, as GET /v1/dns/NAME/status (recorded; keys rotate)."""
+    settings = await _domain(storage, args.domain)
+    found = await _sender_domains(storage, config).check(settings)
+    return {"domain": found.domain, **found.items, "remarks": found.remarks}
+
+
+def _print_check(result: dict, args: argparse.Namespace) -> None:
+    print(f"{result['domain']}:")
+    for item, remark in result["remarks"].items():
+        print(f"  {item:<10} {result.get(item, ''):<5}  {remark}")
+
+
+async def domain_records(storage: Storage, args: argparse.Namespace, config: Config) -> list:
+    settings = await _domain(storage, args.domain)
+    variant = "selfhosted" if args.selfhosted else "recommended"
+    return await _sender_domains(storage, config).records(settings.account_id, settings.domain, variant)
+
+
+async def _domain(storage: Storage, name: str) -> Any:
+    settings = await storage.sender_domain(domain_key(name))
+    if settings is None:
+        raise NotFound(f"no sender domain {name!r}")
+    return settings
 
 
 async def domain_approve(storage: Storage, args: argparse.Namespace, config: Config) -> dict:
@@ -367,11 +400,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("account")
     p.add_argument("domain")
     p.add_argument("--approve", action="store_true", help="approve it now, without DNS validation")
+    p.add_argument("--selfhosted", action="store_true", help="records without CNAMEs into our hosted zone")
     p = command(domain, "approve", domain_approve, "approve a registered sender domain")
     p.add_argument("account")
     p.add_argument("domain")
     p = command(domain, "list", domain_list, "list an account's sender domains")
     p.add_argument("account")
+    p = command(domain, "check", domain_check, "check a sender domain's DNS records now", _print_check)
+    p.add_argument("domain")
+    p = command(domain, "records", domain_records, "the DNS records to publish for a sender domain")
+    p.add_argument("domain")
+    p.add_argument("--selfhosted", action="store_true", help="records without CNAMEs into our hosted zone")
 
     queue = groups.add_parser("queue", help="the delivery queue").add_subparsers(dest="action", required=True)
     p = command(queue, "list", queue_list, "list messages (one per recipient), oldest first", _print_queue)

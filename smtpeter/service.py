@@ -12,9 +12,11 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from smtpeter import dns, tls
-from smtpeter.config import Config
+from smtpeter.config import Config, ConfigError
 from smtpeter.delivery.destination import Context
 from smtpeter.delivery.dispatcher import Dispatcher
+from smtpeter.domains.hosted_dns import HostedDNS
+from smtpeter.domains.registry import SenderDomains
 from smtpeter.events.metrics import Metrics
 from smtpeter.ingress.http.site import API
 from smtpeter.ingress.smtp.auth import login_portal
@@ -77,6 +79,8 @@ class SmtpeterService(service.Service):
         self.metrics = Metrics()
         self.smtp_connections: ConnectionLimits | None = None
         self.workers: Workers | None = None
+        self.domains: SenderDomains | None = None
+        self.hosted_dns: HostedDNS | None = None
         self.ports: list[Any] = []
         self.ready: defer.Deferred = defer.Deferred()
 
@@ -123,7 +127,8 @@ class SmtpeterService(service.Service):
         submission = self.submission = Submission(
             self.storage, config.hostname, self.metrics,
             allow_foreign_display_names=config.smtp.allow_foreign_display_name_addresses)
-        await self._start_delivery(submission)
+        self.domains = self._sender_domains()
+        await self._start_delivery(submission, self.domains)
         policy = SessionPolicy(
             hostname=config.hostname,
             max_message_size=config.smtp.max_message_size,
@@ -171,6 +176,17 @@ class SmtpeterService(service.Service):
             implicit_ports.append(port.getHost().port)
         self.api = API(self.storage, submission, config, self.clock, self.metrics,
                        stats=self.dispatcher.stats, smtp_ports=(starttls_ports, implicit_ports))
+        self.api.domains = self.domains
+        if config.domains.hosted_zone and config.domains.dns_listen:
+            keystore = self.domains.keystore
+            self.hosted_dns = HostedDNS(self.domains.operator, self.storage.sender_domain,
+                                        lambda domain: keystore.keys(domain=domain), self.reactor)
+            for description in config.domains.dns_listen:
+                try:
+                    await self.hosted_dns.listen(description)
+                except (CannotListenError, OSError, ValueError) as exc:
+                    raise StartupError(f"cannot serve the hosted DNS zone on {description}: {exc}") from exc
+        self.domains.start()
         site = self.api.site()
         self.api.hit_log.start()
         for description in config.http.listen:
@@ -179,14 +195,21 @@ class SmtpeterService(service.Service):
             self.ports.append(await listen_tls(description, site, "HTTPS API"))
         return self
 
-    async def _start_delivery(self, submission: Submission) -> None:
+    def _sender_domains(self) -> SenderDomains:
+        try:
+            return SenderDomains.for_config(self.storage, self.config, self.reactor, self.clock)
+        except ConfigError as exc:
+            raise StartupError(str(exc)) from exc
+
+    async def _start_delivery(self, submission: Submission, domains: SenderDomains) -> None:
         config = self.config
         nameservers = [dns.parse_nameserver(n) for n in config.dns.nameservers] or None
         resolver = dns.Resolver(self.reactor, nameservers, timeout=config.dns.timeout, clock=self.clock)
         workers = config.delivery.transform_workers
         self.workers = Workers(self.reactor, default_worker_count() if workers is None else workers)
         link_keys = tuple(signing_keys(config.tracking.keys, config.data_path))
-        pipeline = Pipeline(self.workers, StepSettings(config.public_url, link_keys))
+        pipeline = Pipeline(self.workers, StepSettings(config.public_url, link_keys),
+                            authority=domains.authority)
         context = Context.for_config(config.delivery, self.reactor, self.clock, resolver,
                                      config.delivery.helo_name or config.hostname, for_peer=pipeline.for_peer)
         self.dispatcher = Dispatcher(config.delivery, context, config.hostname)
@@ -204,6 +227,11 @@ class SmtpeterService(service.Service):
         for port in self.ports:
             yield port.stopListening()
         self.ports.clear()
+        if self.domains is not None:
+            yield self.domains.stop()
+        if self.hosted_dns is not None:
+            yield defer.Deferred.fromCoroutine(self.hosted_dns.stop())
+            self.hosted_dns = None
         if self.api is not None:  # the clicks and opens taken so far are written before storage closes
             yield defer.Deferred.fromCoroutine(self.api.hit_log.stop())
         if self.scheduler is not None:

@@ -17,6 +17,7 @@ from smtpeter.envelope import Envelope, MessageOptions, Recipient
 from smtpeter.events.model import accept
 from smtpeter.storage import Storage, open_storage
 from smtpeter.storage.models import NewMessage, Outcome
+from tests.support.dns_server import TestDNSServer
 
 SMTPETER = str(Path(sys.executable).parent / "smtpeter")
 
@@ -77,14 +78,28 @@ class CLITests(unittest.TestCase):
         self.assertIn("no active token", err)
 
     async def test_domains(self) -> None:
+        dns = await TestDNSServer().start()  # the live check asks it, never the network
+        self.addCleanup(lambda: defer.Deferred.fromCoroutine(dns.stop()))
+        self.config.write_text(self.config.read_text() + f'[dns]\nnameservers = ["{dns.nameservers[0]}"]\n')
         await self.run_cli("account", "create", "acme")
         code, out, err = await self.run_cli("domain", "add", "acme", "News.Example.com", "--json")
         self.assertEqual(code, 0, err)
         added = json.loads(out)
         self.assertEqual((added["domain"], added["approved"]), ("news.example.com", False))
-        (record,) = added["dns"]
+        record = added["dns"][0]  # the ownership record first, then what to publish for sending
         self.assertEqual(record["type"], "TXT")
+        self.assertTrue(record["name"].startswith("smtpeter-"))
         self.assertTrue(record["name"].endswith(".news.example.com"))
+        names = {(r["name"], r["type"]) for r in added["dns"]}
+        self.assertLessEqual({("zero._domainkey.news.example.com", "TXT"), ("_dmarc.news.example.com", "TXT"),
+                              ("bounces.news.example.com", "MX")}, names)
+        code, out, err = await self.run_cli("domain", "check", "news.example.com", "--json")
+        self.assertEqual(code, 0, err)
+        self.assertEqual(json.loads(out)["dkim"], "error")  # nothing is published
+        dns.txt(record["name"], record["value"])
+        code, out, err = await self.run_cli("domain", "check", "news.example.com")
+        self.assertEqual(code, 0, err)
+        self.assertIn("validation ok", out)
         code, out, err = await self.run_cli("domain", "approve", "acme", "news.example.com")
         self.assertEqual(code, 0, err)
         code, out, err = await self.run_cli("domain", "list", "acme", "--json")

@@ -168,7 +168,8 @@ class PipelineTests(unittest.TestCase):
             (batch,), recipients, ids = await self.batches(message, AuthorityCalls(auth))
             self.assertEqual((batch.job.envelope.sender, batch.job.recipients, batch.job.recipient_ids,
                               batch.positions, batch.job.auth),
-                             (message.envelope.sender, tuple(recipients), tuple(ids), (0, 1, 2), auth))
+                             (message.envelope.sender or "news@example.com", tuple(recipients), tuple(ids),
+                              (0, 1, 2), auth))  # REST mail without an envelope: its From address
 
     async def test_tracked_and_verp_copies_name_the_same_recipient(self) -> None:
         """Tracking and VERP both per recipient: the links and the return path of each copy carry

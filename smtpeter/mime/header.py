@@ -72,6 +72,22 @@ def parse(raw: bytes) -> Parsed:
     return Parsed(fields, raw, position)
 
 
+def author(raw: bytes) -> str | None:
+    """The mailbox a message is from: the Sender when From names several (RFC 5322 §3.6.2),
+    else the From's; None when there is no usable one."""
+    fields = parse(raw).fields
+
+    def mailboxes(name: str) -> list[str]:
+        field = first(fields, name)
+        values = [field.value] if field is not None else []
+        return [address for _, address in email.utils.getaddresses(values) if "@" in address]
+
+    froms = mailboxes("from")
+    if len(froms) > 1:
+        return (mailboxes("sender") or froms)[0]
+    return froms[0] if froms else None
+
+
 def build(fields: Iterable[Field], body: bytes | memoryview) -> bytes:
     return b"".join([*(f.raw for f in fields), body])
 

@@ -40,6 +40,7 @@ from twisted.python.failure import Failure
 from smtpeter.attempt import Capabilities
 from smtpeter.delivery.client_session import NotForThisPeer, Transaction
 from smtpeter.envelope import Recipient
+from smtpeter.mime.header import author
 from smtpeter.outbound import steps as outbound_steps
 from smtpeter.outbound import wire
 from smtpeter.outbound.job import OutboundJob, PreparedMessage, SenderAuth, StepSettings
@@ -48,6 +49,8 @@ from smtpeter.outbound.workers import Workers
 from smtpeter.storage.models import StoredMessage
 
 log = Logger()
+
+MAX_HEADER = 256 * 1024  # where the From of a message is looked for
 
 # Prepared messages nobody holds any more, that steps changed, are kept up to this many
 # bytes, newest first: the next claim for a big mailing's recipients (behind a busy
@@ -176,6 +179,10 @@ class Pipeline:
         message ids are ``recipient_ids``)."""
         prepared: PreparedMessage = await self.prepared(message)
         envelope = message.envelope.with_recipients(recipients)
+        if envelope.sender is None and message.source == "api":
+            # REST mail without an envelope leaves from its From address: receivers take the null
+            # sender for a bounce (only DSNs use it). Stored without one, it still gets no DSNs.
+            envelope = dataclasses.replace(envelope, sender=author(bytes(prepared.content[:MAX_HEADER])))
         needed = [step for step in self.recipient_steps if step.needed(prepared)]
         if not needed:
             job = OutboundJob(message, envelope, prepared.content, tuple(recipient_ids), prepared.auth)

@@ -111,6 +111,73 @@ _PART_LIST = {"description": "Parts by rank (from 0)", "content": {"application/
         "size": {"type": "integer"}}}}}}}
 
 
+_NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1},
+         "description": "A sender domain."}
+_SELECTOR = {"name": "selector", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
+_JSON = {"application/json": {}}
+_DOMAIN = {"description": "The sender domain", "content": _JSON}
+_SETTINGS = {"type": "object", "properties": {
+    "bounces": {"type": "string"}, "tracking": {"type": "string"}, "https": _BOOLEAN,
+    "policy": {"type": "string", "enum": ["none", "quarantine", "reject"]},
+    "percentage": {"type": "integer", "minimum": 0, "maximum": 100},
+    "startdate": {"type": "string", "format": "date"}, "enddate": {"type": "string", "format": "date"},
+    "address": _ADDRESSES}}
+
+
+def _write(method: str, summary: str, parameters: list, ok: str, *errors: int,
+           body: dict[str, Any] | None = None) -> dict[str, Any]:
+    operation: dict[str, Any] = {"summary": summary, "parameters": parameters, "responses": {
+        "200": {"description": ok, "content": _JSON}, **_errors(*errors, 401, 503)}}
+    if body is not None:
+        operation["requestBody"] = {"required": False, "content": {"application/json": {"schema": body}}}
+    return {method: operation}
+
+
+def _domain_paths() -> dict[str, Any]:
+    """Sender domains, their DNS records and status, SPF mechanisms and DKIM keys (domains.py)."""
+    keys = {"description": "Keys (never a private key)", "content": _JSON}
+    return {
+        "/v1/domain/{name}": {
+            **_get("A sender domain", [_NAME], _DOMAIN, 404),
+            **_write("post", "Register a sender domain (its ownership record), approve it once that "
+                             "record is in DNS, change its settings", [_NAME],
+                     "The ownership record to publish, or the approved domain", 400, 409, body=_SETTINGS),
+            **_write("delete", "Remove a sender domain and its keys", [_NAME], "true", 404)},
+        "/v1/domain/{name}/{address}": _write(
+            "delete", "Remove an extra DMARC report address", [_NAME, {
+                "name": "address", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "The domain", 404),
+        "/v1/domains": _get("The account's sender domains", [], {"description": "Domains", "content": _JSON}),
+        "/v1/dns/{name}/{variant}": _get(
+            "The DNS records to publish (recommended: CNAMEs to our hosted zone; selfhosted), or the "
+            "live status of each (status)", [_NAME, {
+                "name": "variant", "in": "path", "required": True,
+                "schema": {"type": "string", "enum": ["recommended", "selfhosted", "status"]}}],
+            {"description": "Records or status", "content": _JSON}, 404),
+        "/v1/spf/{name}": {
+            **_get("Extra mechanisms of the hosted SPF record", [_NAME], _STRINGS, 404),
+            **_write("post", "Add SPF mechanisms", [_NAME], "The mechanisms", 400, 404, body={
+                "type": "object", "additionalProperties": _ADDRESSES}),
+            **_write("delete", "Remove every added mechanism", [_NAME], "The mechanisms (none)", 404)},
+        "/v1/dkimkey/{name}": _get("The key that signs the domain's mail", [_NAME],
+                                   {"description": "selector, algorithm, public key", "content": _JSON}, 404),
+        "/v1/dkimkey/{name}/{selector}": {
+            **_get("One part of that key: publickey, algorithm or selector", [_SELECTOR | {
+                "schema": {"type": "string", "enum": ["publickey", "algorithm", "selector"]}}, _NAME],
+                {"description": "Text", "content": _TEXT}, 404),
+            **_write("post", "Install a key of the customer's (or have one made) under a selector",
+                     [_NAME, _SELECTOR], "The key (public parts)", 400, 404, 409, body={
+                         "type": "object", "properties": {
+                             "privatekey": {"type": "string"}, "always": _BOOLEAN,
+                             "start": {"type": "string"}, "end": {"type": "string"}}}),
+            **_write("delete", "Remove a key", [_NAME, _SELECTOR], "true", 404)},
+        "/v1/dkimkeys": _get("Every DKIM key of the account", [], keys),
+        "/v1/dkimkeys/{name}": _get("A domain's DKIM keys", [_NAME], keys, 404),
+        "/v1/dkimkeys/{name}/{selector}": _get("A domain's key under a selector", [_NAME, _SELECTOR], keys,
+                                               404),
+    }
+
+
 def document(server_url: str) -> dict[str, Any]:
     text_view = {"description": "Text", "content": _TEXT}
     paths: dict[str, Any] = {
@@ -174,6 +241,7 @@ def document(server_url: str) -> dict[str, Any]:
             {"description": "The part", "content": {"*/*": {"schema": {"type": "string",
                                                                          "format": "binary"}}}},
             401, 404, 422),
+        **_domain_paths(),
         "/v1/openapi.json": _get("This document", [], {"description": "OpenAPI 3.0",
                                                         "content": {"application/json": {}}}, secure=False),
         "/.well-known/autoconfig/mail/config-v1.1.xml": _get(

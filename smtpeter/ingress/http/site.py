@@ -23,12 +23,13 @@ from zope.interface import provider
 
 from smtpeter import credentials
 from smtpeter.config import Config
+from smtpeter.domains.registry import SenderDomains
 from smtpeter.events.bots import BotRules
 from smtpeter.events.hits import HitLog
 from smtpeter.events.metrics import Metrics
 
 # The route modules: importing one registers its routes on routing.app.
-from smtpeter.ingress.http import archive, documents, events, logfiles, routing, send  # noqa: F401
+from smtpeter.ingress.http import archive, documents, domains, events, logfiles, routing, send  # noqa: F401
 from smtpeter.ingress.http import metrics as metrics_routes  # noqa: F401
 from smtpeter.ingress.http.budget import ByteBudget
 from smtpeter.ingress.http.clicks import HitRecorder, Redirector, TrackingChannel, TrackingResource
@@ -71,6 +72,8 @@ class API:
         self.redirector = Redirector(self.links, self.hits, config.public_url)
         # The image proxy, hosted images and the web version (images.py).
         self.hosting = Hosting(self)
+        # Sender domains, their DNS and keys (smtpeter/domains/registry.py; set by the service).
+        self.domains: SenderDomains = None  # type: ignore[assignment]
 
     def site(self) -> Site:
         access_log = self.config.http.access_log or str(self.config.data_path / "http-access.log")

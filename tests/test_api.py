@@ -796,7 +796,7 @@ class APITests(unittest.TestCase):
             "smtpeter_accepted": "counter", "smtpeter_delivered": "counter", "smtpeter_deferred": "counter",
             "smtpeter_failed": "counter", "smtpeter_expired": "counter", "smtpeter_bounced": "counter",
             "smtpeter_clicks": "counter", "smtpeter_bot_clicks": "counter",
-            "smtpeter_opens": "counter", "smtpeter_bot_opens": "counter",
+            "smtpeter_opens": "counter", "smtpeter_bot_opens": "counter", "smtpeter_hits_dropped": "counter",
             "smtpeter_queue_depth": "gauge", "smtpeter_destination_connections": "gauge",
             "smtpeter_destination_queued": "gauge"})
         self.assertEqual(value(before, "smtpeter_accepted_total"), 0)

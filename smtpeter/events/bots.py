@@ -20,13 +20,20 @@ that caught it (``bot_reason``):
 
 The hit itself is kept in the event (method, address, headers, time), so a
 better rule can score old events again.
+
+Only a recipient's clicks matter to the two rules that look beyond the hit
+(honeypot, burst): ``ClickWindow`` holds them indexed for exactly those two
+questions, so scoring a hit costs the same however many times its recipient
+clicked.
 """
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections import OrderedDict
+from collections.abc import Iterable
+from typing import NamedTuple
 
 from smtpeter.links import MAX_POSITION
 
@@ -50,9 +57,11 @@ USER_AGENTS: tuple[str, ...] = (
     r"Apache-HttpClient", r"node-fetch", r"axios/", r"Scrapy", r"^$",
 )
 
+AGENT_VERDICTS = 4096  # user agents whose verdict is remembered (a few browsers make most hits)
+_CACHED_AGENT_LENGTH = 512  # longer ones are matched every time: no one fills the cache with junk
 
-@dataclass(frozen=True)
-class Seen:
+
+class Seen(NamedTuple):
     """What the rules look at of one hit."""
 
     time: float
@@ -63,26 +72,120 @@ class Seen:
     user_agent: str
 
 
+class ClickWindow:
+    """One recipient's clicks, indexed for the honeypot and burst rules.
+
+    The honeypot rule asks for a click on the hidden link from one address
+    within HONEYPOT_SECONDS: those clicks are few, kept as a list. The burst
+    rule asks for a click on another link within BURST_SECONDS: the clicks are
+    kept per BURST_SECONDS-wide slot of time and per link as the first and last
+    time in it, as only the one nearest in time to a hit can be near enough
+    (a slot is narrower than the two-sided window, so between its first and
+    last click there is no gap it could hide in). A hit's own click may be in
+    the window: neither rule can match a click with itself.
+    """
+
+    __slots__ = ("_honeypots", "_slots", "latest")
+
+    def __init__(self) -> None:
+        self._honeypots: list[tuple[float, str]] = []  # (time, ip) of clicks on the hidden link
+        # slot -> position -> (first, last) time; tuples of numbers, which the garbage collector
+        # stops tracking (thousands of them live a few seconds: no gen2 collection for them)
+        self._slots: dict[int, dict[int, tuple[float, float]]] = {}
+        self.latest = -math.inf  # the newest click's time
+
+    def add(self, time: float, position: int, ip: str) -> None:
+        if position == HONEYPOT_POSITION:
+            self._honeypots.append((time, ip))
+        key = _slot(time)
+        slot = self._slots.get(key)
+        if slot is None:
+            slot = self._slots[key] = {}
+        span = slot.get(position)
+        if span is None:
+            slot[position] = (time, time)
+        elif time < span[0]:
+            slot[position] = (time, span[1])
+        elif time > span[1]:
+            slot[position] = (span[0], time)
+        if time > self.latest:
+            self.latest = time
+
+    def honeypot_near(self, time: float, ip: str) -> bool:
+        """Whether the hidden link was clicked from ``ip`` within HONEYPOT_SECONDS of ``time``."""
+        for other, other_ip in self._honeypots:  # none, nearly always
+            if other_ip == ip and abs(other - time) <= HONEYPOT_SECONDS:
+                return True
+        return False
+
+    def other_link_near(self, time: float, position: int) -> bool:
+        """Whether a link other than ``position`` was clicked less than BURST_SECONDS from ``time``."""
+        middle = _slot(time)
+        for key in range(middle - 1, middle + 2):
+            slot = self._slots.get(key)
+            if slot is None:
+                continue
+            for other, (first, last) in slot.items():
+                if other != position and (abs(first - time) < BURST_SECONDS
+                                          or abs(last - time) < BURST_SECONDS):
+                    return True
+        return False
+
+    def forget_before(self, time: float) -> None:
+        """Drop what no hit at ``time`` or later can be near (slots go oldest first, as they came)."""
+        oldest_kept = _slot(time - BURST_SECONDS)
+        slots = self._slots
+        while slots:
+            first = next(iter(slots))
+            if first >= oldest_kept:
+                break
+            del slots[first]
+        if self._honeypots and self._honeypots[0][0] < time - HONEYPOT_SECONDS:
+            self._honeypots = [(t, ip) for t, ip in self._honeypots if t >= time - HONEYPOT_SECONDS]
+
+    @classmethod
+    def of(cls, hits: Iterable[Seen]) -> ClickWindow:
+        """A window of the clicks among ``hits``."""
+        window = cls()
+        for hit in hits:
+            if hit.kind == "click":
+                window.add(hit.time, hit.position, hit.ip)
+        return window
+
+
+def _slot(time: float) -> int:
+    return math.floor(time / BURST_SECONDS)
+
+
 class BotRules:
     def __init__(self, user_agents: Iterable[str] = (), seconds: float = 5.0) -> None:
         """``user_agents``: more expressions on top of USER_AGENTS; ``seconds``: how soon after the
         delivery a hit is a machine's."""
         self._agents = re.compile("|".join(f"(?:{p})" for p in (*USER_AGENTS, *user_agents)), re.I)
+        # One big case-insensitive alternation costs tens of microseconds a search: remembered.
+        self._verdicts: OrderedDict[str, bool] = OrderedDict()
         self.seconds = seconds
 
     def is_machine_agent(self, user_agent: str) -> bool:
-        return self._agents.search(user_agent.strip()) is not None
+        verdict = self._verdicts.get(user_agent)
+        if verdict is not None:
+            self._verdicts.move_to_end(user_agent)
+            return verdict
+        verdict = self._agents.search(user_agent.strip()) is not None
+        if len(user_agent) <= _CACHED_AGENT_LENGTH:
+            self._verdicts[user_agent] = verdict
+            if len(self._verdicts) > AGENT_VERDICTS:
+                self._verdicts.popitem(last=False)
+        return verdict
 
-    def reason(self, hit: Seen, delivered: float | None, others: Sequence[Seen]) -> str:
+    def reason(self, hit: Seen, delivered: float | None, clicks: ClickWindow) -> str:
         """Why ``hit`` is a machine's (one of the reasons above), or "" for a person's.
 
         ``delivered``: when the message reached the recipient's server (None: not yet known);
-        ``others``: the recipient's other hits around it, in any order.
+        ``clicks``: the recipient's clicks around it (``ClickWindow.of`` makes one of a list).
         """
         if hit.kind == "click":
-            if hit.position == HONEYPOT_POSITION or any(
-                    o.kind == "click" and o.position == HONEYPOT_POSITION and o.ip == hit.ip
-                    and abs(o.time - hit.time) <= HONEYPOT_SECONDS for o in others):
+            if hit.position == HONEYPOT_POSITION or clicks.honeypot_near(hit.time, hit.ip):
                 return HONEYPOT
         if hit.method == "HEAD":
             return HEAD
@@ -90,8 +193,6 @@ class BotRules:
             return USER_AGENT
         if delivered is None or hit.time - delivered < self.seconds:
             return EARLY
-        if hit.kind == "click" and any(
-                o.kind == "click" and o.position != hit.position and abs(o.time - hit.time) < BURST_SECONDS
-                for o in others):
+        if hit.kind == "click" and clicks.other_link_near(hit.time, hit.position):
             return BURST
         return ""

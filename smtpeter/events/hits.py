@@ -1,14 +1,21 @@
 """Hits on tracking links, recorded as click and open events in batches, off the request path.
 
 The redirector and the pixel answer from the signed token alone and hand the
-hit here (``HitLog.add``: an append). Every ``INTERVAL`` the hits at least
-``HOLD`` seconds old are written in one transaction: the recipient's account,
-address, tags and delivery time are read from storage here (once per
-recipient, then cached), each hit is scored by the bot rules (events/bots.py)
-beside the recipient's other hits around it (held that long, a burst is seen
-whole), and becomes a ``click`` or ``open`` event with SMTPeter's data fields
-plus ``bot`` and ``bot_reason``. A recipient id that does not exist (any
-more) records nothing; events belong to the recipient's account.
+hit here (``HitLog.add``: an append, and a click is noted in its recipient's
+``ClickWindow``). Every ``INTERVAL`` the hits at least ``HOLD`` seconds old
+are written in one transaction: the recipient's account, address, tags and
+delivery time are read from storage here (once per recipient, then cached),
+each hit is scored by the bot rules (events/bots.py) beside the recipient's
+other clicks around it (held that long, a burst is seen whole; the window
+holds the clicks written before and those still held), and becomes a
+``click`` or ``open`` event with SMTPeter's data fields plus ``bot`` and
+``bot_reason``. A batch is scored ``SLICE`` hits at a time, the reactor
+serving requests in between. A recipient id that does not exist (any more)
+records nothing; events belong to the recipient's account.
+
+At most ``MAX_PENDING`` hits wait; past that (storage down or too slow) new
+ones are dropped, counted on /metrics (``smtpeter_hits_dropped_total``) and
+logged now and then.
 
 Opens are loads of images: the images of one message that one client loads
 together are one open (``OPEN_SECONDS``).
@@ -16,20 +23,21 @@ together are one open (``OPEN_SECONDS``).
 
 from __future__ import annotations
 
+import math
 import time as time_module
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from smtpeter.events.bots import HONEYPOT_SECONDS, BotRules, Seen
+from smtpeter.events.bots import HONEYPOT_SECONDS, BotRules, ClickWindow, Seen
 from smtpeter.events.metrics import Metrics
-from smtpeter.events.model import CLICK, DELIVERY, OPEN
+from smtpeter.events.model import CLICK, DELIVERY, OPEN, TYPES
 from smtpeter.storage import NotFound, StorageError
-from smtpeter.storage.models import NewEvent
+from smtpeter.storage.events import event_row
 
 log = Logger()
 
@@ -38,15 +46,25 @@ INTERVAL = 0.5
 OPEN_SECONDS = 10.0
 MAX_PENDING = 200_000  # hits waiting at most; past it new ones are dropped (and counted)
 MAX_BATCH = 5_000  # hits per transaction
+SLICE = 250  # hits scored between two turns of the reactor (a few milliseconds)
+DROPPED_LOG_SECONDS = 60.0  # dropped hits are logged at most this often
 _RECIPIENTS = 20_000  # recipients whose account, tags and delivery time are cached
 _UNDELIVERED_SECONDS = 30.0  # a recipient not yet known as delivered is read again after this
-_PRIVATE_HEADERS = frozenset({"cookie", "authorization", "proxy-authorization"})
+_READS_AT_ONCE = 8  # recipients read from storage at the same time (a batch of new ones)
+# The clicks a hit is scored beside are kept this much longer than the rules look, for a clock
+# that steps back a little (hits are stamped with the wall clock).
+_CLOCK_SLACK = 5.0
+# What a recipient's account, tags and delivery time are read from: not its clicks and opens,
+# which grow with every hit and say nothing of either.
+_RECIPIENT_EVENT_TYPES = tuple(t for t in TYPES if t not in (CLICK, OPEN))
+_OpenKey = tuple[str, str, str]  # recipient id, client address, user agent
+_PRIVATE_HEADERS = frozenset({b"cookie", b"authorization", b"proxy-authorization"})
 _MAX_HEADERS = 8192  # characters of request headers kept per hit
 
 
-@dataclass(frozen=True)
-class Hit:
-    """One request for a tracking link, as it came."""
+class Hit(NamedTuple):
+    """One request for a tracking link, as it came (a tuple: cheap to make on the request path, and of
+    no concern to the garbage collector while it waits)."""
 
     time: float
     kind: str  # CLICK or OPEN
@@ -69,6 +87,14 @@ class _Recipient:
     read_at: float
 
 
+class Head(NamedTuple):
+    """What an event keeps of a hit's request headers, read in one pass."""
+
+    text: str  # the header lines as SMTPeter logs them (newline separated), without credentials
+    user_agent: str
+    referer: str
+
+
 class HitLog:
     def __init__(self, storage: Any, metrics: Metrics, clock: Any, rules: BotRules) -> None:
         self.storage = storage
@@ -76,12 +102,16 @@ class HitLog:
         self.clock = clock
         self.rules = rules
         self._pending: deque[Hit] = deque()
-        self._recent: dict[str, deque[Seen]] = {}  # recipient id -> hits written, for the rules
+        # Recipient id -> its clicks held and written lately (the honeypot and burst rules look
+        # at them), the recipient that clicked last at the end.
+        self._clicks: OrderedDict[str, ClickWindow] = OrderedDict()
         self._recipients: OrderedDict[str, _Recipient | None] = OrderedDict()
-        self._opens: OrderedDict[tuple[str, str, str], float] = OrderedDict()
+        self._opens: OrderedDict[_OpenKey, float] = OrderedDict()  # -> when it last opened
         self._timer: Any = None
         self._writing: defer.Deferred | None = None
         self.dropped = 0
+        self._dropped_logged = 0  # of ``dropped``, how many a log line told of
+        self._dropped_logged_at = -math.inf  # monotonic time of that line
         self.running = False
 
     # -- in -------------------------------------------------------------------------------
@@ -89,11 +119,31 @@ class HitLog:
     def add(self, hit: Hit) -> None:
         """Take a hit (on the request path: an append)."""
         if len(self._pending) >= MAX_PENDING:
-            self.dropped += 1
+            self._drop()
             return
         self._pending.append(hit)
+        if hit.kind == CLICK:
+            window = self._clicks.get(hit.recipient_id)
+            if window is None:
+                window = self._clicks[hit.recipient_id] = ClickWindow()
+            else:
+                self._clicks.move_to_end(hit.recipient_id)
+            window.add(hit.time, hit.position, hit.ip)
         if self._timer is None and self.running:
             self._timer = self.clock.callLater(INTERVAL, self._tick)
+
+    def _drop(self) -> None:
+        self.dropped += 1
+        self.metrics.count("smtpeter_hits_dropped_total")
+        if time_module.monotonic() - self._dropped_logged_at >= DROPPED_LOG_SECONDS:
+            self._log_dropped()
+
+    def _log_dropped(self) -> None:
+        log.warn("{count} click and open hits not recorded: {pending} are waiting to be written, the most "
+                 "kept (is storage slow or down?); {total} dropped since start",
+                 count=self.dropped - self._dropped_logged, pending=len(self._pending), total=self.dropped)
+        self._dropped_logged = self.dropped
+        self._dropped_logged_at = time_module.monotonic()
 
     def start(self) -> None:
         self.running = True
@@ -112,6 +162,8 @@ class HitLog:
             await self.flush(everything=True)
         except Exception:
             log.failure("writing the last click and open events failed")
+        if self.dropped > self._dropped_logged:
+            self._log_dropped()
 
     def _tick(self) -> None:
         self._timer = None
@@ -148,66 +200,96 @@ class HitLog:
         return written
 
     async def _write(self, batch: Sequence[Hit]) -> int:
-        recipients = {hit.recipient_id: await self._recipient(hit.recipient_id)
-                      for hit in batch if hit.recipient_id}
-        context: dict[str, list[Seen]] = {}
-        for hit in (*batch, *self._pending):  # what is still held counts as context too
-            context.setdefault(hit.recipient_id, []).append(_seen(hit))
-        events, counted = [], []
-        for hit in batch:
-            recipient = recipients.get(hit.recipient_id)
-            if recipient is None:
-                continue  # not ours (any more): nothing is recorded
-            seen = _seen(hit)
-            others = [o for o in (*self._recent.get(hit.recipient_id, ()), *context[hit.recipient_id])
-                      if o is not seen and o != seen]
-            reason = self.rules.reason(seen, recipient.delivered, others)
-            if hit.kind == OPEN and self._repeated_open(hit, seen.user_agent):
-                continue
-            events.append(NewEvent(recipient.account_id, hit.recipient_id, recipient.address, hit.kind,
-                                   _data(hit, recipient, reason), time=hit.time))
-            counted.append((hit.kind, bool(reason)))
-        await self.storage.record_events(events)
-        for hit in batch:
-            self._remember(hit)
-        for kind, bot in counted:
+        recipients = await self._recipients_of(batch)
+        self._forget_clicks_before(batch[0].time - HONEYPOT_SECONDS - _CLOCK_SLACK)
+        rows: list[tuple] = []  # storage.events.event_row: the JSON is made here, a slice at a time
+        counted: list[tuple[str, bool]] = []
+        opens: dict[_OpenKey, float] = {}  # this batch's, kept once it is written
+        no_clicks = ClickWindow()
+        for start in range(0, len(batch), SLICE):
+            if start:
+                await task.deferLater(self.clock, 0)  # let the reactor answer requests in between
+            for hit in batch[start:start + SLICE]:
+                recipient = recipients.get(hit.recipient_id)
+                if recipient is None:
+                    continue  # not ours (any more): nothing is recorded
+                head = read_head(hit.head)
+                if hit.kind == OPEN and self._repeated_open(hit, head.user_agent, opens):
+                    continue
+                clicks = self._clicks.get(hit.recipient_id, no_clicks)
+                clicks.forget_before(hit.time - _CLOCK_SLACK)
+                seen = Seen(hit.time, hit.kind, hit.position, hit.method, hit.ip, head.user_agent)
+                reason = self.rules.reason(seen, recipient.delivered, clicks)
+                rows.append(event_row(recipient.account_id, hit.recipient_id, recipient.address, hit.kind,
+                                      hit.time, _data(hit, recipient, reason, head)))
+                counted.append((hit.kind, bool(reason)))
+        await self.storage.record_event_rows(rows)
+        self._remember_opens(opens)
+        for (kind, bot), count in Counter(counted).items():
             noun = "clicks" if kind == CLICK else "opens"
-            self.metrics.count(f"smtpeter_bot_{noun}_total" if bot else f"smtpeter_{noun}_total")
-        return len(events)
+            self.metrics.count(f"smtpeter_bot_{noun}_total" if bot else f"smtpeter_{noun}_total", count)
+        return len(rows)
 
-    def _repeated_open(self, hit: Hit, user_agent: str) -> bool:
+    def _forget_clicks_before(self, horizon: float) -> None:
+        """Drop the windows of recipients who clicked last before ``horizon`` (none of their
+        clicks can be near a hit still to score)."""
+        while self._clicks:
+            recipient_id, window = next(iter(self._clicks.items()))
+            if window.latest >= horizon:
+                break
+            del self._clicks[recipient_id]
+
+    def _repeated_open(self, hit: Hit, user_agent: str, batch_opens: dict[_OpenKey, float]) -> bool:
+        """Whether ``hit`` loads an image of a message the same client opened moments before; notes it in
+        ``batch_opens`` (kept only once the batch is written: written again, it is no repeat)."""
         key = (hit.recipient_id, hit.ip, user_agent)
-        last = self._opens.get(key)
-        self._opens[key] = hit.time
-        self._opens.move_to_end(key)
-        while len(self._opens) > _RECIPIENTS:
-            self._opens.popitem(last=False)
+        last = batch_opens.get(key)
+        if last is None:
+            last = self._opens.get(key)
+        batch_opens[key] = hit.time
         return last is not None and 0 <= hit.time - last < OPEN_SECONDS
 
-    def _remember(self, hit: Hit) -> None:
-        recent = self._recent.setdefault(hit.recipient_id, deque())
-        recent.append(_seen(hit))
-        while recent and recent[0].time < hit.time - HONEYPOT_SECONDS:
-            recent.popleft()
-        if len(self._recent) > _RECIPIENTS:
-            horizon = hit.time - HONEYPOT_SECONDS
-            self._recent = {rid: seen for rid, seen in self._recent.items()
-                            if seen and seen[-1].time >= horizon}
+    def _remember_opens(self, batch_opens: dict[_OpenKey, float]) -> None:
+        for key, time in batch_opens.items():
+            self._opens[key] = time
+            self._opens.move_to_end(key)
+        while len(self._opens) > _RECIPIENTS:
+            self._opens.popitem(last=False)
 
-    async def _recipient(self, recipient_id: str) -> _Recipient | None:
-        """Account, address, tags and delivery time of a recipient; None if there is none."""
+    async def _recipients_of(self, batch: Sequence[Hit]) -> dict[str, _Recipient | None]:
+        """The recipients of a batch's hits: from the cache, else read (a few at once)."""
+        recipients: dict[str, _Recipient | None] = {}
+        unread = []
         now = time_module.monotonic()
-        if recipient_id in self._recipients:
-            known = self._recipients[recipient_id]
-            if known is None or known.delivered is not None or now - known.read_at < _UNDELIVERED_SECONDS:
-                self._recipients.move_to_end(recipient_id)
-                return known
+        for recipient_id in {hit.recipient_id for hit in batch if hit.recipient_id}:
+            if recipient_id in self._recipients:
+                known = self._recipients[recipient_id]
+                if known is None or known.delivered is not None or now - known.read_at < _UNDELIVERED_SECONDS:
+                    self._recipients.move_to_end(recipient_id)
+                    recipients[recipient_id] = known
+                    continue
+            unread.append(recipient_id)
+        for start in range(0, len(unread), _READS_AT_ONCE):
+            group = unread[start:start + _READS_AT_ONCE]
+            try:
+                found = await defer.gatherResults(
+                    [defer.Deferred.fromCoroutine(self._read_recipient(rid, now)) for rid in group],
+                    consumeErrors=True)
+            except defer.FirstError as error:
+                error.subFailure.raiseException()  # the StorageError itself: the batch waits
+            recipients.update(zip(group, found, strict=True))
+        return recipients
+
+    async def _read_recipient(self, recipient_id: str, now: float) -> _Recipient | None:
+        """Account, address, tags and delivery time of a recipient from storage (and cached);
+        None if there is none."""
         try:
             entry = await self.storage.recipient(recipient_id)
         except NotFound:
             found = None
         else:
-            events = await self.storage.events(recipient_id, account_id=entry.account_id)
+            events = await self.storage.events(recipient_id, account_id=entry.account_id,
+                                               types=_RECIPIENT_EVENT_TYPES)
             tags: list[str] = []
             delivered = None
             for event in events:
@@ -223,36 +305,33 @@ class HitLog:
         return found
 
 
-def _seen(hit: Hit) -> Seen:
-    return Seen(hit.time, hit.kind, hit.position, hit.method, hit.ip, header_value(hit.head, b"user-agent"))
-
-
-def header_value(head: bytes, name: bytes) -> str:
-    """The value of the first header line called ``name`` (lower case) in a header block."""
+def read_head(head: bytes) -> Head:
+    """A hit's header block (CRLF separated lines) as its event keeps it: the lines without credentials
+    (at most _MAX_HEADERS characters), and the first User-Agent and Referer values."""
+    kept = []
+    user_agent = referer = None
     for line in head.split(b"\r\n"):
         field, colon, value = line.partition(b":")
-        if colon and field.strip().lower() == name:
-            return value.strip().decode("latin-1")
-    return ""
+        if not colon:
+            continue
+        name = field.strip().lower()
+        if name in _PRIVATE_HEADERS:
+            continue
+        kept.append(line)
+        if name == b"user-agent":
+            if user_agent is None:
+                user_agent = value.strip().decode("latin-1")
+        elif name == b"referer" and referer is None:
+            referer = value.strip().decode("latin-1")
+    return Head(b"\n".join(kept).decode("latin-1")[:_MAX_HEADERS], user_agent or "", referer or "")
 
 
-def headers_text(head: bytes) -> str:
-    """The request headers as SMTPeter logs them (newline separated), without credentials."""
-    lines = []
-    for line in head.split(b"\r\n"):
-        field, colon, _ = line.partition(b":")
-        if colon and field.strip().lower().decode("latin-1") not in _PRIVATE_HEADERS:
-            lines.append(line.decode("latin-1"))
-    return "\n".join(lines)[:_MAX_HEADERS]
-
-
-def _data(hit: Hit, recipient: _Recipient, reason: str) -> dict[str, Any]:
+def _data(hit: Hit, recipient: _Recipient, reason: str, head: Head) -> dict[str, Any]:
     """The event's data: SMTPeter's columns (clicks: url, destination; opens: protocol), what
     its webhooks send (useragent, referer), and the hit itself for scoring it again."""
     data: dict[str, Any] = {
-        "recipient": recipient.address, "tags": recipient.tags, "ip": hit.ip,
-        "headers": headers_text(hit.head), "useragent": header_value(hit.head, b"user-agent"),
-        "referer": header_value(hit.head, b"referer"), "url": hit.url, "position": hit.position,
+        "recipient": recipient.address, "tags": recipient.tags, "ip": hit.ip, "headers": head.text,
+        "useragent": head.user_agent, "referer": head.referer, "url": hit.url, "position": hit.position,
         "method": hit.method, "bot": bool(reason), "bot_reason": reason,
     }
     if hit.kind == CLICK:

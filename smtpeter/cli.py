@@ -347,6 +347,11 @@ def inline_css(args: argparse.Namespace) -> int:
     return 0
 
 
+def bounce_parse(args: argparse.Namespace) -> int:
+    from smtpeter.bounces.cli import bounce_parse  # its phrase tables compile only when used
+    return bounce_parse(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", "-c", default=argparse.SUPPRESS,
@@ -364,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="smtpeter", parents=[common],
                                      description="Administer an smtpeter installation.")
     groups = parser.add_subparsers(dest="group", required=True,
-                                   metavar="{account,login,token,domain,queue,events,inline-css}")
+                                   metavar="{account,login,token,domain,queue,events,inline-css,bounce}")
 
     def command(group: Any, name: str, fn: Command, help: str,
                 human: Printer = _print_human) -> argparse.ArgumentParser:
@@ -440,6 +445,11 @@ def build_parser() -> argparse.ArgumentParser:
                                       "--json also says what stayed in <style> and what was dropped.")
     p.add_argument("--css", metavar="FILE", help="a stylesheet applied after the page's own")
     p.set_defaults(local=inline_css)
+
+    bounce = groups.add_parser("bounce", help="received bounces").add_subparsers(dest="action", required=True)
+    p = bounce.add_parser("parse", parents=[common], help="classify bounces in files, per recipient")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.set_defaults(local=bounce_parse)
     return parser
 
 

@@ -1,0 +1,367 @@
+"""The pipeline: structure (parse) -> recipients (DSN fields, vendor formats, text)
+-> per recipient status, reply code, command, reason and hard/soft."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+
+from smtpeter.bounces import formats, remote, scan
+from smtpeter.bounces.codes import find_command, find_replycode, find_status, is_status
+from smtpeter.bounces.parse import Parsed, parse_message
+from smtpeter.bounces.reasons import Facts, decide, is_hard, is_temporary, pseudo_status
+from smtpeter.bounces.scan import Finding, addresses_in, first_address, sweep
+
+
+@dataclass(frozen=True)
+class RecipientResult:
+    recipient: str
+    status: str           # enhanced status code; X.0.9NN when the message had none (Sisimai's)
+    replycode: str        # SMTP reply code, "" if none
+    diagnostic: str       # the remote server's (or the MTA's) words, one line
+    command: str          # the SMTP command that failed, if said: CONN, EHLO, MAIL, RCPT, DATA, ...
+    reason: str
+    hardbounce: bool
+    feedbacktype: str = ""
+    action: str = ""      # failed, delayed, delivered, expanded, relayed ("" if not said)
+    remote_mta: str = ""
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Original:
+    """What the report says of the message it is about."""
+
+    message_id: str = ""
+    envelope_sender: str = ""
+    envelope_id: str = ""        # the DSN ENVID (Original-Envelope-Id)
+    sender: str = ""             # its From address
+    recipients: tuple[str, ...] = ()
+    subject: str = ""
+    x_headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Report:
+    kind: str                    # bounce, response, abuse, undefined
+    recipients: list[RecipientResult]
+    original: Original
+    return_path: str = ""        # of the report itself: where it was sent (our VERP address)
+    to: tuple[str, ...] = ()
+    sender: str = ""             # its From address
+    subject: str = ""
+    reporting_mta: str = ""
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+_DAEMON = re.compile(r"mailer-daemon|postmaster|mail delivery|mail administrator|mailer_daemon|"
+                     r"mdaemon|bounce|notification|no-?reply|mail system|symantec|messagelabs", re.I)
+_BOUNCE_SUBJECT = re.compile(
+    r"undeliver|undelivered|delivery (?:status|failure|failed|notification|report|problem|has failed)|"
+    r"returned mail|mail delivery|failure notice|non[- ]?delivery|could not be delivered|delivery final|"
+    r"not delivered|rejected|nicht zustellbar|unzustellbar|non remis|non recapitabile|no se puede entregar|"
+    r"message (?:not delivered|failure|delivery)|mail failure|failed mail|delivery error|warning: could not|"
+    r"bounce|error sending|unable to deliver|delivery notification|permanent error|delivery unsuccessful|"
+    r"there was an error|mail could not|notice|frozen|postmaster|delayed mail|delivery delayed|"
+    r"mail system error|returned to sender|mail-system|undeliverable", re.I)
+_AUTO_SUBJECT = re.compile(
+    r"^\s*(?:auto(?:matic)?[ _-]?(?:reply|response|antwort|risposta|respuesta|r[ée]ponse)|auto:|"
+    r"out of (?:the )?office|abwesenheit|absence|vacation|on leave|away from|r[ée]ponse automatique|"
+    r"respuesta autom[aá]tica|risposta automatica|automatisch|autoreply|autoresponse|fuera de la oficina|"
+    r"office closed|i am out|i'm out|ooo\b)", re.I)
+
+
+def classify(message: bytes) -> Report:
+    """What ``message`` (a whole received message, as bytes) is, and why, per recipient."""
+    parsed = parse_message(message)
+    original = _original(parsed)
+    base = {
+        "original": original,
+        "return_path": first_address(parsed.header("return-path")),
+        "to": tuple(addresses_in(parsed.header("to"))),
+        "sender": first_address(parsed.header("from")),
+        "subject": parsed.header("subject"),
+        "reporting_mta": _value_of(parsed.dsn_message.get("reporting-mta", "")),
+    }
+    feedback = _feedback(parsed)
+    if feedback is not None:
+        return Report(kind="abuse", recipients=feedback, **base)  # type: ignore[arg-type]
+    findings = _bounce_findings(parsed)
+    if not findings and parsed.inner is not None:
+        findings = _bounce_findings(parsed.inner)
+    if findings:
+        results = [_finish(f, parsed) for f in findings]
+        return Report(kind="bounce", recipients=results, **base)  # type: ignore[arg-type]
+    if _is_auto_reply(parsed):
+        return Report(kind="response", recipients=[_auto_reply(parsed)], **base)  # type: ignore[arg-type]
+    return Report(kind="undefined", recipients=[], **base)  # type: ignore[arg-type]
+
+
+def _value_of(field_value: str) -> str:
+    """The value of a typed DSN field: "rfc822; a@b" -> "a@b"."""
+    return field_value.split(";", 1)[1].strip() if ";" in field_value else field_value.strip()
+
+
+def _original(parsed: Parsed) -> Original:
+    x_headers = {name: value for name, value in parsed.original_headers if name.lower().startswith("x-")}
+    envelope_sender = (first_address(parsed.dsn_message.get("x-postfix-sender", ""))
+                       or first_address(parsed.original("return-path")))
+    recipients = tuple(addresses_in(parsed.original("to")))
+    message_id = parsed.original("message-id").strip()
+    m = re.search(r"<([^<>\s]+)>", message_id)
+    return Original(
+        message_id=m.group(1) if m else message_id,
+        envelope_sender=envelope_sender,
+        envelope_id=parsed.dsn_message.get("original-envelope-id", ""),
+        sender=first_address(parsed.original("from")),
+        recipients=recipients,
+        subject=parsed.original("subject"),
+        x_headers=x_headers,
+    )
+
+
+# -- complaints --------------------------------------------------------------------------------
+
+
+def _feedback(parsed: Parsed) -> list[RecipientResult] | None:
+    fields = parsed.feedback
+    if fields is None:
+        if not re.search(r"report-type=\"?feedback-report", parsed.header("content-type"), re.I):
+            return None
+        fields = {}
+    kind = (fields.get("feedback-type") or ["abuse"])[0].strip().lower() or "abuse"
+    recipients = [first_address(v) for v in fields.get("original-rcpt-to", []) if first_address(v)]
+    if not recipients:
+        recipients = [a for a in addresses_in(parsed.original("to"))]
+    if not recipients:
+        recipients = [first_address(v) for v in fields.get("removal-recipient", []) if first_address(v)]
+    if not recipients:
+        recipients = [""]
+    diagnostic = sweep(parsed.text)[:500]
+    return [RecipientResult(recipient=r, status="", replycode="", diagnostic=diagnostic, command="",
+                            reason="feedback", hardbounce=False, feedbacktype=kind) for r in recipients]
+
+
+# -- auto-replies ------------------------------------------------------------------------------
+
+
+def _is_auto_reply(parsed: Parsed) -> bool:
+    sender = parsed.header("from").lower()
+    subject = parsed.header("subject")
+    if re.search(r"mailer-daemon|postmaster|root@",
+    sender) or re.search(r"mail failure -|security information for",
+                                                                          subject, re.I):
+        return False
+    auto_submitted = parsed.header("auto-submitted").lower()
+    if auto_submitted.startswith(("auto-replied", "auto-generated", "auto-notified")):
+        return True
+    if parsed.header("precedence").lower().startswith("auto_reply"):
+        return True
+    if parsed.header("x-autoreply") or parsed.header("x-autorespond") or parsed.header("x-autoreply-from"):
+        return True
+    if "vacation" in parsed.header("x-apple-action").lower():
+        return True
+    return bool(_AUTO_SUBJECT.search(subject))
+
+
+def _auto_reply(parsed: Parsed) -> RecipientResult:
+    who = first_address(parsed.header("from")) or first_address(parsed.header("return-path"))
+    return RecipientResult(recipient=who, status="", replycode="", diagnostic=sweep(parsed.text)[:500],
+                           command="", reason="vacation", hardbounce=False)
+
+
+# -- bounces -----------------------------------------------------------------------------------
+
+
+def _senders(parsed: Parsed) -> set[str]:
+    """Addresses that are the bounced message's sender, never its failed recipient."""
+    found = set()
+    for value in (parsed.header("to"), parsed.original("from"), parsed.original("return-path"),
+                  parsed.dsn_message.get("x-postfix-sender", ""), parsed.original("reply-to")):
+        found.update(address.lower() for address in addresses_in(value))
+    return found
+
+
+def _looks_like_bounce(parsed: Parsed) -> bool:
+    return bool(
+        parsed.dsn_recipients
+        or "report-type=delivery-status" in parsed.header("content-type").lower().replace('"', "")
+        or _DAEMON.search(parsed.header("from"))
+        or _BOUNCE_SUBJECT.search(parsed.header("subject"))
+        or parsed.header("return-path").strip() in ("<>", "")
+        or parsed.has_original_part
+    )
+
+
+def _bounce_findings(parsed: Parsed) -> list[Finding]:
+    if not _looks_like_bounce(parsed):
+        return []
+    senders = _senders(parsed)
+    vendor, over_dsn = formats.vendor_findings(parsed, senders)
+    dsn = _dsn_findings(parsed)
+    if vendor and (over_dsn or not dsn):
+        return vendor
+    if dsn:
+        return _merge(dsn, vendor or _text_findings(parsed, senders), parsed)
+    if _is_auto_reply(parsed) and not _DAEMON.search(parsed.header("from")):
+        return []
+    found = _text_findings(parsed, senders)
+    found = [f for f in found if f.diagnostic or len(found) == 1]
+    if not found:
+        found = scan.fallback_findings(parsed, senders)
+    return found
+
+
+def _text_findings(parsed: Parsed, senders: set[str]) -> list[Finding]:
+    """Recipients in the notice: lines that name them, and a session transcript if there is one."""
+    found = scan.scan_text(parsed.text, senders) or scan.scan_text(parsed.text, set())
+    if not scan.has_transcript(parsed.text):
+        return found
+    by_address = {f.recipient.lower(): f for f in found}
+    for finding in scan.scan_transcript(parsed.text, senders):
+        known = by_address.get(finding.recipient.lower())
+        if known is None:
+            found.append(finding)
+            by_address[finding.recipient.lower()] = finding
+            continue
+        known.command = known.command or finding.command
+        known.extra["transcript"] = finding.diagnostic
+        if not scan.has_code(known.diagnostic):
+            known.diagnostic = finding.diagnostic
+    return found
+
+
+def _dsn_findings(parsed: Parsed) -> list[Finding]:
+    findings = []
+    for block in parsed.dsn_recipients:
+        recipient = (first_address(block.get("final-recipient"))
+                     or first_address(block.get("original-recipient"))
+                     or first_address(block.get("x-actual-recipient")))
+        if not recipient:
+            continue
+        code = block.get("diagnostic-code")
+        spec, diagnostic = ("", code)
+        m = re.match(r"^\s*([A-Za-z][\w\-]*)\s*;\s*(.*)$", code, re.S)
+        if m:
+            spec, diagnostic = m.group(1), m.group(2)
+        status_field = block.get("status")
+        status = find_status(status_field.split("(")[0]) if status_field else ""
+        comment = ""
+        m = re.search(r"\((.*)\)", status_field)
+        if m:
+            comment = m.group(1)
+        findings.append(Finding(
+            recipient=recipient,
+            diagnostic=sweep(diagnostic),
+            status=status,
+            action=block.get("action").split()[0].lower() if block.get("action").split() else "",
+            spec=spec.upper(),
+            rhost=_value_of(block.get("remote-mta")),
+            context=sweep(comment),
+            extra={"original": first_address(block.get("original-recipient")),
+                   "actual": first_address(block.get("x-actual-recipient"))},
+        ))
+    return findings
+
+
+def _merge(dsn: list[Finding], text: list[Finding], parsed: Parsed) -> list[Finding]:
+    """DSN fields first; the notice text fills in what they leave out (and the command)."""
+    by_address = {f.recipient.lower(): f for f in text}
+    for finding in dsn:
+        names = [finding.recipient, finding.extra.get("original", ""), finding.extra.get("actual", "")]
+        match = next((by_address[n.lower()] for n in names if n and n.lower() in by_address), None)
+        if match is None and len(dsn) == 1 and len(text) == 1:
+            match = text[0]
+        if match is not None:
+            if not finding.diagnostic:
+                finding.diagnostic = match.diagnostic
+            elif match.diagnostic and match.diagnostic.lower() not in finding.diagnostic.lower():
+                finding.context = sweep(f"{finding.context} {match.diagnostic}")
+            finding.command = finding.command or match.command or find_command(match.diagnostic)
+            if match.extra.get("transcript") and len(dsn) == 1:
+                finding.extra["transcript"] = match.extra["transcript"]
+            finding.status = finding.status or match.status
+            finding.hint = finding.hint or match.hint
+        elif not finding.diagnostic and len(dsn) == 1:
+            finding.context = sweep(f"{finding.context} {parsed.text}")
+    return dsn
+
+
+def _prefer_status(field: str, found: str, replycode: str) -> str:
+    """The Status: field or the code in the diagnostic text, whichever says more."""
+    if not field:
+        return found
+    if not found or field == found:
+        return field
+    if replycode and field[0] != found[0]:
+        if replycode[0] == field[0]:
+            return field
+        if replycode[0] == found[0]:
+            return found
+    if field[1:] == ".0.0":
+        return found if found[1:] != ".0.0" else field
+    if field.endswith(".0") and not found.endswith(".0") and ".0." not in found:
+        return found
+    if found[1:] == ".0.0":
+        return field
+    if field in ("4.4.7", "4.7.0") or field.startswith("5.3.") or field[1:4] in (".5.1", ".5.2", ".5.4",
+    ".5.5"):
+        return found
+    if field == "5.1.1":
+        return field if ".0" in found or found.startswith("5.5.") else found
+    if field == "5.1.3" and found.startswith("5.7."):
+        return found
+    return field
+
+
+def _finish(f: Finding, parsed: Parsed) -> RecipientResult:
+    diagnostic = _clean_diagnostic(f.diagnostic)
+    text = diagnostic or sweep(f.context)
+    replies = _server_replies(f.extra.get("transcript", ""))
+    if replies and replies.lower() not in text.lower():
+        # Sendmail: what the remote server said in the session explains the DSN's terse code.
+        text = sweep(f"{replies} {text}")
+    field = f.status if is_status(f.status) else ""
+    found = find_status(text)
+    replycode = f.replycode or find_replycode(text, found or field)
+    status = _prefer_status(field, found, replycode)
+    replycode = f.replycode or find_replycode(text, status)
+    command = f.command or find_command(f"{diagnostic} {f.context}")
+    recipient_domain = f.recipient.rsplit("@", 1)[-1].lower()
+    facts = Facts(status=status, replycode=replycode, diagnostic=text, command=command,
+                  action=f.action, spec=f.spec or ("SMTP" if text else ""), hint=f.hint,
+                  rhost=f.rhost, destination=recipient_domain)
+    if f.spec.upper().startswith("X-") and "X-UNIX" not in f.spec.upper() and text:
+        facts.spec = "SMTP"
+    reason = decide(facts, remote.rules_for(facts, parsed))
+    hard = is_hard(reason, status, text) if reason not in ("delivered", "feedback", "vacation") else False
+    if not status or (f.extra.get("pseudo") and status[1:] == ".0.0"):
+        temporary = bool(f.extra.get("temporary")) or is_temporary(f"{replycode} {text}")
+        status = pseudo_status(reason, temporary) or status
+    if reason == "delivered":
+        replycode = replycode if replycode.startswith("2") else ""
+    elif replycode and status and replycode[0] != status[0]:
+        replycode = find_replycode(text, status)
+        if replycode[:1] != status[:1]:
+            replycode = ""
+    action = f.action
+    if reason == "expired" and not action:
+        action = "delayed"
+    if not action and status[:1] in ("4", "5"):
+        action = "failed"
+    return RecipientResult(recipient=f.recipient, status=status, replycode=replycode, diagnostic=diagnostic,
+                           command=command, reason=reason, hardbounce=hard, feedbacktype=f.feedbacktype,
+                           action=action, remote_mta=f.rhost)
+
+
+def _server_replies(transcript: str) -> str:
+    return transcript
+
+
+def _clean_diagnostic(text: str) -> str:
+    text = re.sub(r"(?is)<html>.*?</html>", " ", text or "")
+    return sweep(text)

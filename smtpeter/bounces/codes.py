@@ -14,7 +14,7 @@ import re
 _IPV4 = re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}\b")
 # class.subject.detail; not preceded by something that makes it part of a longer
 # number, a version ("v5.1.1") or a path, not followed by more dotted digits.
-_STATUS = re.compile(r"(?<![\w.\-/+])([245])\.([0-7])\.(\d{1,3})(?!\.?\d)")
+_STATUS = re.compile(r"(?<![\w./+])([245])\.([0-7])\.(\d{1,3})(?!\.?\d)")
 _REPLY = re.compile(r"(?<![\w.\-/+#=:])([245]\d\d)(?![\w.]?\d)(?!@)")
 
 # Reply codes RFC 5321 and its extensions define (211..556; 3yz is never a failure).

@@ -348,7 +348,7 @@ _EXCHANGE2003_CODES = {
 
 
 def _is_exchange2003(parsed: Parsed) -> bool:
-    if parsed.header("x-ms-embedded-report"):
+    if parsed.has("x-ms-embedded-report"):
         return True
     mailer = parsed.header("x-mailer")
     if mailer.startswith(("Internet Mail Service (", "Microsoft Exchange Server Internet Mail Connector")):

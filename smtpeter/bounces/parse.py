@@ -97,6 +97,10 @@ class Parsed:
         name = name.lower()
         return next((value for key, value in self.headers if key.lower() == name), "")
 
+    def has(self, name: str) -> bool:
+        name = name.lower()
+        return any(key.lower() == name for key, _ in self.headers)
+
     def header_all(self, name: str) -> list[str]:
         name = name.lower()
         return [value for key, value in self.headers if key.lower() == name]

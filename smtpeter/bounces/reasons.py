@@ -848,6 +848,6 @@ def reason_for(status: str, replycode: str, diagnostic: str, command: str = "") 
     facts = Facts(status=status, replycode=replycode, diagnostic=text, command=(command or "").upper(),
     spec="SMTP")
     reason = decide(facts)
-    if reason == "onhold" and replycode[:1] in ("4", "5"):
-        reason = "undefined" if not text else reason
+    if reason in ("onhold", "undefined") and replycode in ("521", "556"):
+        reason = "notaccept"  # RFC 7504: the host or the domain takes no mail at all
     return reason, is_hard(reason, status or replycode, text)

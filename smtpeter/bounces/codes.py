@@ -47,10 +47,40 @@ def find_status(text: str, klass: str = "") -> str:
     if klass and any(code[0] == klass for code in found):
         found = [code for code in found if code[0] == klass]
     vague = [code for code in found if code[1:] == ".0.0" or code == "4.4.7"]
-    specific = [code for code in found if code not in vague]
-    if specific:
-        return specific[0]
-    return vague[0] if vague else ""
+    ordered = [code for code in found if code not in vague] + vague[-1:]
+    chosen = ""
+    for code in ordered:
+        chosen = prefer_status(chosen, code) if chosen else code
+    return chosen
+
+
+def prefer_status(field: str, found: str, replycode: str = "") -> str:
+    """Of two status codes for one failure (the Status: field and one in the text, or two in
+    the text), the one that says more; ``replycode`` settles a disagreement on the class."""
+    if not field:
+        return found
+    if not found or field == found:
+        return field
+    if replycode and field[0] != found[0]:
+        if replycode[0] == field[0]:
+            return field
+        if replycode[0] == found[0]:
+            return found
+    if field[1:] == ".0.0":
+        return found if found[1:] != ".0.0" else field
+    if field.endswith(".0") and not found.endswith(".0") and ".0." not in found:
+        return found
+    if found[1:] == ".0.0":
+        return field
+    # Codes that say little next to a more specific one in the text.
+    vague = field in ("4.4.7", "4.7.0") or field.startswith("5.3.")
+    if vague or field[1:].startswith((".5.1", ".5.2", ".5.4", ".5.5")):
+        return found
+    if field == "5.1.1":
+        return field if ".0" in found or found.startswith("5.5.") else found
+    if field == "5.1.3" and found.startswith("5.7."):
+        return found
+    return field
 
 
 def find_replycodes(text: str) -> list[str]:

@@ -254,7 +254,9 @@ def _looks_like_headers(text: str) -> bool:
             return False
     known = [name for name in names if name in _ORIGINAL_HEADER_NAMES or name.startswith("x-")]
     dsn = [name for name in names if name in DSN_FIELDS]
-    return len(known) >= 2 and len(dsn) < len(known)
+    # "Subject:" and "Date:" alone are how notices quote the message, not its header.
+    strong = [name for name in known if name not in ("subject", "date", "sent", "cc")]
+    return len(known) >= 2 and bool(strong) and len(dsn) < len(known)
 
 
 def parse_message(raw: bytes) -> Parsed:
@@ -266,7 +268,9 @@ def parse_message(raw: bytes) -> Parsed:
     dsn_texts: list[str] = []
     _walk(message, parsed, notices, dsn_texts)
 
-    if not any(n.strip() for n in notices) and not dsn_texts and message.is_multipart():
+    if not any(n.strip() for n in notices) and not dsn_texts and not parsed.feedback and \
+            not message.get_content_type().startswith("text/"):
+        # A multipart whose boundaries do not match its header, say: read it as text.
         notices.append(_unparsed_text(renamed))
     text = tidy("\n".join(notices)).replace(_RENAMED, "message/")
     if not parsed.has_original_part:

@@ -7,9 +7,9 @@ import re
 from dataclasses import asdict, dataclass, field
 
 from smtpeter.bounces import formats, remote, scan
-from smtpeter.bounces.codes import find_command, find_replycode, find_status, is_status
+from smtpeter.bounces.codes import find_command, find_replycode, find_status, is_status, prefer_status
 from smtpeter.bounces.parse import Parsed, parse_message
-from smtpeter.bounces.reasons import Facts, decide, is_hard, is_temporary, pseudo_status
+from smtpeter.bounces.reasons import Facts, decide, is_hard, is_temporary, normalized, pseudo_status
 from smtpeter.bounces.scan import Finding, addresses_in, first_address, sweep
 
 
@@ -95,7 +95,8 @@ def classify(message: bytes) -> Report:
         findings = _bounce_findings(parsed.inner)
     if findings:
         results = [_finish(f, parsed) for f in findings]
-        return Report(kind="bounce", recipients=results, **base)  # type: ignore[arg-type]
+        kind = "abuse" if all(r.reason == "feedback" for r in results) else "bounce"
+        return Report(kind=kind, recipients=results, **base)  # type: ignore[arg-type]
     if _is_auto_reply(parsed):
         return Report(kind="response", recipients=[_auto_reply(parsed)], **base)  # type: ignore[arg-type]
     return Report(kind="undefined", recipients=[], **base)  # type: ignore[arg-type]
@@ -198,31 +199,68 @@ def _looks_like_bounce(parsed: Parsed) -> bool:
 
 
 def _bounce_findings(parsed: Parsed) -> list[Finding]:
-    if not _looks_like_bounce(parsed):
-        return []
+    """Who the notice is about and what it says of each, from the best source there is."""
     senders = _senders(parsed)
+    vendor, _ = formats.vendor_findings(parsed, senders)
+    if not vendor and not _looks_like_bounce(parsed):
+        return []  # the vendor formats know their own notices; anything else must look like one
+    found = _read(parsed, senders)
+    if not found and parsed.inner is not None:
+        # A gateway that wrapped the real report in a message of its own.
+        found = _read(parsed.inner, _senders(parsed.inner))
+    if not found and not (_is_auto_reply(parsed) and not _DAEMON.search(parsed.header("from"))):
+        found = scan.fallback_findings(parsed, senders)
+    return found
+
+
+def _read(parsed: Parsed, senders: set[str]) -> list[Finding]:
     vendor, over_dsn = formats.vendor_findings(parsed, senders)
     dsn = _dsn_findings(parsed)
     if vendor and (over_dsn or not dsn):
+        if not dsn:
+            _adopt_dsn_fields(vendor, parsed)
         return vendor
     if dsn:
-        return _merge(dsn, vendor or _text_findings(parsed, senders), parsed)
+        merged = _merge(dsn, vendor or _text_findings(parsed, senders), parsed)
+        if len(merged) == 1 and not vendor and not _known_mta(parsed):
+            # A DSN from an MTA we know nothing particular of: the whole notice is evidence
+            # (a local delivery agent's complaint above the report, say).
+            merged[0].extra["notice"] = sweep(parsed.text)
+        return merged
     if _is_auto_reply(parsed) and not _DAEMON.search(parsed.header("from")):
         return []
     found = _text_findings(parsed, senders)
-    found = [f for f in found if f.diagnostic or len(found) == 1]
-    if not found:
-        found = scan.fallback_findings(parsed, senders)
-    return found
+    return [f for f in found if f.diagnostic or len(found) == 1]
+
+
+def _known_mta(parsed: Parsed) -> bool:
+    """Postfix and Sendmail notices: their text says about each recipient what the DSN does."""
+    subject = parsed.header("subject")
+    return (subject == "Undelivered Mail Returned to Sender" or subject.endswith("see transcript for details")
+            or subject.startswith("Warning: ") or "This is the mail system at host" in parsed.text
+            or "The Postfix program" in parsed.text)
+
+
+def _adopt_dsn_fields(vendor: list[Finding], parsed: Parsed) -> None:
+    """DSN blocks whose recipient is no address (a pipe, a file): their Status and Action still
+    belong to the recipients the notice names, in the same order."""
+    blocks = parsed.dsn_recipients
+    if len(blocks) != len(vendor):
+        return
+    for finding, block in zip(vendor, blocks, strict=True):
+        finding.status = finding.status or find_status(block.get("status").split("(")[0])
+        if not finding.action and block.get("action").split():
+            finding.action = block.get("action").split()[0].lower()
 
 
 def _text_findings(parsed: Parsed, senders: set[str]) -> list[Finding]:
     """Recipients in the notice: lines that name them, and a session transcript if there is one."""
     found = scan.scan_text(parsed.text, senders) or scan.scan_text(parsed.text, set())
-    if not scan.has_transcript(parsed.text):
+    if not scan.has_transcript(parsed.text) and "Transcript of session follows" not in parsed.text:
         return found
     by_address = {f.recipient.lower(): f for f in found}
-    for finding in scan.scan_transcript(parsed.text, senders):
+    transcript, _ = scan.scan_transcript(parsed.text, senders)
+    for finding in transcript:
         known = by_address.get(finding.recipient.lower())
         if known is None:
             found.append(finding)
@@ -232,7 +270,16 @@ def _text_findings(parsed: Parsed, senders: set[str]) -> list[Finding]:
         known.extra["transcript"] = finding.diagnostic
         if not scan.has_code(known.diagnostic):
             known.diagnostic = finding.diagnostic
+    if len(found) == 1 and not found[0].extra.get("transcript"):
+        found[0].extra["transcript"] = scan.server_replies(parsed.text)
     return found
+
+
+_POWERMTA_CATEGORIES = {
+    "bad-domain": "hostunknown", "bad-mailbox": "userunknown", "inactive-mailbox": "suspend",
+    "message-expired": "expired", "no-answer-from-host": "networkerror", "policy-related": "policyviolation",
+    "quota-issues": "mailboxfull", "routing-errors": "systemerror", "spam-related": "spamdetected",
+}
 
 
 def _dsn_findings(parsed: Parsed) -> list[Finding]:
@@ -250,93 +297,89 @@ def _dsn_findings(parsed: Parsed) -> list[Finding]:
             spec, diagnostic = m.group(1), m.group(2)
         status_field = block.get("status")
         status = find_status(status_field.split("(")[0]) if status_field else ""
-        comment = ""
         m = re.search(r"\((.*)\)", status_field)
-        if m:
-            comment = m.group(1)
+        comment = m.group(1) if m else ""
+        action = block.get("action").split()
         findings.append(Finding(
             recipient=recipient,
             diagnostic=sweep(diagnostic),
             status=status,
-            action=block.get("action").split()[0].lower() if block.get("action").split() else "",
-            spec=spec.upper(),
+            action=action[0].lower() if action else "",
+            spec="SMTP" if spec.upper() == "X-POSTFIX" else spec.upper(),
             rhost=_value_of(block.get("remote-mta")),
+            hint=_POWERMTA_CATEGORIES.get(block.get("x-powermta-bouncecategory").strip().lower(), ""),
             context=sweep(comment),
             extra={"original": first_address(block.get("original-recipient")),
-                   "actual": first_address(block.get("x-actual-recipient"))},
+                   "actual": first_address(block.get("x-actual-recipient")), "comment": sweep(comment)},
         ))
     return findings
 
 
 def _merge(dsn: list[Finding], text: list[Finding], parsed: Parsed) -> list[Finding]:
-    """DSN fields first; the notice text fills in what they leave out (and the command)."""
-    by_address = {f.recipient.lower(): f for f in text}
+    """DSN fields first; the notice fills in what they leave out: an empty or bare-number
+    Diagnostic-Code, the failed command, a more specific code, and the same error with more
+    around it ("... (in reply to RCPT TO command)")."""
+    by_address = {f.recipient.lower(): f for f in text if f.recipient}
+    transcript = scan.has_transcript(parsed.text) or "Transcript of session follows" in parsed.text
+    loose = scan.scan_transcript(parsed.text, set())[1] if transcript else ""
     for finding in dsn:
         names = [finding.recipient, finding.extra.get("original", ""), finding.extra.get("actual", "")]
         match = next((by_address[n.lower()] for n in names if n and n.lower() in by_address), None)
         if match is None and len(dsn) == 1 and len(text) == 1:
             match = text[0]
         if match is not None:
-            if not finding.diagnostic:
-                finding.diagnostic = match.diagnostic
-            elif match.diagnostic and match.diagnostic.lower() not in finding.diagnostic.lower():
-                finding.context = sweep(f"{finding.context} {match.diagnostic}")
-            finding.command = finding.command or match.command or find_command(match.diagnostic)
-            if match.extra.get("transcript") and len(dsn) == 1:
-                finding.extra["transcript"] = match.extra["transcript"]
-            finding.status = finding.status or match.status
-            finding.hint = finding.hint or match.hint
+            _fill_from_notice(finding, match)
         elif not finding.diagnostic and len(dsn) == 1:
             finding.context = sweep(f"{finding.context} {parsed.text}")
+        if loose and (not finding.diagnostic or finding.diagnostic.isdigit()):
+            finding.diagnostic = loose  # Sendmail: "554 5.3.0 unknown mailer error 255" beats "255"
+        if transcript and len(dsn) == 1:
+            # Sendmail: every reply of the session explains the DSN's terse Diagnostic-Code.
+            finding.extra["transcript"] = scan.server_replies(parsed.text)
     return dsn
 
 
-def _prefer_status(field: str, found: str, replycode: str) -> str:
-    """The Status: field or the code in the diagnostic text, whichever says more."""
-    if not field:
-        return found
-    if not found or field == found:
-        return field
-    if replycode and field[0] != found[0]:
-        if replycode[0] == field[0]:
-            return field
-        if replycode[0] == found[0]:
-            return found
-    if field[1:] == ".0.0":
-        return found if found[1:] != ".0.0" else field
-    if field.endswith(".0") and not found.endswith(".0") and ".0." not in found:
-        return found
-    if found[1:] == ".0.0":
-        return field
-    if field in ("4.4.7", "4.7.0") or field.startswith("5.3.") or field[1:4] in (".5.1", ".5.2", ".5.4",
-    ".5.5"):
-        return found
-    if field == "5.1.1":
-        return field if ".0" in found or found.startswith("5.5.") else found
-    if field == "5.1.3" and found.startswith("5.7."):
-        return found
-    return field
+def _fill_from_notice(finding: Finding, match: Finding) -> None:
+    notice = match.diagnostic
+    if not finding.diagnostic or finding.diagnostic.isdigit():
+        finding.diagnostic = notice or finding.diagnostic
+    elif notice and normalized(notice) != normalized(finding.diagnostic):
+        if normalized(finding.diagnostic) in normalized(notice) and scan.has_code(notice):
+            finding.diagnostic = notice
+        else:
+            finding.context = sweep(f"{finding.context} {notice}")
+    if not finding.status or finding.status[1:] == ".0.0":
+        specific = find_status(notice)
+        if specific and specific[1:] != ".0.0":
+            finding.status = specific
+    finding.command = finding.command or match.command or find_command(notice)
+    finding.hint = finding.hint or match.hint
 
 
 def _finish(f: Finding, parsed: Parsed) -> RecipientResult:
     diagnostic = _clean_diagnostic(f.diagnostic)
     text = diagnostic or sweep(f.context)
-    replies = _server_replies(f.extra.get("transcript", ""))
-    if replies and replies.lower() not in text.lower():
+    notice = f.extra.get("notice", "")
+    if notice:
+        text = notice if normalized(text) in normalized(notice) else sweep(f"{notice} {text}")
+    comment = f.extra.get("comment", "")
+    if comment and normalized(comment) not in normalized(text):
+        text = sweep(f"{comment} {text}")  # "Status: 5.2.1 (mailbox disabled, not accepting messages)"
+    replies = f.extra.get("transcript", "")
+    if replies and normalized(replies) not in normalized(text):
         # Sendmail: what the remote server said in the session explains the DSN's terse code.
         text = sweep(f"{replies} {text}")
     field = f.status if is_status(f.status) else ""
     found = find_status(text)
     replycode = f.replycode or find_replycode(text, found or field)
-    status = _prefer_status(field, found, replycode)
+    status = prefer_status(field, found, replycode)
     replycode = f.replycode or find_replycode(text, status)
+    text = _without_continuations(text, replycode, found)
+    diagnostic = _without_continuations(diagnostic, replycode, found)
     command = f.command or find_command(f"{diagnostic} {f.context}")
-    recipient_domain = f.recipient.rsplit("@", 1)[-1].lower()
     facts = Facts(status=status, replycode=replycode, diagnostic=text, command=command,
                   action=f.action, spec=f.spec or ("SMTP" if text else ""), hint=f.hint,
-                  rhost=f.rhost, destination=recipient_domain)
-    if f.spec.upper().startswith("X-") and "X-UNIX" not in f.spec.upper() and text:
-        facts.spec = "SMTP"
+                  rhost=f.rhost or _host_in(text), destination=f.recipient.rsplit("@", 1)[-1].lower())
     reason = decide(facts, remote.rules_for(facts, parsed))
     hard = is_hard(reason, status, text) if reason not in ("delivered", "feedback", "vacation") else False
     if not status or (f.extra.get("pseudo") and status[1:] == ".0.0"):
@@ -358,8 +401,27 @@ def _finish(f: Finding, parsed: Parsed) -> RecipientResult:
                            action=action, remote_mta=f.rhost)
 
 
-def _server_replies(transcript: str) -> str:
-    return transcript
+def _without_continuations(text: str, replycode: str, status: str) -> str:
+    """A multi-line reply read as one line: "550-5.7.1 Our system ... 550-5.7.1 likely unsolicited"
+    without the repeated codes between its words, once at its head."""
+    if not replycode or f"{replycode}-" not in text:
+        return text
+    for separator in ("-", " "):
+        if status:
+            text = text.replace(f"{replycode}{separator}{status}", "")
+        text = text.replace(f"{replycode}{separator}", "")
+    return sweep(f"{replycode} {status} {text}" if status else f"{replycode} {text}")
+
+
+_NAMED_HOST = re.compile(
+    r"\b(?:host|by|from|server|mx)\s+\[?"
+    r"([a-z0-9](?:[a-z0-9\-]*[a-z0-9])?(?:\.[a-z0-9\-]+)+\.[a-z]{2,})", re.I)
+
+
+def _host_in(text: str) -> str:
+    """The remote host a diagnostic names: "host mx.example.com[192.0.2.1] said", "by mx.example.com"."""
+    m = _NAMED_HOST.search(text)
+    return m.group(1).lower() if m else ""
 
 
 def _clean_diagnostic(text: str) -> str:

@@ -131,8 +131,8 @@ PHRASES: dict[str, re.Pattern[str]] = {
         r"user's space has been used up", r"account is .{0,40} quota", r"disk.{0,40}quota",
         r"enough .{0,20} space", r"mailbox .{0,40}exceeded.{0,40} limit", r"mailbox .{0,40}full",
         r"mailbox .{0,40}quota", r"maildir .{0,40}quota", r"over .{0,20}quota", r"quota .{0,40}exceeded",
-        r"inbox is out of storage space", r"is over quota", r"insufficient (?:disk )?space",
-        r"mailbox is full", r"storage (?:quota|limit) (?:exceeded|reached)", r"out of (?:disk )?space",
+        r"inbox is out of storage space", r"is over quota",
+        r"mailbox is full", r"storage (?:quota|limit) (?:exceeded|reached)",
         r"exceeded (?:his|her|their|the) (?:storage|quota)",
     ),
     "mesgtoobig": _any(

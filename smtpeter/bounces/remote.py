@@ -228,7 +228,8 @@ _PHRASES: dict[str, _Table] = {
 _FRANCEPTT_CODES = {
     "101": "blocked", "102": "blocked", "103": "blocked", "104": "toomanyconn", "305": "securityerror",
     "401": "authfailure", "402": "securityerror", "403": "rejected", "405": "rejected", "415": "rejected",
-    "416": "userunknown", "417": "mailboxfull", "420": "suspend", "421": "rejected", "426": "suspend",
+    "108": "blocked", "416": "userunknown", "417": "mailboxfull", "420": "suspend", "421": "rejected",
+    "426": "suspend",
     "505": "systemerror", "506": "spamdetected", "510": "blocked", "514": "mesgtoobig", "517": "authfailure",
     "630": "policyviolation", "999": "blocked",
 }
@@ -462,7 +463,7 @@ _MICROSOFT_LABELS = {
 _NTTDOCOMO: _Table = [("mailboxfull", "552 too much mail data"), ("syntaxerror",
 "503 bad sequence of commands"),
                       ("syntaxerror", "504 command parameter not implemented"),
-                      ("toomanyconn", "552 too many recipients"), ("userunknown", "550 unknown user")]
+                      ("toomanyconn", "552 too many recipients")]
 _GSUITE: _Table = [
     ("hostunknown", " responded with code nxdomain"), ("hostunknown", "domain name not found"),
     ("networkerror", " had no relevant answers."), ("networkerror", "responded with code nxdomain"),

@@ -20,7 +20,7 @@ _ADDRESS = re.compile(ADDRESS)
 # A line that names a recipient: "<a@b>:", "a@b", "  a@b (generated from c@d)", "<a@b>... User unknown",
 # "<a@b>: host mx said: 550 ...", "RCPT To:<a@b>" is the transcript's, not this.
 _RECIPIENT_LINE = re.compile(
-    r"^\s*(?:(?:recipient|to|address|e-?mail|original[- ]recipient|final[- ]recipient|unknown user|user"
+    r"^\s*(?:[*\-]\s+)?(?:(?:recipient|to|address|e-?mail|unknown user|user"
     r"|destinataire|failed recipient|invalid recipient)s?\s*(?:address)?\s*[:=]\s*)?"
     r"(?:rfc822;\s*)?[\"']?<?(?P<address>" + ADDRESS + r")>?[\"']?"
     r"(?P<rest>(?:\s*\((?:generated|expanded) from [^)]*\))?\s*(?::|\.\.\.|,|;|\s-\s|$).*)$",
@@ -115,6 +115,9 @@ def scan_text(text: str, exclude: set[str]) -> list[Finding]:
                 break
             block.append(line.strip())
         diagnostic = sweep(" ".join(block))
+        wrapped = re.fullmatch(r"\(reason: (.*)\)", diagnostic)  # Sendmail's "(reason: 550 5.1.1 ...)"
+        if wrapped:
+            diagnostic = wrapped.group(1)
         if address.lower() in seen:
             # Named twice (a list, then the details): keep the details.
             for finding in findings:
@@ -154,7 +157,7 @@ _TRANSCRIPT_RECIPIENT = re.compile(
 _TRANSCRIPT_RCPT = re.compile(r"^>>> ?RCPT TO: ?<?(?P<address>" + ADDRESS + r")>?", re.I)
 
 
-def scan_transcript(text: str, exclude: set[str]) -> list[Finding]:
+def scan_transcript(text: str, exclude: set[str]) -> tuple[list[Finding], str]:
     """Recipients in a Sendmail-style session transcript.
 
         ... while talking to mx.example.org.:
@@ -167,6 +170,7 @@ def scan_transcript(text: str, exclude: set[str]) -> list[Finding]:
     """
     findings: dict[str, Finding] = {}
     order: list[str] = []
+    loose: list[str] = []  # "554 5.3.0 unknown mailer error 255": an error that names no recipient
     command = ""
     replies: list[str] = []
     last: Finding | None = None
@@ -188,6 +192,8 @@ def scan_transcript(text: str, exclude: set[str]) -> list[Finding]:
                 replies = []
             continue
         m = _TRANSCRIPT_RECIPIENT.match(line)
+        if not m and re.match(r"^[245]\d\d[ \-][245]\.\d{1,3}\.\d{1,3}\s", line):
+            loose.append(line)
         if not m or m.group("address").lower() in exclude:
             continue
         finding = _transcript_finding(findings, order, m.group("address"), command)
@@ -196,7 +202,12 @@ def scan_transcript(text: str, exclude: set[str]) -> list[Finding]:
             replies = []
         finding.diagnostic = sweep(f"{finding.diagnostic} {line}")
         last = finding
-    return [findings[address] for address in order]
+    return [findings[address] for address in order], sweep(" ".join(loose))
+
+
+def server_replies(text: str) -> str:
+    """Every reply ("<<< ...") a Sendmail-style transcript quotes, in one line."""
+    return sweep(" ".join(line.strip()[3:] for line in text.split("\n") if line.strip().startswith("<<<")))
 
 
 def _transcript_finding(findings: dict[str, Finding], order: list[str], address: str,

@@ -115,14 +115,14 @@ _COMMAND_PHRASES: list[tuple[str, re.Pattern[str]]] = [
     ("RCPT", re.compile(r"rcpt[ _]to|rcpt command|\brcpt\b|recipient command", re.I)),
     ("MAIL", re.compile(r"mail[ _]from|mail command", re.I)),
     ("CONN", re.compile(r"initial connection|after connect|greeting|banner|connection (?:attempt|refused)",
-    re.I)),
+                        re.I)),
     ("STARTTLS", re.compile(r"\bstarttls\b", re.I)),
     ("AUTH", re.compile(r"\bAUTH (?:PLAIN|LOGIN|CRAM|DIGEST)")),
 ]
 # qmail-remote's words for where the session failed.
 _QMAIL_STAGES = [
     ("CONN", " but greeting failed."), ("EHLO", " but my name was rejected."), ("MAIL",
-    " but sender was rejected."),
+                                                                                " but sender was rejected."),
     ("RCPT", " does not like recipient."), ("DATA", " failed on DATA command"),
     ("DATA", " failed after I sent the message"),
 ]

@@ -56,8 +56,7 @@ def _lines_after(text: str, start: str | re.Pattern[str]) -> list[str]:
 # -- qmail ------------------------------------------------------------------------------------
 
 _QMAIL_REASONS = [
-    ("hostunknown", ("Sorry, I couldn't find any host ",)),
-    ("mailboxfull", ("disk quota exceeded",)),
+    ("hostunknown", ("Sorry, I couldn't find any host ",)), ("mailboxfull", ("disk quota exceeded",)),
     ("mesgtoobig", ("Message size exceeds fixed maximum message size:",)),
     ("networkerror", ("Sorry, I wasn't able to establish an SMTP connection",
                       "Sorry. Although I'm listed as a best-preference MX or A for that host")),
@@ -65,7 +64,6 @@ _QMAIL_REASONS = [
     ("systemerror", ("bad interpreter: No such file or directory", "system error", "Unable to")),
     ("systemfull", ("Requested action not taken: mailbox unavailable (not enough free space)",)),
     ("userunknown", ("no mailbox here by that name",)),
-    # qmail-ldap's own messages
     ("exceedlimit", ("The message exeeded the maximum size the user accepts",)),
     ("suspend", ("Mailaddress is administrativly disabled", "Mailaddress is administrativley disabled",
                  "Mailaddress is administratively disabled", "Mailaddress is administrativeley disabled")),
@@ -75,19 +73,38 @@ _QMAIL_REASONS = [
                      "Too many results returned but needs to be unique",
                      "Permanent error while executing qmail-forward",
                      "Temporary error in automatic homedir creation",
-                     "Temporary error while executing qmail-forward",
-                     "Temporary failure in LDAP lookup", "Unable to contact LDAP server",
-                     "Unable to login into LDAP server, bad credentials")),
+                     "Temporary error while executing qmail-forward", "Temporary failure in LDAP lookup",
+                     "Unable to contact LDAP server", "Unable to login into LDAP server, bad credentials")),
     ("expired", ("this message has been in the queue too long.",)),
 ]
 
 
+_QMAIL_STARTS = (  # qmail-send's greeting and its clones' (Yahoo!'s, Symantec's, ...)
+    "Hi. This is the qmail", "He/Her is not ", "unable to deliver your message to the following addresses",
+    "Su mensaje no pudo ser entregado",
+    "Sorry, we were unable to deliver your message to the following address",
+    "This is the machine generated message from mail service", "This is the mail delivery agent at",
+    "Unable to deliver message to the following address",
+    "Unfortunately, your mail was not delivered to the following address:",
+    "Your mail message to the following address", "Your message to the following addresses", "We're sorry.",
+)
+
+
 def read_qmail(parsed: Parsed, senders: set[str]) -> list[Finding]:
     """qmail and its clones: "<rcpt>:" then qmail-remote's account of the session."""
-    if parsed.header("subject") not in ("failure notice", "Failure Notice") and not _received(parsed,
-    "(qmail "):
+    subject = parsed.header("subject")
+    if subject not in ("failure notice", "Failure Notice") and not _received(parsed, "(qmail "):
         return []
-    found = scan_text(parsed.text, senders) or scan_text(parsed.text, set())
+    lines = parsed.text.split("\n")
+    start = next((i for i, line in enumerate(lines) if any(phrase in line for phrase in _QMAIL_STARTS)), -1)
+    if start < 0:
+        return []
+    found: list[Finding] = []
+    for line in lines[start + 1:]:
+        if re.match(r"^<[^<>\s]+@[^<>\s]+>:", line):
+            found.append(Finding(recipient=first_address(line)))
+        elif found and line.strip():
+            found[-1].diagnostic = sweep(f"{found[-1].diagnostic} {line}")
     for finding in found:
         diagnostic = finding.diagnostic
         finding.command = find_command(diagnostic)
@@ -97,8 +114,8 @@ def read_qmail(parsed: Parsed, senders: set[str]) -> list[Finding]:
             finding.hint = ""  # the remote server's words decide
         else:
             said = re.search(r"Remote host said:.*", diagnostic)
-            finding.hint = (said and _first(_QMAIL_REASONS, said.group(0))) or _first(_QMAIL_REASONS,
-                diagnostic)
+            in_reply = _first(_QMAIL_REASONS, said.group(0)) if said else ""
+            finding.hint = in_reply or _first(_QMAIL_REASONS, diagnostic)
     return found
 
 
@@ -109,14 +126,12 @@ _EXIM_SUBJECTS = ("Delivery Status Notification", "Mail delivery failed", "Mail 
 _EXIM_REASONS = [
     ("userunknown", ("user not found",)),
     ("hostunknown", ("all host address lookups failed permanently",
-    "all relevant MX records point to non-existent hosts",
-                     "Unrouteable address")),
+                     "all relevant MX records point to non-existent hosts", "Unrouteable address")),
     ("mailboxfull", ("mailbox is full", "error: quota exceed")),
     ("notaccept", ("an MX or SRV record indicated no SMTP service",
-    "no host found for existing SMTP connection")),
+                   "no host found for existing SMTP connection")),
     ("syntaxerror", ("angle-brackets nested too deep", 'expected word or "<"',
-    "domain missing in source-routed address",
-                     "malformed address:")),
+                     "domain missing in source-routed address", "malformed address:")),
     ("systemerror", ("delivery to file forbidden", "delivery to pipe forbidden", "local delivery failed",
                      "LMTP error after ")),
     ("contenterror", ('Too many "Received" headers',)),
@@ -172,7 +187,7 @@ def read_exim(parsed: Parsed, senders: set[str]) -> list[Finding]:
             continue
         m = _EXIM_RECIPIENT.match(line)
         if m and not re.match(r"^  (?:SMTP|host|LMTP) ",
-        line) and (third_party or not line.startswith("  <")):
+                              line) and (third_party or not line.startswith("  <")):
             address = m.group("address") or ""
             current = Finding(recipient=address, diagnostic=sweep(m.group("text") or m.group("ltext") or ""))
             findings.append(current)
@@ -219,7 +234,7 @@ def read_exim(parsed: Parsed, senders: set[str]) -> list[Finding]:
 
 def read_dragonfly(parsed: Parsed, senders: set[str]) -> list[Finding]:
     if "Mail delivery failed" not in parsed.header("subject") or not _received(parsed,
-    " (DragonFly Mail Agent"):
+                                                                               " (DragonFly Mail Agent"):
         return []
     findings: list[Finding] = []
     for line in _lines_after(parsed.text, "This is the DragonFly Mail Agent "):
@@ -239,16 +254,14 @@ def read_dragonfly(parsed: Parsed, senders: set[str]) -> list[Finding]:
 # -- OpenSMTPD --------------------------------------------------------------------------------
 
 _OPENSMTPD_REASONS = [
-    ("expired", ("Envelope expired",)),
-    ("securityerror", ("Could not retrieve credentials",)),
+    ("expired", ("Envelope expired",)), ("securityerror", ("Could not retrieve credentials",)),
     ("hostunknown", ("Invalid domain name", "Domain does not exist")),
     ("networkerror", ("Address family mismatch on destination MXs", "All routes to destination blocked",
                       "bad DNS lookup error code", "Could not retrieve source address", "Loop detected",
                       "Network error on destination MXs", "No valid route to remote MX",
-                      "No valid route to destination",
-                      "Temporary failure in MX lookup")),
+                      "No valid route to destination", "Temporary failure in MX lookup")),
     ("notaccept", ("Destination seem to reject all mails", "No MX found for domain",
-    "No MX found for destination")),
+                   "No MX found for destination")),
 ]
 
 
@@ -312,10 +325,14 @@ _EZWEB_REASONS = [
 
 def read_ezweb(parsed: Parsed, senders: set[str]) -> list[Finding]:
     sender, subject = parsed.header("from"), parsed.header("subject")
-    votes = ("Postmaster@ezweb.ne.jp" in sender) + ("Postmaster@au.com" in sender) + (
-        subject == "Mail System Error - Returned Mail") + any(
-        "ezweb.ne.jp (EZweb Mail) with" in r or ".au.com (" in r for r in parsed.header_all("received")) + (
-        ".ezweb.ne.jp>" in parsed.header("message-id")) + (".au.com>" in parsed.header("message-id"))
+    message_id = parsed.header("message-id")
+    received = any("ezweb.ne.jp (EZweb Mail) with" in line or ".au.com (" in line
+                   for line in parsed.header_all("received"))
+    votes = sum((
+        "Postmaster@ezweb.ne.jp" in sender, "Postmaster@au.com" in sender,
+        subject == "Mail System Error - Returned Mail", received,
+        ".ezweb.ne.jp>" in message_id, ".au.com>" in message_id,
+    ))
     if votes < 2:
         return []
     lines = parsed.text.split("\n")
@@ -462,7 +479,7 @@ def read_verizon(parsed: Parsed, senders: set[str]) -> list[Finding]:
         words.append(line)
     diagnostic = sweep(" ".join(words))
     hint = _first([("userunknown", ("550 - Requested action not taken: no such user here",
-    "No valid recipients"))],
+                                    "No valid recipients"))],
                   diagnostic)
     return [Finding(recipient=recipient, diagnostic=diagnostic, hint=hint)]
 
@@ -491,7 +508,7 @@ def read_x3(parsed: Parsed, senders: set[str]) -> list[Finding]:
         return []
     findings: list[Finding] = []
     for line in _lines_after(parsed.text,
-    "      This is an automatically generated Delivery Status Notification."):
+                             "      This is an automatically generated Delivery Status Notification."):
         m = re.match(r"^\s+\* (\S+@\S+\.\S+)", line)
         if m:
             findings.append(Finding(recipient=first_address(m.group(1))))
@@ -510,10 +527,10 @@ _GMAIL_STATES = {  # Gmail's "(state N)": the command it was in and what that me
 }
 _GMAIL_MESSAGES = [
     ("expired", ("DNS Error: Could not contact DNS servers",
-    "Delivery to the following recipient has been delayed",
+                 "Delivery to the following recipient has been delayed",
                  "The recipient server did not accept our requests to connect")),
     ("hostunknown", ("DNS Error: Domain name not found",
-    "DNS Error: DNS server returned answer with no data")),
+                     "DNS Error: DNS server returned answer with no data")),
 ]
 
 
@@ -524,7 +541,7 @@ def read_gmail(parsed: Parsed, senders: set[str]) -> list[Finding]:
         return []
     lines = parsed.text.split("\n")
     start = next((i for i,
-    line in enumerate(lines) if line.startswith("Delivery to the following recipient")), -1)
+                  line in enumerate(lines) if line.startswith("Delivery to the following recipient")), -1)
     if start < 0:
         return []
     findings: list[Finding] = []
@@ -626,7 +643,7 @@ def read_apachejames(parsed: Parsed, senders: set[str]) -> list[Finding]:
     recipients = re.findall(r"(?m)^\s+RCPT TO: (\S+)", details)
     diagnostic = sweep(before)
     return [Finding(recipient=first_address(r),
-    diagnostic=diagnostic) for r in recipients if first_address(r)]
+                    diagnostic=diagnostic) for r in recipients if first_address(r)]
 
 
 # -- Amazon SES notifications (JSON) ------------------------------------------------------------------
@@ -655,7 +672,7 @@ def read_amazonses_json(parsed: Parsed, senders: set[str]) -> list[Finding]:
         feedback = str(complaint.get("complaintFeedbackType") or "abuse")
         for row in complaint.get("complainedRecipients") or []:
             findings.append(Finding(recipient=str(row.get("emailAddress", "")), hint="feedback",
-            feedbacktype=feedback,
+                                    feedbacktype=feedback,
                                     diagnostic=sweep(str(complaint.get("userAgent", "")))))
     elif kind == "Delivery":
         delivery = document.get("delivery") or {}
@@ -725,7 +742,7 @@ def read_zoho(parsed: Parsed, senders: set[str]) -> list[Finding]:
             continue
         if (first_address(line) and "ERROR_CODE :" in line) or line.startswith("[Status: "):
             findings.append(Finding(recipient=first_address(line), diagnostic=sweep(" ".join([*words,
-            line]))))
+                                                                                              line]))))
             words = []
         elif findings:
             findings[-1].diagnostic = sweep(f"{findings[-1].diagnostic} {line}")
@@ -789,16 +806,15 @@ def read_notes(parsed: Parsed, senders: set[str]) -> list[Finding]:
 
 _FML_TEXTS = [
     ("rejected", (" header may cause mail loop", "NOT MEMBER article from ", "reject mail from ",
-    "reject spammers:",
-                  "You are not a member of this mailing list")),
+                  "reject spammers:", "You are not a member of this mailing list")),
     ("notcompliantrfc", ("Duplicated Message-ID",)), ("securityerror", ("Security alert:",)),
     ("systemerror", (" has detected a loop condition so that", "Loop Back Warning:")),
 ]
 _FML_SUBJECTS = [
     ("rejected", (" are not member", "NOT MEMBER article from ", "reject mail ",
-    "Spam mail from a spammer is rejected")),
+                  "Spam mail from a spammer is rejected")),
     ("systemerror", ("fml system error message", "Loop Alert: ", "Loop Back Warning: ",
-    "WARNING: UNIX FROM Loop")),
+                     "WARNING: UNIX FROM Loop")),
     ("securityerror", ("Security Alert",)),
 ]
 
@@ -822,7 +838,7 @@ def read_fml(parsed: Parsed, senders: set[str]) -> list[Finding]:
     for finding in findings:
         finding.diagnostic = sweep(finding.diagnostic)
         finding.hint = _first(_FML_TEXTS, finding.diagnostic) or _first(_FML_SUBJECTS,
-        parsed.header("subject"))
+                                                                        parsed.header("subject"))
     return findings
 
 
@@ -840,7 +856,229 @@ def read_x6(parsed: Parsed, senders: set[str]) -> list[Finding]:
             address = first_address(tail)
             if address:
                 findings.append(Finding(recipient=address, diagnostic=sweep(line),
-                command=find_command(line)))
+                                        command=find_command(line)))
+    return findings
+
+
+# -- Microsoft Exchange 2007 and later ----------------------------------------------------------
+
+_EXCHANGE_CODES = {  # Exchange's own error names in "550 5.1.1 RESOLVER.ADR.RecipNotFound; not found"
+    "SMTPSEND.DNS.NonExistentDomain": "hostunknown", "SMTPSEND.DNS.MxLoopback": "networkerror",
+    "RESOLVER.ADR.BadPrimary": "systemerror", "RESOLVER.ADR.RecipNotFound": "userunknown",
+    "RESOLVER.ADR.RecipientNotFound": "userunknown", "RESOLVER.ADR.ExRecipNotFound": "userunknown",
+    "RESOLVER.ADR.RecipLimit": "toomanyconn", "RESOLVER.ADR.InvalidInSmtp": "systemerror",
+    "RESOLVER.ADR.Ambiguous": "systemerror", "RESOLVER.RST.AuthRequired": "securityerror",
+    "RESOLVER.RST.NotAuthorized": "rejected", "RESOLVER.RST.RecipSizeLimit": "exceedlimit",
+    "QUEUE.Expired": "expired",
+}
+_EXCHANGE_SUBJECTS = ("Undeliverable", "Non_remis_", "Non remis ", "Non recapitabile", "Olevererbart")
+_EXCHANGE_START = ("Error Details", "Diagnostic information for administrators:",
+                   "Informations de diagnostic pour les administrateurs",
+                   "Informazioni di diagnostica per gli amministratori", "Diagnostisk information f")
+_EXCHANGE_END = ("Original Message Headers", "Original message headers:", "tes de message d'origine :",
+                 "Intestazioni originali del messaggio:", "Ursprungshuvuden:")
+
+
+def read_exchange2007(parsed: Parsed, senders: set[str]) -> list[Finding]:
+    """Exchange 2007 and later (and Office 365): the recipient alone on a line under the
+    diagnostic information, then "Remote Server returned '550 5.1.1 RESOLVER.ADR.RecipNotFound'"."""
+    text = parsed.text
+    votes = any(word in parsed.header("subject") for word in _EXCHANGE_SUBJECTS) + any(
+        sender in parsed.header("from") for sender in ("postmaster@outlook.com", ".onmicrosoft.com")) + (
+            " RESOLVER." in text or " QUEUE." in text) + any(start in text for start in _EXCHANGE_START) + \
+        parsed.has("content-language")
+    if votes < 2:
+        return []
+    lines = text.split("\n")
+    start = next((i for i, line in enumerate(lines) if line.startswith(_EXCHANGE_START)), -1)
+    findings: list[Finding] = []
+    if start >= 0:
+        for line in lines[start + 1:]:
+            if line.startswith(_EXCHANGE_END):
+                break
+            if not line.strip():
+                continue
+            if " " not in line.strip() and "@" in line and first_address(line):
+                findings.append(Finding(recipient=first_address(line)))
+            elif findings and (find_replycode(line) or find_status(line) or "Remote Server " in line):
+                findings[-1].diagnostic = sweep(f"{findings[-1].diagnostic} {line}")
+    if not findings:
+        m = re.search(r"(?m)^\s*Recipient Address:\s*(\S+)", text)
+        if m and first_address(m.group(1)):
+            findings.append(Finding(recipient=first_address(m.group(1))))
+    for finding in findings:
+        m = re.search(r"((?:RESOLVER|QUEUE|SMTPSEND)\.[\w.]+);", finding.diagnostic)
+        if m:
+            finding.hint = _EXCHANGE_CODES.get(m.group(1), "")
+    return findings
+
+
+# -- Courier MTA --------------------------------------------------------------------------------
+
+def read_courier(parsed: Parsed, senders: set[str]) -> list[Finding]:
+    if not ("Courier mail server at " in parsed.header("from")
+            or "NOTICE: mail delivery status." in parsed.header("subject")
+            or "WARNING: delayed mail." in parsed.header("subject")
+            or parsed.header("message-id").startswith("<courier.")):
+        return []
+    found = _dsn_or_scan(parsed, senders)
+    command = next((find_command(line) for line in parsed.text.split("\n") if line.startswith(">>> ")), "")
+    table = [("hostunknown", ("No such domain.",)),
+             ("systemerror", ("This domain's DNS violates RFC 1035.",)),
+             ("networkerror", ("DNS lookup failed.",))]
+    for finding in found:
+        finding.command = command or finding.command
+        finding.hint = _first(table, finding.diagnostic)
+    return found
+
+
+def _dsn_or_scan(parsed: Parsed, senders: set[str]) -> list[Finding]:
+    """The recipients of the DSN with their Diagnostic-Code, or those the notice names."""
+    found = []
+    for block in parsed.dsn_recipients:
+        address = first_address(block.get("final-recipient") or block.get("original-recipient"))
+        if address:
+            code = block.get("diagnostic-code")
+            found.append(Finding(recipient=address, diagnostic=sweep(code.split(";", 1)[-1])))
+    return found or scan_text(parsed.text, senders)
+
+
+# -- Oracle Communications Messaging Server ------------------------------------------------------------
+
+def read_messagingserver(parsed: Parsed, senders: set[str]) -> list[Finding]:
+    if "Boundary_(ID_" not in parsed.header("content-type") and \
+            not parsed.header("subject").startswith("Delivery Notification: "):
+        return []
+    findings: list[Finding] = []
+    for line in _lines_after(parsed.text, "This report relates to a message you sent with the following"):
+        m = re.match(r"^  (?:Recipient|Original) address: (\S+@\S+\.\S+)", line)
+        if m:
+            address = first_address(m.group(1))
+            if address and not (findings and findings[-1].recipient == address):
+                findings.append(Finding(recipient=address))
+        elif findings and line.startswith("  Diagnostic code: "):
+            code = line.split(":", 1)[1].strip()
+            findings[-1].spec, _, diagnostic = code.partition(";") if ";" in code else ("", "", code)
+            findings[-1].spec = findings[-1].spec.upper()
+            findings[-1].diagnostic = sweep(f"{findings[-1].diagnostic} {diagnostic}")
+        elif findings and line.startswith("  Reason: ") and not findings[-1].diagnostic:
+            findings[-1].context = sweep(line.split(":", 1)[1])
+    for finding in findings:
+        if "Illegal host/domain name found" in finding.diagnostic:
+            finding.hint = "hostunknown"
+    return findings
+
+
+# -- GMX, 1&1 ---------------------------------------------------------------------------------------
+
+def read_gmx(parsed: Parsed, senders: set[str]) -> list[Finding]:
+    if not parsed.has("x-gmx-antispam"):
+        return []
+    findings: list[Finding] = []
+    for line in _lines_after(parsed.text, "This message was created automatically by mail delivery software"):
+        if line.startswith("--- The header of the original message is following. ---"):
+            break
+        if not line.strip():
+            continue
+        if "@" in line and line.startswith(('"', "<")):
+            findings.append(Finding(recipient=first_address(line)))
+        elif findings and line.startswith("SMTP error "):
+            findings[-1].command = find_command(line)
+        elif findings and line.startswith("host: "):
+            findings[-1].rhost = line[6:].strip()
+        elif findings:
+            findings[-1].diagnostic = sweep(f"{findings[-1].diagnostic} {line}")
+    for finding in findings:
+        if "delivery retry timeout exceeded" in finding.diagnostic:
+            finding.hint = "expired"
+    return [f for f in findings if f.recipient]
+
+
+def read_einsundeins(parsed: Parsed, senders: set[str]) -> list[Finding]:
+    if not parsed.header("from").startswith('"Mail Delivery System"') or \
+            parsed.header("subject") != "Mail delivery failed: returning message to sender":
+        return []
+    findings: list[Finding] = []
+    loose: list[str] = []
+    for line in _lines_after(parsed.text, "This message was created automatically by mail delivery software"):
+        if line.startswith("--- The header of the original message is following. ---"):
+            break
+        if not line.strip():
+            continue
+        stripped = line.strip()
+        if "@" in stripped and (stripped.endswith(":") or " " not in stripped) and first_address(stripped):
+            findings.append(Finding(recipient=first_address(stripped)))
+        elif findings and (stripped.startswith("For the following reason:") or findings[-1].diagnostic):
+            findings[-1].diagnostic = sweep(f"{findings[-1].diagnostic} {stripped}")
+        else:
+            loose.append(stripped)
+    for finding in findings:
+        finding.diagnostic = finding.diagnostic or sweep(" ".join(loose))
+        finding.command = find_command(finding.diagnostic)
+        if "host: " in finding.diagnostic and " reason:" in finding.diagnostic:
+            finding.status = find_status(finding.diagnostic)
+            if "for TEXT command" in finding.diagnostic:
+                finding.command = "DATA"
+        if "Mail size limit exceeded" in finding.diagnostic:
+            finding.hint = "mesgtoobig"
+    return findings
+
+
+# -- au by KDDI ---------------------------------------------------------------------------------------
+
+def read_kddi(parsed: Parsed, senders: set[str]) -> list[Finding]:
+    sender, reply_to = parsed.header("from"), parsed.header("reply-to")
+    if not ("no-reply@." in sender or ".dion.ne.jp" in sender or "no-reply@app.auone-net.jp" in reply_to
+            or any("ezweb.ne.jp (" in r or ".au.com (" in r for r in parsed.header_all("received"))):
+        return []
+    findings: list[Finding] = []
+    reading = False
+    for line in parsed.text.split("\n"):
+        if line.startswith(("Your mail sent on:", "Your mail attempted to be delivered on:")):
+            reading = True
+        if not reading or not line.strip():
+            continue
+        if " Could not be delivered to: <" in line:
+            address = first_address(line.split(": <", 1)[1])
+            if address:
+                findings.append(Finding(recipient=address))
+        elif findings and line.startswith(" "):
+            findings[-1].diagnostic = sweep(f"{findings[-1].diagnostic} {line}")
+    table = [("mailboxfull", ("As their mailbox is full",)),
+             ("norelaying", ("Due to the following SMTP relay error",)),
+             ("hostunknown", ("As the remote domain doesnt exist",))]
+    for finding in findings:
+        finding.command = find_command(finding.diagnostic)
+        if parsed.header("x-spasign") == "NG":
+            finding.hint = "filtered"
+        elif finding.command != "RCPT":
+            finding.hint = _first(table, finding.diagnostic)
+    return findings
+
+
+# -- Digital Arts m-FILTER --------------------------------------------------------------------------
+
+def read_mfilter(parsed: Parsed, senders: set[str]) -> list[Finding]:
+    if parsed.header("subject") != "failure notice" or parsed.header("x-mailer") != "m-FILTER":
+        return []
+    findings: list[Finding] = []
+    section = ""
+    for line in parsed.text.split("\n"):
+        line = line.rstrip()
+        if line.startswith(("-------original message", "-------original mail info")):
+            break
+        if line == "-------server message":
+            section = "error"
+        elif line == "-------SMTP command":
+            section = "command"
+        elif "@" in line and " " not in line and first_address(line) == line:
+            findings.append(Finding(recipient=line))
+        elif findings and line.strip() and section == "error" and not findings[-1].diagnostic:
+            findings[-1].diagnostic = sweep(line)
+            section = ""
+        elif findings and line.strip() and section == "command":
+            findings[-1].command = find_command(line) or findings[-1].command
+            section = ""
     return findings
 
 
@@ -848,11 +1086,12 @@ def read_x6(parsed: Parsed, senders: set[str]) -> list[Finding]:
 READERS: list[tuple[Callable[[Parsed, set[str]], list[Finding]], bool]] = [
     # Recognised by headers or words only they write, first; qmail's Received line and the
     # generic shapes last.
-    (read_amazonses_json, True), (read_exim, False), (read_exchange2003, False), (read_interscanmss, False),
-    (read_fml, False), (read_verizon, False), (read_apachejames, False), (read_postfix, False),
-    (read_opensmtpd, True), (read_qmail, False), (read_gmail, False), (read_zoho, False), (read_domino,
-        False),
-    (read_notes, False), (read_imailserver, False), (read_mailmarshal, False), (read_ezweb, False),
-    (read_dragonfly, False), (read_x1, False), (read_x3, False), (read_x6, False), (read_google_groups,
-        False),
+    (read_amazonses_json, True), (read_exim, False), (read_exchange2007, False), (read_exchange2003, False),
+    (read_interscanmss, False), (read_kddi, False), (read_fml, False), (read_verizon, False),
+    (read_apachejames, False), (read_postfix, False), (read_opensmtpd, True), (read_qmail, False),
+    (read_courier, False), (read_messagingserver, False), (read_gmail, False), (read_gmx, False),
+    (read_zoho, False), (read_domino, False), (read_notes, False), (read_imailserver, False),
+    (read_mfilter, False), (read_mailmarshal, False), (read_ezweb, False), (read_einsundeins, False),
+    (read_dragonfly, False), (read_x1, False), (read_x3, False), (read_x6, False),
+    (read_google_groups, False),
 ]

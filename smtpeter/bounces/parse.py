@@ -204,7 +204,7 @@ def parse_dsn_fields(text: str) -> tuple[dict[str, str], list[DsnRecipient]]:
             # A field seen twice in a block starts the next recipient (some MTAs leave out
             # the blank line between recipients).
             if current is None or (name in ("final-recipient", "original-recipient",
-            "action") and name in current):
+                                            "action") and name in current):
                 if current:
                     recipients.append(DsnRecipient(current))
                 current = {}
@@ -230,7 +230,7 @@ def split_original(text: str) -> tuple[str, str]:
         if index and len(line) < 200 and _ORIGINAL_MARKER.match(line.strip()):
             rest = "\n".join(lines[index + 1:])
             if _looks_like_headers(rest) or not rest.strip() or re.search(r"(?im)^(?:from|subject|to):",
-            rest):
+                                                                          rest):
                 return "\n".join(lines[:index]), rest.lstrip("\n")
     # No marker: the first run of header lines (Return-Path/Received/From...) after the notice.
     for index in range(1, len(lines)):

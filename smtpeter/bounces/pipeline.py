@@ -154,7 +154,7 @@ def _is_auto_reply(parsed: Parsed) -> bool:
     sender = parsed.header("from").lower()
     subject = parsed.header("subject")
     if re.search(r"mailer-daemon|postmaster|root@",
-    sender) or re.search(r"mail failure -|security information for",
+                 sender) or re.search(r"mail failure -|security information for",
                                                                           subject, re.I):
         return False
     auto_submitted = parsed.header("auto-submitted").lower()

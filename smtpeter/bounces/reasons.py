@@ -846,7 +846,7 @@ def reason_for(status: str, replycode: str, diagnostic: str, command: str = "") 
     if not status and replycode[:1] in ("4", "5") and not text:
         text = replycode
     facts = Facts(status=status, replycode=replycode, diagnostic=text, command=(command or "").upper(),
-    spec="SMTP")
+                  spec="SMTP")
     reason = decide(facts)
     if reason in ("onhold", "undefined") and replycode in ("521", "556"):
         reason = "notaccept"  # RFC 7504: the host or the domain takes no mail at all

@@ -29,7 +29,7 @@ _RECIPIENT_LINE = re.compile(
 _CODE = re.compile(r"(?<![\w.])(?:[245]\.\d{1,3}\.\d{1,3}|[245]\d\d)(?![\w.]?\d)")
 _ORIGINAL_START = re.compile(r"^\s*(?:-{3,}|={3,}|\*{3,}).*(?:original|copy|headers|below|follows)", re.I)
 _NOISE_LOCALPARTS = re.compile(r"^(?:mailer-daemon|postmaster|root|abuse|noreply|no-reply|nobody|bounces?)$",
-re.I)
+                               re.I)
 
 
 @dataclass
@@ -99,7 +99,7 @@ def scan_text(text: str, exclude: set[str]) -> list[Finding]:
     for number, (index, address, rest) in enumerate(hits):
         end = hits[number + 1][0] if number + 1 < len(hits) else len(lines)
         block: list[str] = [re.sub(r"^\s*(?:\((?:generated|expanded) from [^)]*\))?\s*(?::|\.\.\.|,|;|-)?",
-        "",
+                                   "",
                                    rest).strip()]
         paragraphs = 0
         for line in lines[index + 1:end]:
@@ -211,7 +211,7 @@ def server_replies(text: str) -> str:
 
 
 def _transcript_finding(findings: dict[str, Finding], order: list[str], address: str,
-command: str) -> Finding:
+                        command: str) -> Finding:
     key = address.lower()
     if key not in findings:
         findings[key] = Finding(recipient=address, command=command)
@@ -230,4 +230,4 @@ def _first_command(text: str) -> str:
 
 def has_transcript(text: str) -> bool:
     return bool(re.search(r"(?m)^\s*(?:>>> ?[A-Za-z]{4}|<<< ?[245]\d\d|[245]\d\d <[^>\s]+@[^>\s]+>\.\.\.)",
-    text))
+                          text))

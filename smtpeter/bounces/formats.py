@@ -1082,6 +1082,42 @@ def read_mfilter(parsed: Parsed, senders: set[str]) -> list[Finding]:
     return findings
 
 
+# -- BIGLOBE and other Japanese ISPs on its software ----------------------------------------------------
+
+def read_biglobe(parsed: Parsed, senders: set[str]) -> list[Finding]:
+    sender = parsed.header("from")
+    if "postmaster@" not in sender or not parsed.header("subject").startswith("Returned mail:") or \
+            not re.search(r"@(?:biglobe|inacatv|tmtv|ttv)\.ne\.jp", sender):
+        return []
+    findings: list[Finding] = []
+    for line in _lines_after(parsed.text, "   ----- The following addresses had delivery problems -----"):
+        if "@" in line and " " not in line.strip() and first_address(line):
+            findings.append(Finding(recipient=first_address(line)))
+        elif findings and line.strip() and "--" not in line:
+            findings[-1].diagnostic = sweep(f"{findings[-1].diagnostic} {line}")
+    table = [("filtered", ("Mail Delivery Failed... User unknown",)),
+             ("mailboxfull", ("The number of messages in recipient's mailbox exceeded the local limit.",))]
+    for finding in findings:
+        finding.hint = _first(table, finding.diagnostic)
+    return findings
+
+
+# -- Google Workspace (its own refusals, not a remote server's) -------------------------------------------
+
+def read_googleworkspace(parsed: Parsed, senders: set[str]) -> list[Finding]:
+    if parsed.dsn_recipients or "<mailer-daemon@googlemail.com>" not in parsed.header("from").lower() or \
+            "Delivery Status Notification" not in parsed.header("subject"):
+        return []
+    lines = parsed.text.split("\n")
+    start = next((i for i, line in enumerate(lines) if line.startswith("** ")), -1)
+    recipient = first_address(parsed.original("to"))
+    if start < 0 or not recipient:
+        return []
+    diagnostic = sweep(" ".join(line for line in lines[start:] if not line.startswith("Content-Type:")))
+    hint = "userunknown" if "because the address couldn't be found. Check for typos" in diagnostic else ""
+    return [Finding(recipient=recipient, diagnostic=diagnostic, hint=hint)]
+
+
 # In the order they are tried, and whether a reader's findings replace the message's DSN.
 READERS: list[tuple[Callable[[Parsed, set[str]], list[Finding]], bool]] = [
     # Recognised by headers or words only they write, first; qmail's Received line and the
@@ -1089,7 +1125,8 @@ READERS: list[tuple[Callable[[Parsed, set[str]], list[Finding]], bool]] = [
     (read_amazonses_json, True), (read_exim, False), (read_exchange2007, False), (read_exchange2003, False),
     (read_interscanmss, False), (read_kddi, False), (read_fml, False), (read_verizon, False),
     (read_apachejames, False), (read_postfix, False), (read_opensmtpd, True), (read_qmail, False),
-    (read_courier, False), (read_messagingserver, False), (read_gmail, False), (read_gmx, False),
+    (read_courier, False), (read_messagingserver, False), (read_googleworkspace, False), (read_gmail, False),
+    (read_gmx, False), (read_biglobe, False),
     (read_zoho, False), (read_domino, False), (read_notes, False), (read_imailserver, False),
     (read_mfilter, False), (read_mailmarshal, False), (read_ezweb, False), (read_einsundeins, False),
     (read_dragonfly, False), (read_x1, False), (read_x3, False), (read_x6, False),

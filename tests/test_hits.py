@@ -5,6 +5,7 @@ events are read by message id on both backends however many events its account h
 
 from __future__ import annotations
 
+import gc
 import json
 import random
 from collections.abc import Sequence
@@ -224,6 +225,18 @@ class HitLogTests(unittest.TestCase):
         self.assertEqual(_counter(self.metrics, "smtpeter_hits_dropped_total"), 4)
         self.assertEqual(len(logged), 1)  # once a minute at most
         self.assertEqual(self.flush(), 3)
+
+    def test_waiting_hits_are_no_work_for_the_garbage_collector(self) -> None:
+        """Tens of thousands wait at once: tracked, they would bring on a full collection a second."""
+        now = self.clock.seconds()
+        for i in range(3):
+            self.log.add(hit(now - 1 + i / 10, position=HONEYPOT_POSITION if i == 2 else 1 + i))
+        gc.collect()
+        gc.collect()  # a tuple of tuples: the inner ones first
+        self.assertEqual([gc.is_tracked(waiting) for waiting in self.log._pending], [False] * 3)
+        window = self.log._clicks[RECIPIENT_IDS[0]]
+        self.assertEqual([gc.is_tracked(spans) for spans in window._slots.values()], [False])
+        self.assertFalse(gc.is_tracked(window._honeypots))
 
     def test_a_big_batch_is_scored_in_slices(self) -> None:
         """The reactor gets a turn between slices: a batch of MAX_BATCH is not one stall."""

@@ -76,38 +76,43 @@ class ClickWindow:
     """One recipient's clicks, indexed for the honeypot and burst rules.
 
     The honeypot rule asks for a click on the hidden link from one address
-    within HONEYPOT_SECONDS: those clicks are few, kept as a list. The burst
+    within HONEYPOT_SECONDS: those clicks are few, kept as a tuple. The burst
     rule asks for a click on another link within BURST_SECONDS: the clicks are
     kept per BURST_SECONDS-wide slot of time and per link as the first and last
     time in it, as only the one nearest in time to a hit can be near enough
     (a slot is narrower than the two-sided window, so between its first and
     last click there is no gap it could hide in). A hit's own click may be in
     the window: neither rule can match a click with itself.
+
+    Everything in it is a tuple of numbers and strings, replaced rather than
+    changed: the garbage collector stops tracking those at once, so the
+    thousands made a second cost it nothing (a dict per slot would live to its
+    full collections, tens of milliseconds each with the reactor stopped).
     """
 
     __slots__ = ("_honeypots", "_slots", "latest")
 
     def __init__(self) -> None:
-        self._honeypots: list[tuple[float, str]] = []  # (time, ip) of clicks on the hidden link
-        # slot -> position -> (first, last) time; tuples of numbers, which the garbage collector
-        # stops tracking (thousands of them live a few seconds: no gen2 collection for them)
-        self._slots: dict[int, dict[int, tuple[float, float]]] = {}
+        self._honeypots: tuple[tuple[float, str], ...] = ()  # (time, ip) of clicks on the hidden link
+        self._slots: dict[int, tuple[_Span, ...]] = {}  # slot -> one span per link clicked in it
         self.latest = -math.inf  # the newest click's time
 
     def add(self, time: float, position: int, ip: str) -> None:
         if position == HONEYPOT_POSITION:
-            self._honeypots.append((time, ip))
+            self._honeypots += ((time, ip),)
         key = _slot(time)
-        slot = self._slots.get(key)
-        if slot is None:
-            slot = self._slots[key] = {}
-        span = slot.get(position)
-        if span is None:
-            slot[position] = (time, time)
-        elif time < span[0]:
-            slot[position] = (time, span[1])
-        elif time > span[1]:
-            slot[position] = (span[0], time)
+        spans = self._slots.get(key)
+        if spans is None:
+            self._slots[key] = ((position, time, time),)
+        else:
+            for index, (other, first, last) in enumerate(spans):
+                if other == position:
+                    if not first <= time <= last:
+                        self._slots[key] = (*spans[:index], (position, min(first, time), max(last, time)),
+                                            *spans[index + 1:])
+                    break
+            else:
+                self._slots[key] = (*spans, (position, time, time))
         if time > self.latest:
             self.latest = time
 
@@ -122,10 +127,7 @@ class ClickWindow:
         """Whether a link other than ``position`` was clicked less than BURST_SECONDS from ``time``."""
         middle = _slot(time)
         for key in range(middle - 1, middle + 2):
-            slot = self._slots.get(key)
-            if slot is None:
-                continue
-            for other, (first, last) in slot.items():
+            for other, first, last in self._slots.get(key, ()):
                 if other != position and (abs(first - time) < BURST_SECONDS
                                           or abs(last - time) < BURST_SECONDS):
                     return True
@@ -141,7 +143,7 @@ class ClickWindow:
                 break
             del slots[first]
         if self._honeypots and self._honeypots[0][0] < time - HONEYPOT_SECONDS:
-            self._honeypots = [(t, ip) for t, ip in self._honeypots if t >= time - HONEYPOT_SECONDS]
+            self._honeypots = tuple((t, ip) for t, ip in self._honeypots if t >= time - HONEYPOT_SECONDS)
 
     @classmethod
     def of(cls, hits: Iterable[Seen]) -> ClickWindow:
@@ -151,6 +153,9 @@ class ClickWindow:
             if hit.kind == "click":
                 window.add(hit.time, hit.position, hit.ip)
         return window
+
+
+_Span = tuple[int, float, float]  # a link's position, its first and last click in a slot
 
 
 def _slot(time: float) -> int:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import time as time_module
 from collections import Counter, OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -46,7 +46,7 @@ INTERVAL = 0.5
 OPEN_SECONDS = 10.0
 MAX_PENDING = 200_000  # hits waiting at most; past it new ones are dropped (and counted)
 MAX_BATCH = 5_000  # hits per transaction
-SLICE = 250  # hits scored between two turns of the reactor (a few milliseconds)
+SLICE = 100  # hits scored between two turns of the reactor (a millisecond or so)
 DROPPED_LOG_SECONDS = 60.0  # dropped hits are logged at most this often
 _RECIPIENTS = 20_000  # recipients whose account, tags and delivery time are cached
 _UNDELIVERED_SECONDS = 30.0  # a recipient not yet known as delivered is read again after this
@@ -63,8 +63,7 @@ _MAX_HEADERS = 8192  # characters of request headers kept per hit
 
 
 class Hit(NamedTuple):
-    """One request for a tracking link, as it came (a tuple: cheap to make on the request path, and of
-    no concern to the garbage collector while it waits)."""
+    """One request for a tracking link, as it came (a NamedTuple: cheap to make on the request path)."""
 
     time: float
     kind: str  # CLICK or OPEN
@@ -76,6 +75,10 @@ class Hit(NamedTuple):
     ip: str  # the client's address (a local proxy's client: see clicks.client_address)
     head: bytes  # the request's header lines as received (CRLF separated)
     secure: bool  # came over TLS (or public_url is https)
+
+
+_RawHit = tuple  # a Hit's fields, in order (HitLog._pending)
+_TIME, _RECIPIENT_ID = Hit._fields.index("time"), Hit._fields.index("recipient_id")
 
 
 @dataclass(frozen=True)
@@ -101,7 +104,10 @@ class HitLog:
         self.metrics = metrics
         self.clock = clock
         self.rules = rules
-        self._pending: deque[Hit] = deque()
+        # The hits taken, oldest first, as plain tuples of Hit's fields: the garbage collector
+        # stops tracking those (all strings and numbers), not NamedTuples, and tens of thousands
+        # wait at once: tracked, they would each second bring on a full collection (60 ms or so).
+        self._pending: deque[_RawHit] = deque()
         # Recipient id -> its clicks held and written lately (the honeypot and burst rules look
         # at them), the recipient that clicked last at the end.
         self._clicks: OrderedDict[str, ClickWindow] = OrderedDict()
@@ -121,7 +127,7 @@ class HitLog:
         if len(self._pending) >= MAX_PENDING:
             self._drop()
             return
-        self._pending.append(hit)
+        self._pending.append(tuple(hit))
         if hit.kind == CLICK:
             window = self._clicks.get(hit.recipient_id)
             if window is None:
@@ -186,8 +192,8 @@ class HitLog:
         written = 0
         while self._pending:
             limit = self.clock.seconds() - (0 if everything else HOLD)
-            batch: list[Hit] = []
-            while self._pending and self._pending[0].time <= limit and len(batch) < MAX_BATCH:
+            batch: list[_RawHit] = []
+            while self._pending and self._pending[0][_TIME] <= limit and len(batch) < MAX_BATCH:
                 batch.append(self._pending.popleft())
             if not batch:
                 break
@@ -199,9 +205,9 @@ class HitLog:
                 break
         return written
 
-    async def _write(self, batch: Sequence[Hit]) -> int:
-        recipients = await self._recipients_of(batch)
-        self._forget_clicks_before(batch[0].time - HONEYPOT_SECONDS - _CLOCK_SLACK)
+    async def _write(self, batch: Sequence[_RawHit]) -> int:
+        recipients = await self._recipients_of({raw[_RECIPIENT_ID] for raw in batch})
+        self._forget_clicks_before(batch[0][_TIME] - HONEYPOT_SECONDS - _CLOCK_SLACK)
         rows: list[tuple] = []  # storage.events.event_row: the JSON is made here, a slice at a time
         counted: list[tuple[str, bool]] = []
         opens: dict[_OpenKey, float] = {}  # this batch's, kept once it is written
@@ -209,7 +215,7 @@ class HitLog:
         for start in range(0, len(batch), SLICE):
             if start:
                 await task.deferLater(self.clock, 0)  # let the reactor answer requests in between
-            for hit in batch[start:start + SLICE]:
+            for hit in map(Hit._make, batch[start:start + SLICE]):  # each gone by the next
                 recipient = recipients.get(hit.recipient_id)
                 if recipient is None:
                     continue  # not ours (any more): nothing is recorded
@@ -256,12 +262,14 @@ class HitLog:
         while len(self._opens) > _RECIPIENTS:
             self._opens.popitem(last=False)
 
-    async def _recipients_of(self, batch: Sequence[Hit]) -> dict[str, _Recipient | None]:
-        """The recipients of a batch's hits: from the cache, else read (a few at once)."""
+    async def _recipients_of(self, recipient_ids: Iterable[str]) -> dict[str, _Recipient | None]:
+        """Recipients: from the cache, else read (a few at once)."""
         recipients: dict[str, _Recipient | None] = {}
         unread = []
         now = time_module.monotonic()
-        for recipient_id in {hit.recipient_id for hit in batch if hit.recipient_id}:
+        for recipient_id in recipient_ids:
+            if not recipient_id:
+                continue
             if recipient_id in self._recipients:
                 known = self._recipients[recipient_id]
                 if known is None or known.delivered is not None or now - known.read_at < _UNDELIVERED_SECONDS:

@@ -389,6 +389,11 @@ def test_reason_for_our_own_delivery_replies() -> None:
     assert reason_for("", "550", "Requested action not taken: mailbox unavailable", command="RCPT") == (
         "userunknown", True)
     assert reason_for("", "521", "mx.example does not accept mail") == ("notaccept", True)
+    # A provider's own words, known by the host that answered.
+    unusual = "4.7.28 Gmail has detected an unusual rate of unsolicited mail originating from your IP"
+    assert reason_for("", "421", unusual, "DATA") == ("securityerror", False)
+    gmail = "gmail-smtp-in.l.google.com"
+    assert reason_for("", "421", unusual, "DATA", remote_host=gmail) == ("blocked", False)
     assert reason_for("", "", "") == ("undefined", False)
 
 

@@ -20,7 +20,7 @@ Reasons are Sisimai's taxonomy (``reasons.REASONS``). A result's
 what a suppression list acts on.
 """
 
-from smtpeter.bounces.pipeline import Original, RecipientResult, Report, classify
-from smtpeter.bounces.reasons import REASONS, reason_for
+from smtpeter.bounces.pipeline import Original, RecipientResult, Report, classify, reason_for
+from smtpeter.bounces.reasons import REASONS
 
 __all__ = ["REASONS", "Original", "RecipientResult", "Report", "classify", "reason_for"]

@@ -76,30 +76,37 @@ _AUTO_SUBJECT = re.compile(
 
 
 def classify(message: bytes) -> Report:
-    """What ``message`` (a whole received message, as bytes) is, and why, per recipient."""
+    """What ``message`` (a whole received message, as bytes) is, and why, per recipient.
+
+    Never raises on what it is given: a message it cannot make sense of is
+    ``undefined`` with no recipients.
+    """
     parsed = parse_message(message)
-    original = _original(parsed)
-    base = {
-        "original": original,
-        "return_path": first_address(parsed.header("return-path")),
-        "to": tuple(addresses_in(parsed.header("to"))),
-        "sender": first_address(parsed.header("from")),
-        "subject": parsed.header("subject"),
-        "reporting_mta": _value_of(parsed.dsn_message.get("reporting-mta", "")),
-    }
     feedback = _feedback(parsed)
     if feedback is not None:
-        return Report(kind="abuse", recipients=feedback, **base)  # type: ignore[arg-type]
+        return _report("abuse", feedback, parsed)
     findings = _bounce_findings(parsed)
-    if not findings and parsed.inner is not None:
-        findings = _bounce_findings(parsed.inner)
     if findings:
         results = [_finish(f, parsed) for f in findings]
+        # Amazon SES sends its complaints as a notification, not as ARF.
         kind = "abuse" if all(r.reason == "feedback" for r in results) else "bounce"
-        return Report(kind=kind, recipients=results, **base)  # type: ignore[arg-type]
+        return _report(kind, results, parsed)
     if _is_auto_reply(parsed):
-        return Report(kind="response", recipients=[_auto_reply(parsed)], **base)  # type: ignore[arg-type]
-    return Report(kind="undefined", recipients=[], **base)  # type: ignore[arg-type]
+        return _report("response", [_auto_reply(parsed)], parsed)
+    return _report("undefined", [], parsed)
+
+
+def _report(kind: str, recipients: list[RecipientResult], parsed: Parsed) -> Report:
+    return Report(
+        kind=kind,
+        recipients=recipients,
+        original=_original(parsed),
+        return_path=first_address(parsed.header("return-path")),
+        to=tuple(addresses_in(parsed.header("to"))),
+        sender=first_address(parsed.header("from")),
+        subject=parsed.header("subject"),
+        reporting_mta=_value_of(parsed.dsn_message.get("reporting-mta", "")),
+    )
 
 
 def _value_of(field_value: str) -> str:
@@ -109,7 +116,9 @@ def _value_of(field_value: str) -> str:
 
 def _original(parsed: Parsed) -> Original:
     x_headers = {name: value for name, value in parsed.original_headers if name.lower().startswith("x-")}
+    complaint = parsed.feedback or {}
     envelope_sender = (first_address(parsed.dsn_message.get("x-postfix-sender", ""))
+                       or first_address(" ".join(complaint.get("original-mail-from", [])))
                        or first_address(parsed.original("return-path")))
     recipients = tuple(addresses_in(parsed.original("to")))
     message_id = parsed.original("message-id").strip()
@@ -153,10 +162,10 @@ def _feedback(parsed: Parsed) -> list[RecipientResult] | None:
 def _is_auto_reply(parsed: Parsed) -> bool:
     sender = parsed.header("from").lower()
     subject = parsed.header("subject")
-    if re.search(r"mailer-daemon|postmaster|root@",
-                 sender) or re.search(r"mail failure -|security information for",
-                                                                          subject, re.I):
-        return False
+    if re.search(r"mailer-daemon|postmaster|root@", sender):
+        return False  # a daemon's notice, not a person's auto-reply
+    if re.search(r"mail failure -|security information for", subject, re.I):
+        return False  # Exim's failure notices, sudo's reports
     auto_submitted = parsed.header("auto-submitted").lower()
     if auto_submitted.startswith(("auto-replied", "auto-generated", "auto-notified")):
         return True
@@ -201,10 +210,10 @@ def _looks_like_bounce(parsed: Parsed) -> bool:
 def _bounce_findings(parsed: Parsed) -> list[Finding]:
     """Who the notice is about and what it says of each, from the best source there is."""
     senders = _senders(parsed)
-    vendor, _ = formats.vendor_findings(parsed, senders)
-    if not vendor and not _looks_like_bounce(parsed):
+    vendor = formats.vendor_findings(parsed, senders)
+    if not vendor[0] and not _looks_like_bounce(parsed):
         return []  # the vendor formats know their own notices; anything else must look like one
-    found = _read(parsed, senders)
+    found = _read(parsed, senders, vendor)
     if not found and parsed.inner is not None:
         # A gateway that wrapped the real report in a message of its own.
         found = _read(parsed.inner, _senders(parsed.inner))
@@ -213,8 +222,8 @@ def _bounce_findings(parsed: Parsed) -> list[Finding]:
     return found
 
 
-def _read(parsed: Parsed, senders: set[str]) -> list[Finding]:
-    vendor, over_dsn = formats.vendor_findings(parsed, senders)
+def _read(parsed: Parsed, senders: set[str], read: tuple[list[Finding], bool] | None = None) -> list[Finding]:
+    vendor, over_dsn = read if read is not None else formats.vendor_findings(parsed, senders)
     dsn = _dsn_findings(parsed)
     if vendor and (over_dsn or not dsn):
         if not dsn:
@@ -427,3 +436,27 @@ def _host_in(text: str) -> str:
 def _clean_diagnostic(text: str) -> str:
     text = re.sub(r"(?is)<html>.*?</html>", " ", text or "")
     return sweep(text)
+
+
+def reason_for(status: str, replycode: str, diagnostic: str, command: str = "", remote_host: str = "",
+               recipient: str = "") -> tuple[str, bool]:
+    """The reason, and whether it is a hard bounce, of a reply we got ourselves while delivering.
+
+    ``status`` and ``replycode`` may be empty: they are then looked for in
+    ``diagnostic`` (the server's reply text). ``command`` is the SMTP command the
+    reply answered ("RCPT", "DATA", ...), ``remote_host`` the MX that answered and
+    ``recipient`` the address, when known: big providers' own rules apply by them.
+    """
+    text = " ".join(str(diagnostic or "").split())
+    found = find_status(text)
+    status = status if is_status(status) else found
+    replycode = replycode or find_replycode(text, status)
+    if not status and replycode[:1] in ("4", "5") and not text:
+        text = replycode
+    facts = Facts(status=status, replycode=replycode, diagnostic=text, command=(command or "").upper(),
+                  spec="SMTP", rhost=remote_host.lower().strip("."),
+                  destination=recipient.rsplit("@", 1)[-1].lower() if "@" in recipient else "")
+    reason = decide(facts, remote.rules_for(facts))
+    if reason in ("onhold", "undefined") and replycode in ("521", "556"):
+        reason = "notaccept"  # RFC 7504: the host or the domain takes no mail at all
+    return reason, is_hard(reason, status or replycode, text)

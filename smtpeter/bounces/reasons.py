@@ -22,7 +22,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from smtpeter.bounces.codes import find_replycode, find_status, is_status
+from smtpeter.bounces.codes import find_replycode, find_status
 
 REASONS: dict[str, str] = {
     "authfailure": "SPF, DKIM or DMARC failed",
@@ -830,24 +830,3 @@ def _another(f: Facts) -> str:
         if f.command in ("EHLO", "HELO"):
             return "blocked"
     return by_status
-
-
-def reason_for(status: str, replycode: str, diagnostic: str, command: str = "") -> tuple[str, bool]:
-    """The reason and whether it is a hard bounce for a reply we got ourselves while delivering.
-
-    ``status`` and ``replycode`` may be empty: they are then looked for in
-    ``diagnostic`` (the server's reply text). ``command`` is the SMTP command the
-    reply answered ("RCPT", "DATA", ...) when known.
-    """
-    text = " ".join(str(diagnostic or "").split())
-    found = find_status(text)
-    status = status if is_status(status) else found
-    replycode = replycode or find_replycode(text, status)
-    if not status and replycode[:1] in ("4", "5") and not text:
-        text = replycode
-    facts = Facts(status=status, replycode=replycode, diagnostic=text, command=(command or "").upper(),
-                  spec="SMTP")
-    reason = decide(facts)
-    if reason in ("onhold", "undefined") and replycode in ("521", "556"):
-        reason = "notaccept"  # RFC 7504: the host or the domain takes no mail at all
-    return reason, is_hard(reason, status or replycode, text)

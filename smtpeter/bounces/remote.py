@@ -468,7 +468,7 @@ _GSUITE: _Table = [
 ]
 
 
-def provider_of(facts: Facts, parsed: Parsed) -> str:
+def provider_of(facts: Facts, parsed: Parsed | None = None) -> str:
     """The provider whose rules apply: by the recipient's domain, the remote host, then the reporting host."""
     domain = facts.destination.lower()
     if domain:
@@ -476,7 +476,7 @@ def provider_of(facts: Facts, parsed: Parsed) -> str:
             if any(ending.endswith(domain) and (ending == domain or ending.endswith("." + domain))
                    for ending in endings):
                 return name
-    for host in (facts.rhost.lower(), _reporting_host(parsed)):
+    for host in (facts.rhost.lower(), _reporting_host(parsed) if parsed is not None else ""):
         host = host.strip(" .[]")
         if not host:
             continue
@@ -491,7 +491,7 @@ def _reporting_host(parsed: Parsed) -> str:
     return value.split(";", 1)[-1].strip().lower()
 
 
-def rules_for(facts: Facts, parsed: Parsed) -> Callable[[Facts], str] | None:
+def rules_for(facts: Facts, parsed: Parsed | None = None) -> Callable[[Facts], str] | None:
     provider = provider_of(facts, parsed)
     if not provider:
         return None

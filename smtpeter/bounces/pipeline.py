@@ -365,8 +365,13 @@ def _fill_from_notice(finding: Finding, match: Finding) -> None:
     finding.hint = finding.hint or match.hint
 
 
+# Real diagnostics are a few hundred characters; a huge one is junk that would only cost time.
+_EVIDENCE_LIMIT = 20_000
+_DIAGNOSTIC_LIMIT = 2_000
+
+
 def _finish(f: Finding, parsed: Parsed) -> RecipientResult:
-    diagnostic = _clean_diagnostic(f.diagnostic)
+    diagnostic = _clean_diagnostic(f.diagnostic)[:_EVIDENCE_LIMIT]
     text = diagnostic or sweep(f.context)
     notice = f.extra.get("notice", "")
     if notice:
@@ -374,6 +379,7 @@ def _finish(f: Finding, parsed: Parsed) -> RecipientResult:
     comment = f.extra.get("comment", "")
     if comment and normalized(comment) not in normalized(text):
         text = sweep(f"{comment} {text}")  # "Status: 5.2.1 (mailbox disabled, not accepting messages)"
+    text = text[:_EVIDENCE_LIMIT]
     replies = f.extra.get("transcript", "")
     if replies and normalized(replies) not in normalized(text):
         # Sendmail: what the remote server said in the session explains the DSN's terse code.
@@ -405,7 +411,8 @@ def _finish(f: Finding, parsed: Parsed) -> RecipientResult:
         action = "delayed"
     if not action and status[:1] in ("4", "5"):
         action = "failed"
-    return RecipientResult(recipient=f.recipient, status=status, replycode=replycode, diagnostic=diagnostic,
+    return RecipientResult(recipient=f.recipient, status=status, replycode=replycode,
+                           diagnostic=diagnostic[:_DIAGNOSTIC_LIMIT],
                            command=command, reason=reason, hardbounce=hard, feedbacktype=f.feedbacktype,
                            action=action, remote_mta=f.rhost)
 

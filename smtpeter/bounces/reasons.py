@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 from smtpeter.bounces.codes import find_replycode, find_status
 
@@ -565,7 +566,7 @@ class Facts:
     rhost: str = ""         # the remote host that answered
     destination: str = ""   # the recipient's domain
 
-    @property
+    @cached_property
     def text(self) -> str:
         return normalized(self.diagnostic)
 

@@ -5,7 +5,8 @@ Mailbox providers document their own rejection texts and codes (Google's
 "LPN007_416", Facebook's "RCP-P2", Cox's "AUP#CXBL"); their words beat the
 generic phrase tables. The provider is recognised, in this order, by the
 recipient's domain, the host that answered (Remote-MTA or the host named in
-the error), or the host that wrote the report.
+the error), or the host that wrote the report. The tables are the providers'
+published texts as Sisimai (BSD 2-Clause) collects them.
 """
 
 from __future__ import annotations

@@ -2,9 +2,9 @@
 
 Most MTAs that do not send an RFC 3464 report still write the same thing: a
 recipient address on a line of its own (or leading one) and the remote
-server's reply under it, or a session transcript. ``scan_text`` reads that
-general shape; the functions after it read the shapes that differ (a table of
-fields, the address after the error, a vendor's own words for a reason).
+server's reply under it, or a Sendmail-style session transcript. ``scan_text``
+and ``scan_transcript`` read those general shapes; ``fallback_findings`` finds
+someone to report on when neither does. Formats of their own are formats.py's.
 """
 
 from __future__ import annotations

@@ -89,7 +89,7 @@ def key_id(key: bytes) -> int:
 
 
 def _tag(key: bytes, body: bytes, subject: bytes) -> bytes:
-    return hmac.new(key, body + b"\0" + subject, hashlib.sha256).digest()[:_TAG_BYTES]
+    return hmac.digest(key, body + b"\0" + subject, "sha256")[:_TAG_BYTES]
 
 
 def _id_bytes(recipient_id: str) -> bytes:

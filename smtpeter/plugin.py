@@ -9,6 +9,7 @@ as the smtpeter command does.
 from __future__ import annotations
 
 import atexit
+import gc
 import os
 import sys
 
@@ -31,8 +32,16 @@ def makeService(options: Options) -> service.IService:
         # Logging has not begun yet: SystemExit prints the line to stderr and exits 1.
         raise SystemExit(f"smtpeter: {exc}") from None
     smtpeter = SmtpeterService(config)
-    smtpeter.ready.addErrback(_start_failed)
+    smtpeter.ready.addCallbacks(_started, _start_failed)
     return smtpeter
+
+
+def _started(running: SmtpeterService) -> SmtpeterService:
+    # What start-up made lives as long as the process: out of the collector's way, every full
+    # collection stops scanning it (50-70 ms pauses under click load before).
+    gc.collect()
+    gc.freeze()
+    return running
 
 
 def _start_failed(failure: Failure) -> None:

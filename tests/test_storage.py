@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+from typing import Any
 
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
@@ -11,10 +12,19 @@ from smtpeter import credentials
 from smtpeter.domains.model import ACTIVE, NEXT, RETIRED, DkimKey, DmarcPolicy, DomainStatus
 from smtpeter.envelope import Envelope, MessageOptions, Recipient
 from smtpeter.events.model import accept
-from smtpeter.storage import Conflict, NotFound, StorageError, StorageUnavailable, open_storage, queue
+from smtpeter.ids import new_id
+from smtpeter.storage import (
+    Conflict,
+    NotFound,
+    StorageError,
+    StorageUnavailable,
+    open_storage,
+    queue,
+    webhooks,
+)
 from smtpeter.storage.db import SQL
 from smtpeter.storage.hosted import HostedImage
-from smtpeter.storage.models import Lease, NewMessage, Outcome
+from smtpeter.storage.models import Lease, NewMessage, Outcome, Position
 from smtpeter.storage.schema import LATEST, MIGRATIONS, _ddl, current_version, migrate
 from tests.support import postgres
 from tests.support.backends import BackendMixin, both_backends
@@ -436,7 +446,7 @@ class DomainStorageSuite:
         storage = await self.open_storage(url)
         db = storage.db
         await db.transaction([SQL("DROP TABLE " + table) for table in (
-            "dkim_keys", "hosted_images", "feed_positions", "events", "recipients", "messages",
+            "webhook_attempts", "webhook_calls", "webhooks", "dkim_keys", "hosted_images", "feed_positions", "events", "recipients", "messages",
             "sender_domains", "smtp_logins", "api_tokens", "accounts", "schema_version")])
         self.assertEqual(await current_version(db), 0)
         for number, statements in enumerate(MIGRATIONS[:4], start=1):
@@ -549,9 +559,153 @@ class DomainStorageSuite:
         self.assertEqual(await storage.dkim_key_rows("example.com"), [])
 
 
+class WebhookStorageSuite:
+    """Webhooks per account, their calls (once per event and hook, leased, retried) and attempts."""
+
+    async def hook(self, storage: Any, account_id: str, state: str = webhooks.ACTIVE, kind: str = "delivery",
+                   now: float = 1000.0) -> webhooks.StoredWebhook:
+        hook = webhooks.StoredWebhook(
+            new_id(), account_id, kind, "https://hooks.example/in", state, "file" if state == webhooks.ACTIVE
+            else None, "token", "", b"sealed secret", None, None, now if state == webhooks.ACTIVE else None,
+            now, now)
+        await storage.add_webhook(hook)
+        return hook
+
+    @staticmethod
+    def calls(hook_id: str, *event_ids: int) -> list[webhooks.NewWebhookCall]:
+        return [webhooks.NewWebhookCall(f"msg_{hook_id}_{event_id}", hook_id, event_id, "delivery",
+                                        f'{{"id":"x","n":{event_id}}}') for event_id in event_ids]
+
+    async def test_hooks_belong_to_their_account(self) -> None:
+        storage = await self.open_storage()
+        acme = await storage.create_account("acme")
+        other = await storage.create_account("other")
+        hook = await self.hook(storage, acme.id, webhooks.PENDING)
+        self.assertEqual(await storage.webhook(acme.id, hook.id), hook)
+        self.assertEqual(await storage.webhooks(acme.id), [hook])
+        self.assertEqual(await storage.webhooks(other.id), [])
+        for account, hook_id in ((other.id, hook.id), (acme.id, new_id()), (acme.id, "\x00" * 18)):
+            with self.assertRaises(NotFound):
+                await storage.webhook(account, hook_id)
+        with self.assertRaises(NotFound):
+            await storage.delete_webhook(other.id, hook.id)
+        with self.assertRaises(NotFound):
+            await storage.webhook_attempts(other.id, hook.id)
+        with self.assertRaises(NotFound):
+            await storage.rotate_webhook_secret(other.id, hook.id, b"new", 2.0, 1.0)
+        self.assertEqual(await storage.webhooks_by_id([hook.id, new_id()]), {hook.id: hook})
+        # Pending: not among the active hooks events go to.
+        self.assertEqual(await storage.active_webhooks([acme.id]), [])
+        await storage.delete_webhook(acme.id, hook.id)
+        self.assertEqual(await storage.webhooks(acme.id), [])
+
+    async def test_proof_disable_enable_and_rotation(self) -> None:
+        storage = await self.open_storage()
+        acme = await storage.create_account("acme")
+        hook = await self.hook(storage, acme.id, webhooks.PENDING)
+        await storage.webhook_unproven(hook.id, "no file", 1001.0)
+        self.assertEqual((await storage.webhook(acme.id, hook.id)).problem, "no file")
+        proven = await storage.webhook_proven(hook.id, "challenge", 1002.0)
+        self.assertEqual((proven.state, proven.proof, proven.problem, proven.active_since),
+                         (webhooks.ACTIVE, "challenge", "", 1002.0))
+        self.assertIsNone(await storage.webhook_proven(hook.id, "file", 1003.0))  # proven once
+        await storage.webhook_unproven(hook.id, "late news", 1003.0)  # an active hook keeps no problem
+        self.assertEqual(await storage.webhook(acme.id, hook.id), proven)
+        self.assertEqual(await storage.active_webhooks([acme.id, "nobody"]), [proven])
+        # A 410 disables it and drops its pending calls.
+        await storage.db.transaction([webhooks.insert_webhook_calls(self.calls(hook.id, 1, 2), 1004.0)])
+        (first, second) = await storage.claim_webhook_calls(hook.id, "node", 1, 1004.0, 1050.0) + \
+            await storage.claim_webhook_calls(hook.id, "node", 1, 1004.0, 1050.0)
+        await storage.record_webhook_result(webhooks.CallResult(
+            first.id, hook.id, 1, 1005.0, 410, 0.1, "answered 410", webhooks.CALL_CANCELLED, 1005.0,
+            disable_hook="gone"))
+        disabled = await storage.webhook(acme.id, hook.id)
+        self.assertEqual((disabled.state, disabled.problem), (webhooks.DISABLED, "gone"))
+        self.assertEqual(await storage.webhook_call_counts(hook.id), {webhooks.CALL_CANCELLED: 2})
+        # The other call, still in flight, ends without bringing it back.
+        await storage.record_webhook_result(webhooks.CallResult(
+            second.id, hook.id, 1, 1006.0, 200, 0.1, "", webhooks.CALL_DELIVERED, 1006.0))
+        self.assertEqual(await storage.webhook_call_counts(hook.id), {webhooks.CALL_CANCELLED: 2})
+        self.assertEqual(await storage.active_webhooks([acme.id]), [])
+        enabled = await storage.enable_webhook(acme.id, hook.id, 2000.0)
+        self.assertEqual((enabled.state, enabled.problem, enabled.active_since),
+                         (webhooks.ACTIVE, "", 2000.0))
+        # A rotation keeps the old secret beside the new one until the time given.
+        rotated = await storage.rotate_webhook_secret(acme.id, hook.id, b"new sealed", 3000.0, 2001.0)
+        self.assertEqual((rotated.sealed_secret, rotated.sealed_old_secret, rotated.old_secret_until),
+                         (b"new sealed", b"sealed secret", 3000.0))
+        # Enabling a pending hook does not skip its proof.
+        pending = await self.hook(storage, acme.id, webhooks.PENDING)
+        self.assertEqual((await storage.enable_webhook(acme.id, pending.id, 2002.0)).state, webhooks.PENDING)
+
+    async def test_calls_once_per_event_and_active_hook(self) -> None:
+        storage = await self.open_storage()
+        acme = await storage.create_account("acme")
+        active = await self.hook(storage, acme.id)
+        pending = await self.hook(storage, acme.id, webhooks.PENDING)
+        statement = webhooks.insert_webhook_calls(self.calls(active.id, 7, 8) + self.calls(pending.id, 7),
+                                                  1000.0)
+        await storage.save_feed_position("webhooks", Position(0, 8), [statement])
+        # Made again (another node read the same events): no second call for an event.
+        again = [webhooks.NewWebhookCall("msg_other", active.id, 7, "delivery", "{}")]
+        await storage.db.transaction([webhooks.insert_webhook_calls(again, 1000.0)])
+        self.assertEqual(await storage.webhook_call_counts(active.id), {webhooks.CALL_PENDING: 2})
+        self.assertEqual(await storage.webhook_call_counts(pending.id), {})
+        self.assertEqual(await storage.due_webhook_calls(1000.0), {active.id: 2})
+        self.assertEqual(await storage.due_webhook_calls(999.0), {})
+        # A deleted hook's calls go with it.
+        await storage.delete_webhook(acme.id, active.id)
+        self.assertEqual(await storage.webhook_call_counts(active.id), {})
+
+    async def test_leases_results_and_attempts(self) -> None:
+        storage = await self.open_storage()
+        acme = await storage.create_account("acme")
+        hook = await self.hook(storage, acme.id)
+        await storage.db.transaction([webhooks.insert_webhook_calls(self.calls(hook.id, 3, 1, 2), 1000.0)])
+        claimed = await storage.claim_webhook_calls(hook.id, "node-a", 2, 1000.0, 1045.0)
+        self.assertEqual([call.event_id for call in claimed], [1, 2])
+        self.assertEqual((claimed[0].payload, claimed[0].attempts), ('{"id":"x","n":1}', 0))
+        (third,) = await storage.claim_webhook_calls(hook.id, "node-b", 5, 1000.0, 1045.0)
+        self.assertEqual(await storage.claim_webhook_calls(hook.id, "node-b", 5, 1000.0, 1045.0), [])
+        self.assertEqual(await storage.next_webhook_call(1000.0), 1045.0)
+        # A lease that runs out (its node died) makes the call due again; a restarting node's at once.
+        self.assertEqual(await storage.due_webhook_calls(1045.0), {hook.id: 3})
+        await storage.release_webhook_calls("node-b", 1001.0)
+        self.assertEqual(await storage.due_webhook_calls(1001.0), {hook.id: 1})
+        self.assertEqual(await storage.claim_webhook_calls(hook.id, "node-b", 5, 1001.0, 1046.0), [third])
+        # Results: retried later, delivered, given up.
+        first, second = claimed
+        await storage.record_webhook_result(webhooks.CallResult(
+            first.id, hook.id, 1, 1002.0, 503, 0.25, "answered 503", webhooks.CALL_PENDING, 1007.0))
+        await storage.record_webhook_result(webhooks.CallResult(
+            second.id, hook.id, 1, 1003.0, 200, 0.125, "", webhooks.CALL_DELIVERED, 1003.0))
+        await storage.record_webhook_result(webhooks.CallResult(
+            third.id, hook.id, 8, 1004.0, None, 15.0, "no answer", webhooks.CALL_FAILED, 1004.0))
+        self.assertEqual(await storage.due_webhook_calls(1006.0), {})
+        (retry,) = await storage.claim_webhook_calls(hook.id, "node-a", 5, 1007.0, 1052.0)
+        self.assertEqual((retry.id, retry.attempts), (first.id, 1))
+        attempts = await storage.webhook_attempts(acme.id, hook.id)
+        self.assertEqual([(a.call_id, a.attempt, a.status, a.error, a.call_state, a.next_attempt)
+                          for a in attempts], [
+            (third.id, 8, None, "no answer", webhooks.CALL_FAILED, None),
+            (second.id, 1, 200, "", webhooks.CALL_DELIVERED, None),
+            (first.id, 1, 503, "answered 503", webhooks.CALL_PENDING, 1052.0)])
+        self.assertEqual((attempts[1].event_id, attempts[1].event_type, attempts[1].duration),
+                         (2, "delivery", 0.125))
+        self.assertEqual(len(await storage.webhook_attempts(acme.id, hook.id, limit=1)), 1)
+        self.assertEqual(await storage.webhook_call_counts(hook.id), {
+            webhooks.CALL_PENDING: 1, webhooks.CALL_DELIVERED: 1, webhooks.CALL_FAILED: 1})
+        # Old history goes; calls still pending stay.
+        await storage.prune_webhook_history(1003.5)
+        self.assertEqual(await storage.webhook_call_counts(hook.id), {
+            webhooks.CALL_PENDING: 1, webhooks.CALL_FAILED: 1})
+        self.assertEqual([a.call_id for a in await storage.webhook_attempts(acme.id, hook.id)], [third.id])
+
+
 StorageSQLite, StoragePostgreSQL = both_backends(StorageSuite)
 DomainStorageSQLite, DomainStoragePostgreSQL = both_backends(DomainStorageSuite)
 DeliveryStorageSQLite, DeliveryStoragePostgreSQL = both_backends(DeliveryStorageSuite)
+WebhookStorageSQLite, WebhookStoragePostgreSQL = both_backends(WebhookStorageSuite)
 
 
 class ConcurrentClaims(BackendMixin, unittest.TestCase):

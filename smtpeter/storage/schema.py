@@ -189,6 +189,59 @@ MIGRATIONS: list[list[str]] = [
         )""",
         "CREATE INDEX dkim_keys_account ON dkim_keys (account_id)",
     ],
+    # 6: webhooks, the calls made to them (one per event and hook) and each attempt (storage/webhooks.py).
+    [
+        """CREATE TABLE webhooks (
+            id TEXT PRIMARY KEY,
+            account_id TEXT NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+            type TEXT NOT NULL,
+            url TEXT NOT NULL,
+            -- pending (control of the URL not proven yet: gets nothing), active, disabled (410 Gone)
+            state TEXT NOT NULL,
+            -- how control was proven: network (inside webhooks.allow_networks), file, challenge
+            proof TEXT,
+            token TEXT NOT NULL,
+            problem TEXT NOT NULL DEFAULT '',
+            -- Sealed (AES-256-GCM, smtpeter/domains/sealing.py): never in the clear here.
+            secret {blob} NOT NULL,
+            old_secret {blob},
+            old_secret_until {time},
+            active_since {time},
+            created {time} NOT NULL,
+            updated {time} NOT NULL
+        )""",
+        "CREATE INDEX webhooks_account ON webhooks (account_id, state)",
+        """CREATE TABLE webhook_calls (
+            id TEXT PRIMARY KEY,
+            webhook_id TEXT NOT NULL REFERENCES webhooks(id) ON DELETE CASCADE,
+            event_id {bigint} NOT NULL,
+            event_type TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            state TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            -- When it is due; while a node holds a lease on it, the lease's end.
+            next_attempt {time} NOT NULL,
+            lease_owner TEXT,
+            created {time} NOT NULL,
+            updated {time} NOT NULL,
+            UNIQUE (webhook_id, event_id)
+        )""",
+        "CREATE INDEX webhook_calls_due ON webhook_calls (webhook_id, next_attempt) WHERE state = 'pending'",
+        "CREATE INDEX webhook_calls_next ON webhook_calls (next_attempt) WHERE state = 'pending'",
+        "CREATE INDEX webhook_calls_finished ON webhook_calls (updated) WHERE state <> 'pending'",
+        """CREATE TABLE webhook_attempts (
+            id {serial_pk},
+            call_id TEXT NOT NULL REFERENCES webhook_calls(id) ON DELETE CASCADE,
+            webhook_id TEXT NOT NULL REFERENCES webhooks(id) ON DELETE CASCADE,
+            attempt INTEGER NOT NULL,
+            time {time} NOT NULL,
+            status INTEGER,
+            duration {time} NOT NULL,
+            error TEXT NOT NULL DEFAULT ''
+        )""",
+        "CREATE INDEX webhook_attempts_hook ON webhook_attempts (webhook_id, time)",
+        "CREATE INDEX webhook_attempts_call ON webhook_attempts (call_id)",
+    ],
 ]
 
 LATEST = len(MIGRATIONS)

@@ -3,8 +3,9 @@
 ``Storage`` is composed of its parts, one job each: ``accounts`` (accounts,
 tokens, logins), ``domains`` (sender domains, their settings, DNS status and
 DKIM keys), ``queue`` (messages, leases, outcomes; built
-on ``events``: event rows and the feed's positions), ``hosted`` (hosted images)
-and ``batching`` (group commit). Storage persists what it is given; it imports no stage.
+on ``events``: event rows and the feed's positions), ``hosted`` (hosted images),
+``webhooks`` (hooks, their calls and attempts) and ``batching`` (group commit).
+Storage persists what it is given; it imports no stage.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from smtpeter.storage.domains import Domains
 from smtpeter.storage.hosted import HostedImages
 from smtpeter.storage.queue import DEFAULT_MAX_DELIVER_TIME, Queue
 from smtpeter.storage.schema import migrate
+from smtpeter.storage.webhooks import Webhooks
 
 
-class Storage(Queue, Accounts, Domains, HostedImages):
-    """Accounts, secrets, sender domains and their keys, the queue, events and hosted images."""
+class Storage(Queue, Accounts, Domains, HostedImages, Webhooks):
+    """Accounts, secrets, sender domains and their keys, the queue, events, hosted images and webhooks."""
 
     async def migrate(self) -> int:
         return await migrate(self.db)

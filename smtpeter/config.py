@@ -157,6 +157,26 @@ class DomainsConfig:
 
 
 @dataclass
+class WebhooksConfig:
+    """Calls to customers' webhook receivers (smtpeter/webhooks/)."""
+
+    # Networks whose receivers may be called although they are private or loopback (an operator's
+    # own network); a receiver there needs no proof of control of its URL. None by default.
+    allow_networks: list[str] = field(default_factory=list)
+    # Seconds one call (connect, request, answer) may take.
+    timeout: float = 15.0
+    # Calls in flight at once to one endpoint (one hook).
+    max_concurrency_per_endpoint: int = 4
+    # Seconds before each retry of a failed call (Svix's: over 24 hours); after the last, it is given up.
+    retry_schedule: list[float] = field(
+        default_factory=lambda: [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0]
+    )
+
+    def networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [ipaddress.ip_network(n, strict=False) for n in self.allow_networks]
+
+
+@dataclass
 class BackoffRule:
     """When a reply matches ``pattern``, pause and/or slow the destination for a while."""
 
@@ -246,6 +266,7 @@ class Config:
     dns: DNSConfig = field(default_factory=DNSConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     domains: DomainsConfig = field(default_factory=DomainsConfig)
+    webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     path: str = ""
 
     @property
@@ -413,6 +434,7 @@ def _validate(config: Config) -> None:
             raise ConfigError(f"[http] autoconfig_incoming: {exc}") from None
     _validate_delivery(config.delivery)
     _validate_domains(config)
+    _validate_webhooks(config.webhooks)
 
 
 _INCOMING = {"imaps": ("imap", "SSL", 993), "imap": ("imap", "STARTTLS", 143),
@@ -490,6 +512,19 @@ def _validate_domains(config: Config) -> None:
     for name in ("rotation_days", "retired_days", "check_interval"):
         if getattr(domains, name) <= 0:
             raise ConfigError(f"[domains] {name} must be positive")
+
+
+def _validate_webhooks(webhooks: WebhooksConfig) -> None:
+    try:
+        webhooks.networks()
+    except ValueError as exc:
+        raise ConfigError(f"[webhooks] allow_networks: {exc}") from None
+    if webhooks.timeout <= 0:
+        raise ConfigError("[webhooks] timeout must be positive")
+    if webhooks.max_concurrency_per_endpoint <= 0:
+        raise ConfigError("[webhooks] max_concurrency_per_endpoint must be positive")
+    if not webhooks.retry_schedule or any(s <= 0 for s in webhooks.retry_schedule):
+        raise ConfigError("[webhooks] retry_schedule must be a non-empty list of positive seconds")
 
 
 _LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)\Z")

@@ -30,6 +30,7 @@ from smtpeter.outbound.pipeline import Pipeline
 from smtpeter.outbound.workers import Workers, default_worker_count
 from smtpeter.scheduler.scheduler import Scheduler
 from smtpeter.storage import NotFound, Storage, StorageError, open_storage
+from smtpeter.webhooks.registry import WebhookService
 
 log = Logger()
 
@@ -81,6 +82,7 @@ class SmtpeterService(service.Service):
         self.workers: Workers | None = None
         self.domains: SenderDomains | None = None
         self.hosted_dns: HostedDNS | None = None
+        self.webhooks: WebhookService | None = None  # webhooks (smtpeter/webhooks/)
         self.ports: list[Any] = []
         self.ready: defer.Deferred = defer.Deferred()
 
@@ -187,6 +189,13 @@ class SmtpeterService(service.Service):
                 except (CannotListenError, OSError, ValueError) as exc:
                     raise StartupError(f"cannot serve the hosted DNS zone on {description}: {exc}") from exc
         self.domains.start()
+        # Webhooks: calls made from the event feed, sent apart from delivery (smtpeter/webhooks/).
+        try:
+            self.webhooks = WebhookService.for_config(self.storage, config, self.reactor, self.clock)
+        except ConfigError as exc:
+            raise StartupError(str(exc)) from exc
+        self.api.webhooks = self.webhooks.registry
+        await self.webhooks.start()
         site = self.api.site()
         self.api.hit_log.start()
         for description in config.http.listen:
@@ -232,6 +241,9 @@ class SmtpeterService(service.Service):
         if self.hosted_dns is not None:
             yield defer.Deferred.fromCoroutine(self.hosted_dns.stop())
             self.hosted_dns = None
+        if self.webhooks is not None:  # calls in flight get a moment to finish and be recorded
+            yield defer.Deferred.fromCoroutine(self.webhooks.stop())
+            self.webhooks = None
         if self.api is not None:  # the clicks and opens taken so far are written before storage closes
             yield defer.Deferred.fromCoroutine(self.api.hit_log.stop())
         if self.scheduler is not None:

@@ -178,6 +178,72 @@ def _domain_paths() -> dict[str, Any]:
     }
 
 
+_HOOK_ID = {"name": "hook_id", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1},
+            "description": "A webhook's id, as POST /v1/webhook answered it."}
+_HOOK = {"type": "object", "required": ["id", "type", "url", "state"], "properties": {
+    "id": {"type": "string"}, "type": {"type": "string"}, "url": {"type": "string"},
+    "state": {"type": "string", "enum": ["pending", "active", "disabled"]},
+    "proof": {"type": "string", "nullable": True, "enum": ["network", "file", "challenge", None]},
+    "problem": {"type": "string"}, "created": {"type": "string"},
+    "active_since": {"type": "string", "nullable": True},
+    "verification": {"type": "object", "properties": {"file": {"type": "string"},
+                                                      "token": {"type": "string"}}},
+    "secret": {"type": "string",
+               "description": "whsec_...: only when the hook is made or its secret rotated"},
+    "calls": {"type": "object", "additionalProperties": {"type": "integer"}}}}
+_HOOK_REPLY = {"description": "The webhook", "content": {"application/json": {"schema": _HOOK}}}
+_HOOK_TYPES = ["delivery", "failure", "bounce", "response", "click", "open", "abuse", "unsubscribe",
+               "feedbackloop", "feedbackloops"]
+_NEW_HOOK = {"type": "object", "required": ["type", "url"], "properties": {
+    "type": {"type": "string", "enum": _HOOK_TYPES,
+             "description": "The events it gets (feedbackloop(s): the old name of abuse)"},
+    "url": {"type": "string", "description": "http(s) URL the events are POSTed to"},
+    "access_token": {"type": "string"}}}
+
+
+def _hook_post(summary: str, ok: dict[str, Any], *errors: int, parameters: list | None = None,
+               body: bool = False) -> dict[str, Any]:
+    operation: dict[str, Any] = {"summary": summary, "parameters": parameters or [],
+                                 "responses": {"200": ok, **_errors(*errors, 401, 503)}}
+    if body:
+        operation["requestBody"] = {"required": True, "content": {
+            "application/json": {"schema": _NEW_HOOK, "example": {
+                "type": "delivery", "url": "https://hooks.example.com/smtpeter"}},
+            "application/x-www-form-urlencoded": {"schema": _NEW_HOOK}}}
+    return {"post": operation}
+
+
+def _webhook_paths() -> dict[str, Any]:
+    """Webhooks (webhooks.py): made pending, proven, signed calls, their attempts."""
+    hooks = {"description": "The account's webhooks", "content": {"application/json": {
+        "schema": {"type": "array", "items": _HOOK}}}}
+    make = _hook_post("Make a webhook: its id and signing secret (Standard Webhooks); it gets events "
+                      "once control of its URL is proven", _HOOK_REPLY, 400, 415, body=True)
+    return {
+        "/v1/webhook": make,
+        "/v1/feedbackloop": make,
+        "/v1/webhooks": _get("The account's webhooks", [], hooks),
+        "/v1/feedbackloops": _get("The account's webhooks (older name)", [], hooks),
+        "/v1/webhook/{hook_id}": {
+            **_get("A webhook, with its calls counted by state", [_HOOK_ID], _HOOK_REPLY, 404),
+            **_write("delete", "Remove a webhook and its calls", [_HOOK_ID], "true", 404)},
+        "/v1/webhook/{hook_id}/verify": _hook_post(
+            "Check now that the owner controls the URL (the ownership file, then the verification call)",
+            _HOOK_REPLY, 404, parameters=[_HOOK_ID]),
+        "/v1/webhook/{hook_id}/enable": _hook_post(
+            "Take up a webhook disabled by a 410 Gone again, for events from now on", _HOOK_REPLY, 404,
+            parameters=[_HOOK_ID]),
+        "/v1/webhook/{hook_id}/secret": _hook_post(
+            "A new signing secret; the old one signs too for a day", _HOOK_REPLY, 404, parameters=[_HOOK_ID]),
+        "/v1/webhook/{hook_id}/calls": _get("The webhook's latest attempts, newest first", [
+            _HOOK_ID, {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
+                                                                  "maximum": 1000}}],
+            {"description": "Attempts: time, status (null: no answer), duration (s), error, call, event, "
+                            "attempt, state, next", "content": {"application/json": {"schema": {
+                                "type": "array", "items": {"type": "object"}}}}}, 400, 404),
+    }
+
+
 def document(server_url: str) -> dict[str, Any]:
     text_view = {"description": "Text", "content": _TEXT}
     paths: dict[str, Any] = {
@@ -242,6 +308,7 @@ def document(server_url: str) -> dict[str, Any]:
                                                                          "format": "binary"}}}},
             401, 404, 422),
         **_domain_paths(),
+        **_webhook_paths(),
         "/v1/openapi.json": _get("This document", [], {"description": "OpenAPI 3.0",
                                                         "content": {"application/json": {}}}, secure=False),
         "/.well-known/autoconfig/mail/config-v1.1.xml": _get(

@@ -31,6 +31,7 @@ from smtpeter.events.metrics import Metrics
 # The route modules: importing one registers its routes on routing.app.
 from smtpeter.ingress.http import archive, documents, domains, events, logfiles, routing, send  # noqa: F401
 from smtpeter.ingress.http import metrics as metrics_routes  # noqa: F401
+from smtpeter.ingress.http import webhooks as webhook_routes  # noqa: F401
 from smtpeter.ingress.http.budget import ByteBudget
 from smtpeter.ingress.http.clicks import HitRecorder, Redirector, TrackingChannel, TrackingResource
 from smtpeter.ingress.http.fields import BadRequest, decode_body
@@ -39,6 +40,7 @@ from smtpeter.ingress.http.routing import LARGE_BODY, Unauthorized, body_size, h
 from smtpeter.ingress.submission import Submission
 from smtpeter.links import LinkSigner, signing_keys
 from smtpeter.storage import Storage
+from smtpeter.webhooks.registry import WebhookRegistry
 
 _TOKEN_CACHE_SECONDS = 10.0
 LARGE_BODY_BUDGET = 64 * 1024 * 1024  # of large bodies in work at once (ByteBudget)
@@ -74,6 +76,8 @@ class API:
         self.hosting = Hosting(self)
         # Sender domains, their DNS and keys (smtpeter/domains/registry.py; set by the service).
         self.domains: SenderDomains = None  # type: ignore[assignment]
+        # Webhooks (smtpeter/webhooks/registry.py; set by the service).
+        self.webhooks: WebhookRegistry = None  # type: ignore[assignment]
 
     def site(self) -> Site:
         access_log = self.config.http.access_log or str(self.config.data_path / "http-access.log")

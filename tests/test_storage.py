@@ -446,8 +446,9 @@ class DomainStorageSuite:
         storage = await self.open_storage(url)
         db = storage.db
         await db.transaction([SQL("DROP TABLE " + table) for table in (
-            "webhook_attempts", "webhook_calls", "webhooks", "dkim_keys", "hosted_images", "feed_positions", "events", "recipients", "messages",
-            "sender_domains", "smtp_logins", "api_tokens", "accounts", "schema_version")])
+            "webhook_attempts", "webhook_calls", "webhooks", "dkim_keys", "hosted_images", "feed_positions",
+            "events", "recipients", "messages", "sender_domains", "smtp_logins", "api_tokens", "accounts",
+            "schema_version")])
         self.assertEqual(await current_version(db), 0)
         for number, statements in enumerate(MIGRATIONS[:4], start=1):
             await db.transaction([SQL(_ddl(db.dialect, ddl)) for ddl in statements]

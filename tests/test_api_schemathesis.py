@@ -47,7 +47,7 @@ class SchemathesisTests(unittest.TestCase):
              "--header", f"Authorization: Bearer {created['api_token']}",
              "--checks", "not_a_server_error,response_schema_conformance,content_type_conformance",
              "--phases", "examples,coverage,fuzzing", "--max-examples", "40", "--seed", "1",
-             "--workers", "2", "--request-timeout", "20", "--no-color"],
+             "--workers", "1", "--request-timeout", "20", "--no-color"],
             capture_output=True, text=True, cwd=directory, timeout=540,
         )
         output = result.stdout + result.stderr

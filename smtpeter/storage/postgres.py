@@ -57,6 +57,10 @@ class _Connection(txpostgres.Connection):
         except _CONNECTION_ERRORS as exc:
             log.warn("PostgreSQL connection lost while idle: {exc}", exc=str(exc).strip())
             PostgresDatabase._discard(self)
+        except ValueError:
+            # libpq closed the socket under the read (fd -1): txpostgres cannot register it again.
+            log.warn("PostgreSQL connection lost while idle: its socket is closed")
+            PostgresDatabase._discard(self)
 
 
 def _translate(exc: Exception) -> StorageError | Exception:

@@ -191,8 +191,11 @@ class Pipeline:
         singles = [OutboundJob(light, envelope.with_recipients([r]), prepared.content, (i,), prepared.auth)
                    for r, i in zip(recipients, recipient_ids, strict=True)]
         try:
-            done, failed = await self.workers.run(outbound_steps.run_recipient_steps, needed, singles,
-                                                  self.settings)
+            if all(step.light for step in needed):
+                done, failed = outbound_steps.run_recipient_steps(needed, singles, self.settings)
+            else:
+                done, failed = await self.workers.run(outbound_steps.run_recipient_steps, needed, singles,
+                                                      self.settings)
         except Exception as exc:
             done, failed = singles, [f"every per-recipient step: {exc!r}"]
         warnings = (*prepared.warnings, *failed)

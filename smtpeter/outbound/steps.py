@@ -34,6 +34,9 @@ class Step:
     name: str
     run: Callable[..., Any]
     needed: Callable[..., bool]
+    # Microseconds of work (a hash, no parsing): run where the job is, since a trip to a worker
+    # process and back costs the reactor far more than the step (about 0.7 ms a message).
+    light: bool = False
 
 
 def _limit_line_length(message: StoredMessage, content: bytes, settings: StepSettings) -> bytes:
@@ -74,7 +77,7 @@ MESSAGE_STEPS: tuple[Step, ...] = (
 # needs it at all.
 RECIPIENT_STEPS: tuple[Step, ...] = (
     Step("tracking", tracking.run, tracking.needed),
-    Step("verp", verp.run, verp.needed),
+    Step("verp", verp.run, verp.needed, light=True),
 )
 # Last, over the bytes the peer gets: run(job, settings) -> content; needed(job). A step that
 # fails is skipped (DKIM: the mail goes out unsigned, with a warning); one that raises

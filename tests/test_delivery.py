@@ -162,6 +162,10 @@ class DeliveryTests(unittest.TestCase):
         events = await rig.events(nullmx)
         self.assertEqual((events[-1].type, events[-1].data["state"], events[-1].data["type"]),
                          ("failure", "dns", "failed"))
+        # The bounce classifier's reasons: a domain that takes no mail, one that does not exist.
+        self.assertEqual((events[-1].data["reason"], events[-1].data["hardbounce"]), ("notaccept", True))
+        nowhere = (await rig.events(nxdomain))[-1].data
+        self.assertEqual((nowhere["reason"], nowhere["hardbounce"]), ("hostunknown", True))
         await rig.sinks[SENDER_IP].wait_for(2)
 
     async def test_dns_servfail_is_retried(self) -> None:
@@ -186,6 +190,9 @@ class DeliveryTests(unittest.TestCase):
         (received,) = rig.sinks["127.0.0.2"].received
         self.assertEqual(received.recipients, ["ok@dest.test"])  # one transaction, three RCPTs
         self.assertEqual([e.type for e in await rig.events(busy)], ["attempt", "deferred"])
+        failure_event = (await rig.events(gone))[-1]  # classified as the bounces that come back are
+        self.assertEqual((failure_event.data["reason"], failure_event.data["hardbounce"]),
+                         ("userunknown", True))
         await rig.sinks[SENDER_IP].wait_for(1)
         dsn = dsn_for(rig)
         self.assertEqual(dsn["To"].addresses[0].addr_spec, "news@example.com")

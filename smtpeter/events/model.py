@@ -13,6 +13,7 @@ from dataclasses import replace
 from typing import Any
 
 from smtpeter.attempt import RecipientResult
+from smtpeter.bounces import reason_for
 from smtpeter.ids import new_id
 from smtpeter.storage.models import DELIVERED, EXPIRED, FAILED, Lease, NewEvent, NewMessage, StoredMessage
 
@@ -70,10 +71,24 @@ def attempt_outcome(message: StoredMessage, lease: Lease, result: RecipientResul
     if state == DELIVERED:
         return DELIVERY, data
     if state == FAILED:
-        return FAILURE, {**data, "type": "failed"}
+        reason, hard = failure_reason(result)
+        return FAILURE, {**data, "type": "failed", "reason": reason, "hardbounce": hard}
     if state == EXPIRED:
-        return FAILURE, {**data, "type": "expired", "state": "expired", "smtp_state": result.state}
+        return FAILURE, {**data, "type": "expired", "state": "expired", "smtp_state": result.state,
+                         "reason": "expired", "hardbounce": False}
     return DEFERRED, {**data, "retry": next_attempt}
+
+
+_COMMANDS = {"mailfrom": "MAIL", "rcptto": "RCPT", "data": "DATA", "message": "DATA"}
+
+
+def failure_reason(result: RecipientResult) -> tuple[str, bool]:
+    """Why a recipient failed for good, in the bounce classifier's taxonomy (userunknown,
+    mailboxfull, blocked, ...), and whether that is a hard bounce: the same reasons as the
+    bounces that come back later."""
+    return reason_for(result.status or "", str(result.code or ""), result.description,
+                      command=_COMMANDS.get(result.state, ""),
+                      remote_host=result.peer.mx if result.peer else "", recipient=result.address)
 
 
 def warning(message: StoredMessage, lease: Lease, description: str) -> NewEvent:

@@ -21,16 +21,21 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.error import ConnectError, DNSLookupError
-from twisted.internet.protocol import Protocol
-from twisted.python.failure import Failure
-from twisted.web.client import Agent, FileBodyProducer, PotentialDataLoss, ResponseDone
+from twisted.web.client import Agent, FileBodyProducer
 from twisted.web.http_headers import Headers
 
 from smtpeter.dns import DNSError, Resolver
 
 # The image proxy's SSRF rules, reused as they are: the address check, the URL's parsing (http and
 # https only, no credentials, IDNA host) and the connection pinned to a checked address.
-from smtpeter.ingress.http.image_fetch import FetchError, Network, _Pinned, _target, allowed_address
+from smtpeter.ingress.http.image_fetch import (
+    CappedBody,
+    FetchError,
+    Network,
+    PinnedAddress,
+    allowed_address,
+    parse_target,
+)
 
 USER_AGENT = b"smtpeter-webhooks/1"
 MAX_URL_LENGTH = 2000
@@ -62,7 +67,7 @@ def checked_url(url: str) -> str:
     if "#" in url:
         raise CallError("the URL holds a fragment")
     try:
-        return _target(url).url.decode("ascii")
+        return parse_target(url).url.decode("ascii")
     except FetchError as exc:
         raise CallError(str(exc)) from None
 
@@ -81,39 +86,6 @@ def retry_after(headers: Headers, now: float) -> float | None:
         return None
 
 
-class _FirstBytes(Protocol):
-    """Keeps the first ``limit`` bytes of a body, then closes the connection."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.chunks: list[bytes] = []
-        self.size = 0
-        self.done: defer.Deferred[bytes] = defer.Deferred(lambda _: self._stop())
-
-    def _stop(self) -> None:
-        if self.transport is not None:
-            self.transport.stopProducing()
-
-    def _finish(self) -> None:
-        if not self.done.called:
-            self.done.callback(b"".join(self.chunks)[:self.limit])
-
-    def dataReceived(self, data: bytes) -> None:
-        if self.done.called:
-            return
-        self.chunks.append(data)
-        self.size += len(data)
-        if self.size >= self.limit:
-            self._finish()
-            self._stop()
-
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        if reason is None or reason.check(ResponseDone, PotentialDataLoss) or self.chunks:
-            self._finish()
-        elif not self.done.called:
-            self.done.errback(CallError(f"the answer broke off: {reason.getErrorMessage()}"))
-
-
 class WebhookClient:
     """Requests to receivers at public addresses, or inside ``allow_networks``."""
 
@@ -128,7 +100,7 @@ class WebhookClient:
     async def addresses(self, url: str, inside_only: bool = False) -> list[str]:
         """The addresses a request to ``url`` may go to (with ``inside_only``, only those inside
         ``allow_networks``); CallError if there are none."""
-        host = _target(checked_url(url)).host
+        host = parse_target(checked_url(url)).host
         try:
             found = await self.resolver.addresses(host)
         except DNSError as exc:
@@ -169,13 +141,14 @@ class WebhookClient:
 
     async def _request(self, method: bytes, url: str, headers: dict[bytes, bytes], body: bytes | None,
                        inside_only: bool, read: int) -> Answer:
-        target = _target(checked_url(url))
+        target = parse_target(checked_url(url))
         sent = Headers({b"user-agent": [USER_AGENT]})
         for name, value in headers.items():
             sent.setRawHeaders(name, [value])
         problem = "no address"
         for address in await self.addresses(url, inside_only):
-            agent = Agent.usingEndpointFactory(self.reactor, _Pinned(self.reactor, address, self.timeout))
+            pinned = PinnedAddress(self.reactor, address, self.timeout)
+            agent = Agent.usingEndpointFactory(self.reactor, pinned)
             producer = FileBodyProducer(io.BytesIO(body)) if body is not None else None
             try:
                 response = await agent.request(method, target.url, sent, producer)
@@ -186,9 +159,12 @@ class WebhookClient:
                 raise
             except Exception as exc:
                 raise CallError(f"{target.host}: {exc.__class__.__name__}: {exc}") from None
-            reader = _FirstBytes(read)
+            reader = CappedBody(read, keep_first=True)
             response.deliverBody(reader)
-            first = await reader.done
+            try:
+                first = await reader.done
+            except FetchError as exc:
+                raise CallError(f"the answer broke off: {exc}") from None
             return Answer(response.code, first, retry_after(response.headers, self.wall()))
         raise CallError(problem)
 

@@ -102,7 +102,7 @@ class _Target:
     port: int
 
 
-def _target(url: str) -> _Target:
+def parse_target(url: str) -> _Target:
     try:
         parts = urllib.parse.urlsplit(url)
         port = parts.port
@@ -136,7 +136,7 @@ def _target(url: str) -> _Target:
 
 
 @implementer(IAgentEndpointFactory)
-class _Pinned:
+class PinnedAddress:
     """Connections to one checked address, whatever the URL's name resolves to by then."""
 
     def __init__(self, reactor: Any, address: str, timeout: float) -> None:
@@ -150,11 +150,13 @@ class _Pinned:
         return endpoint
 
 
-class _Capped(Protocol):
-    """Reads a body of at most ``limit`` bytes; a longer one is cut off and refused."""
+class CappedBody(Protocol):
+    """Reads a body of at most ``limit`` bytes. A longer one is refused (FetchError), or with
+    ``keep_first`` its first ``limit`` bytes are the answer and the rest is not read."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, keep_first: bool = False) -> None:
         self.limit = limit
+        self.keep_first = keep_first
         self.chunks: list[bytes] = []
         self.size = 0
         self.done: defer.Deferred[bytes] = defer.Deferred(lambda _: self._stop())
@@ -168,7 +170,11 @@ class _Capped(Protocol):
             return
         self.size += len(data)
         if self.size > self.limit:
-            self.done.errback(FetchError(f"the image is larger than {self.limit} bytes"))
+            if self.keep_first:
+                self.chunks.append(data)
+                self.done.callback(b"".join(self.chunks)[:self.limit])
+            else:
+                self.done.errback(FetchError(f"the body is larger than {self.limit} bytes"))
             self._stop()
             return
         self.chunks.append(data)
@@ -176,7 +182,8 @@ class _Capped(Protocol):
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         if self.done.called:
             return
-        if reason.check(ResponseDone, PotentialDataLoss):
+        ended = reason is None or reason.check(ResponseDone, PotentialDataLoss)
+        if ended or (self.keep_first and self.chunks):
             self.done.callback(b"".join(self.chunks))
         else:
             self.done.errback(FetchError(f"the connection broke: {reason.getErrorMessage()}"))
@@ -216,7 +223,7 @@ class Fetcher:
 
     async def _fetch(self, url: str, validators: Headers | None) -> Fetched:
         for _ in range(MAX_REDIRECTS + 1):
-            target = _target(url)
+            target = parse_target(url)
             response = await self._request(target, validators)
             if response.code in _REDIRECTS:
                 location = response.headers.getRawHeaders(b"location")
@@ -252,7 +259,8 @@ class Fetcher:
             headers.setRawHeaders(name, values)
         problem = "no address"
         for address in await self._addresses(target.host):
-            agent = Agent.usingEndpointFactory(self.reactor, _Pinned(self.reactor, address, self.timeout))
+            pinned = PinnedAddress(self.reactor, address, self.timeout)
+            agent = Agent.usingEndpointFactory(self.reactor, pinned)
             try:
                 return await agent.request(b"GET", target.url, headers)
             except (ConnectError, DNSLookupError) as exc:
@@ -272,7 +280,7 @@ class Fetcher:
         if isinstance(response.length, int) and response.length > self.max_bytes:
             _discard(response)
             raise FetchError(f"the image is larger than {self.max_bytes} bytes")
-        reader = _Capped(self.max_bytes)
+        reader = CappedBody(self.max_bytes)
         response.deliverBody(reader)
         return Image(content_type, await reader.done)
 

@@ -242,6 +242,34 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX webhook_attempts_hook ON webhook_attempts (webhook_id, time)",
         "CREATE INDEX webhook_attempts_call ON webhook_attempts (call_id)",
     ],
+    # 7: what mx.listen receives (bounces, auto-replies, complaints, DMARC reports), kept from
+    # before the 250 until it is processed, and after as the raw MIME its events point to.
+    [
+        """CREATE TABLE inbound_messages (
+            id TEXT PRIMARY KEY,
+            received {time} NOT NULL,
+            client TEXT NOT NULL,
+            helo TEXT NOT NULL,
+            tls INTEGER NOT NULL,
+            mail_from TEXT NOT NULL,
+            -- JSON: [{"address": ..., "route": "verp"|"report"|"postmaster", "recipient_id": ...}]
+            recipients TEXT NOT NULL,
+            mime {blob} NOT NULL,
+            size INTEGER NOT NULL,
+            -- new (to process, or leased until next_attempt), done, failed (kept, not retried)
+            state TEXT NOT NULL,
+            next_attempt {time} NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            lease_owner TEXT,
+            -- what it turned out to be: bounce, response, abuse, dmarc, undefined, postmaster
+            kind TEXT,
+            account_id TEXT,
+            result TEXT,
+            processed {time}
+        )""",
+        "CREATE INDEX inbound_due ON inbound_messages (next_attempt) WHERE state = 'new'",
+        "CREATE INDEX inbound_account ON inbound_messages (account_id, received)",
+    ],
 ]
 
 LATEST = len(MIGRATIONS)

@@ -4,7 +4,8 @@
 tokens, logins), ``domains`` (sender domains, their settings, DNS status and
 DKIM keys), ``queue`` (messages, leases, outcomes; built
 on ``events``: event rows and the feed's positions), ``hosted`` (hosted images),
-``webhooks`` (hooks, their calls and attempts) and ``batching`` (group commit).
+``webhooks`` (hooks, their calls and attempts), ``inbound`` (what mx.listen receives) and
+``batching`` (group commit).
 Storage persists what it is given; it imports no stage.
 """
 
@@ -18,13 +19,15 @@ from smtpeter.storage.accounts import Accounts
 from smtpeter.storage.db import Database, StorageError
 from smtpeter.storage.domains import Domains
 from smtpeter.storage.hosted import HostedImages
+from smtpeter.storage.inbound import Inbound
 from smtpeter.storage.queue import DEFAULT_MAX_DELIVER_TIME, Queue
 from smtpeter.storage.schema import migrate
 from smtpeter.storage.webhooks import Webhooks
 
 
-class Storage(Queue, Accounts, Domains, HostedImages, Webhooks):
-    """Accounts, secrets, sender domains and their keys, the queue, events, hosted images and webhooks."""
+class Storage(Queue, Accounts, Domains, HostedImages, Webhooks, Inbound):
+    """Accounts, secrets, sender domains and their keys, the queue, events, hosted images, webhooks
+    and what comes back."""
 
     async def migrate(self) -> int:
         return await migrate(self.db)

@@ -13,6 +13,7 @@ links on ``http.public_url``. The status and its remarks say what to fix.
 from __future__ import annotations
 
 import datetime
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
@@ -54,6 +55,8 @@ class SenderDomains:
         self._loop: task.LoopingCall | None = None
         self._running: defer.Deferred | None = None  # a round of checks under way
         self._stopping = False
+        # Called when a domain's settings change (the receiver keeps its bounce domains by them).
+        self.listeners: list[Callable[[], None]] = []
 
     @classmethod
     def for_config(cls, storage: Any, config: Any, reactor: Any, clock: Any = None) -> SenderDomains:
@@ -82,10 +85,12 @@ class SenderDomains:
         except NotFound:
             await self.storage.add_domain(account_id, domain)
             await self.keystore.setup_new_domain(account_id, domain, tuple(self.config.dkim_algorithms))
+            self.forget(domain)
             settings = await self.storage.domain_settings(account_id, domain)
         else:
             if not settings.approved and await status.ownership_seen(settings, self.resolver):
                 await self.storage.approve_domain(account_id, domain)
+                self.forget(domain)
         if changes:
             await self.update(account_id, domain, changes)
         return await self.storage.domain_settings(account_id, domain)
@@ -173,8 +178,11 @@ class SenderDomains:
     # -- what outbound mail gets ------------------------------------------------------------
 
     def forget(self, domain: str) -> None:
+        """``domain``'s settings changed: drop what was kept of them, tell the listeners."""
         for key in [k for k in self._authorities if k[1] == domain]:
             del self._authorities[key]
+        for listener in self.listeners:
+            listener()
 
     async def authority(self, message: StoredMessage) -> SenderAuth | None:
         """How ``message`` is authenticated: its From domain's published keys, bounce domain and

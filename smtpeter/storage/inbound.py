@@ -11,7 +11,7 @@ raw MIME stays after processing: the events it made point to it.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +62,8 @@ def _inbound(row: Sequence[Any]) -> InboundMessage:
 
 
 class Inbound(Tables):
+    _events_recorded: Callable[[], None]  # the events part's: tells the feed's readers
+
     async def store_inbound(self, message_id: str, client: str, helo: str, tls: bool, mail_from: str,
                             recipients: Sequence[InboundRecipient], mime: bytes) -> None:
         """Keep a received message durably (committed and flushed before this returns)."""
@@ -97,7 +99,9 @@ class Inbound(Tables):
             (when, message_id, NEW))], durable=False)
 
     async def commit_inbound(self, statements: Sequence[Statement]) -> None:
+        """Commit what processing made of received messages (events among it), durably."""
         await self.db.transaction(list(statements))
+        self._events_recorded()
 
     async def inbound_message(self, message_id: str, account_id: str | None = None) -> InboundMessage:
         """One received message (with ``account_id``, only if it was found to be that account's)."""

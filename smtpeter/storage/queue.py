@@ -85,7 +85,7 @@ class Queue(Events):
         self.max_deliver_time = max_deliver_time
         # An item is the list of messages that commit together (one API call's messages).
         self._group_commit = Batcher(
-            self, lambda items: self._enqueue_statements([message for item in items for message in item]),
+            self, lambda items: self.enqueue_statements([message for item in items for message in item]),
             lambda item: sum(len(message.mime) for message in item), after_commit=self._events_recorded)
         # Outcomes need no fsync of their own (a lost one means a repeated delivery,
         # never a lost message), unless they carry a DSN, which is a new message.
@@ -122,7 +122,7 @@ class Queue(Events):
             _check_accepted(message)
         return self._group_commit.add(list(messages), [list(m.recipient_ids) for m in messages])
 
-    def _enqueue_statements(self, batch: list[NewMessage]) -> list[Insert]:
+    def enqueue_statements(self, batch: list[NewMessage]) -> list[Insert]:
         now = self.now()
         messages, recipients, events = [], [], []
         for message in batch:
@@ -352,5 +352,5 @@ class Queue(Events):
             events, where="EXISTS (SELECT 1 FROM recipients r WHERE r.id = v.column2 AND r.updated = ?)",
             where_params=(now,)))
         if notices:
-            statements += self._enqueue_statements(notices)
+            statements += self.enqueue_statements(notices)
         return statements

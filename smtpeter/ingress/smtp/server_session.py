@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from twisted.cred.credentials import IUsernamePassword
@@ -47,6 +48,9 @@ class SessionPolicy:
     # Submission listeners offer AUTH (under TLS) and relay only for logged-in
     # or trusted clients.
     auth_available: bool = True
+    # A receiving listener (mx.listen) decides per address instead: None accepts it, else
+    # (code, status, text) refuses it. Pure and quick: it runs inside the session.
+    check_recipient: Callable[[str], tuple[int, str, str] | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -384,7 +388,12 @@ class ServerSession:
             if not semicolon or not kind or not value:
                 raise SyntaxProblem(501, "5.5.4", "ORCPT must be addr-type;xtext")
             orcpt = f"{kind};{syntax.xtext_decode(value)}"
-        if self.login is None and not self.trusted:
+        check = self.policy.check_recipient
+        if check is not None:
+            refusal = check(address)
+            if refusal is not None:
+                return self._error(*refusal)
+        elif self.login is None and not self.trusted:
             return self._error(530, "5.7.0", "Authentication required")
         if any(r.address == address for r in self._recipients):
             # Once is enough (Postfix's duplicate filter): a second copy would be a second delivery.

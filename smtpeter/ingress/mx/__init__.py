@@ -1,0 +1,1 @@
+"""mx.listen: the receiving listener for what comes back (bounces, replies, complaints, reports)."""

@@ -234,7 +234,9 @@ def refuse_gone(recipient: str) -> tuple[int, str]:
     return 250, "2.1.5 Ok"
 
 
-class ReceiverEndToEnd(unittest.TestCase):
+class ReceiverCase(unittest.TestCase):
+    """smtpeter with mx.listen, a sender domain whose mail gets VERP, and the remote side's servers."""
+
     async def start(self, mx_listen: list[str] | None = None) -> Rig:
         http_port, mx_port = free_port_on("127.0.0.1"), free_port_on("127.0.0.1")
         self.mx_port = mx_port
@@ -294,6 +296,9 @@ class ReceiverEndToEnd(unittest.TestCase):
         await until(found, f"{count} {kind} event(s) of {message_id}")
         return [e for e in await self.rig.events(message_id) if e.type == kind]
 
+
+
+class ReceiverEndToEnd(ReceiverCase):
     async def test_what_comes_back_end_to_end(self) -> None:
         rig = await self.start()
         receiver = await Receiver("127.0.0.5").start(self)
@@ -434,3 +439,25 @@ def bare_line_feed(port: int, mode: str, verp: bytes) -> str:
         return client.reply()[1][-1]
     finally:
         client.close()
+
+
+class ReceiverRestart(ReceiverCase):
+    async def test_what_was_acknowledged_is_processed_after_a_restart(self) -> None:
+        rig = await self.start()
+        (mid,) = (await self.call("POST", "/v1/send", json_body={
+            "recipient": "bob@dest.test", "from": f"news@{DOMAIN}", "envelope": f"owner@{DOMAIN}",
+            "text": "Hi.", "trackbounces": True})).keys()
+        await rig.wait_for(mid, "delivered")
+        verp = rig.sinks["127.0.0.2"].received[0].mail_from
+        # Processing stops (as if the process died right after the 250): the message is kept.
+        await rig.service.inbound_processor.stop()
+        code, transcript = await self.remote_sends(verp, dsn("bob@dest.test"))
+        self.assertEqual(code, 0, transcript)
+        (kept,) = await rig.storage.inbound_messages()
+        self.assertEqual(kept.state, "new")
+        self.assertNotIn("bounce", [e.type for e in await rig.events(mid)])
+        await rig.harness.stop_async()
+        await rig.harness.start()
+        (bounce,) = await self.events_of(mid, "bounce")
+        self.assertEqual((bounce.data["inbound"], bounce.data["reason"]), (kept.id, "userunknown"))
+        self.assertEqual((await rig.storage.inbound_message(kept.id)).state, DONE)

@@ -372,6 +372,11 @@ class ReceiverEndToEnd(ReceiverCase):
             self.assertNotIn("bounce", kinds)
             self.assertNotIn("failure", kinds)
 
+        metrics = rig.service.metrics.registry
+        for name, value in (("smtpeter_received_total", 3), ("smtpeter_bounces_received_total", 1),
+                            ("smtpeter_responses_received_total", 1), ("smtpeter_complaints_received_total", 1)):
+            self.assertEqual(metrics.get_sample_value(name), value, name)
+
         # Log files with SMTPeter's columns.
         day = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
         (row,) = await self.call("GET", f"/v1/logfiles/bounces.{day}.log/json")

@@ -27,6 +27,7 @@ from twisted.logger import Logger
 
 from smtpeter.bounces.pipeline import Report
 from smtpeter.bounces.returned import returned
+from smtpeter.events.metrics import Metrics
 from smtpeter.storage import Storage, StorageError
 from smtpeter.storage.db import NotFound, Statement
 from smtpeter.storage.events import event_row, insert_events
@@ -44,6 +45,9 @@ POLL_INTERVAL = 30.0
 # Processing that fails (a database hiccup, a bug) is retried this much later, at most this often.
 RETRY_AFTER = 60.0
 MAX_ATTEMPTS = 20
+# What each kind of received message counts as, once it is recorded about a recipient of ours.
+_COUNTERS = {"bounce": "smtpeter_bounces_received_total", "undefined": "smtpeter_bounces_received_total",
+             "response": "smtpeter_responses_received_total", "abuse": "smtpeter_complaints_received_total"}
 
 
 @dataclass(frozen=True)
@@ -64,7 +68,7 @@ class InboundProcessor:
     def __init__(self, storage: Storage, verp: VerpSigner, bounce_domains: Container[str],
                  classify: Classifier, clock: IReactorTime, owner: str,
                  reports: ReportHandler | None = None,
-                 queued: Callable[[], None] = lambda: None) -> None:
+                 queued: Callable[[], None] = lambda: None, metrics: Metrics | None = None) -> None:
         self.storage = storage
         self.verp = verp
         self.bounce_domains = bounce_domains
@@ -73,6 +77,7 @@ class InboundProcessor:
         self.owner = owner
         self.reports = reports
         self.queued = queued  # forwards were queued: wake delivery
+        self.metrics = metrics or Metrics()
         self._loop: defer.Deferred | None = None
         self._stopping = False
         self._woken = False
@@ -98,18 +103,24 @@ class InboundProcessor:
         claimed = await self.storage.claim_inbound(self.owner, BATCH, LEASE)
         statements: list[Statement] = []
         forwarded = False
+        kinds: list[str] = []
         for message in claimed:
             try:
-                made, forwards = await self._process(message)
+                made, forwards, kind = await self._process(message)
             except Exception as exc:  # one bad message must not stop the others
                 await self._failed(message, exc)
                 continue
             statements += made
             forwarded = forwarded or forwards
+            kinds.append(kind)
         if statements:
             await self.storage.commit_inbound(statements)
             if forwarded:
                 self.queued()
+        for kind in kinds:
+            counter = _COUNTERS.get(kind)
+            if counter:
+                self.metrics.count(counter)
         return len(claimed)
 
     async def _run(self) -> None:
@@ -150,15 +161,15 @@ class InboundProcessor:
         log.warn("received mail {id}: {exc}; trying again later", id=message.id, exc=exc)
         await self.storage.retry_inbound(message.id, self.clock.seconds() + RETRY_AFTER)
 
-    async def _process(self, message: InboundMessage) -> tuple[list[Statement], bool]:
-        """The statements that record what ``message`` is, and whether it forwards anything."""
+    async def _process(self, message: InboundMessage) -> tuple[list[Statement], bool, str]:
+        """The statements that record what ``message`` is, whether it forwards anything, and its kind."""
         routes = {r.route for r in message.recipients}
         if "report" in routes and self.reports is not None:
             found = await self.reports(message)
             if found is not None:
                 closing = self.storage.inbound_processed(message.id, DONE, "dmarc", found.account_id,
                                                          found.summary)
-                return [*found.statements, closing], False
+                return [*found.statements, closing], False, "dmarc"
         report = await self.classify(message.mime)
         named = [(r.address, r.recipient_id) for r in message.recipients
                  if r.route == "verp" and r.recipient_id]
@@ -189,7 +200,7 @@ class InboundProcessor:
         if forwards:
             statements += self.storage.enqueue_statements(forwards)
         statements.append(self.storage.inbound_processed(message.id, DONE, kind, account_id, summary))
-        return statements, bool(forwards)
+        return statements, bool(forwards), kind
 
     def _quoted_return_path(self, report: Report) -> tuple[str, str] | None:
         """The VERP address the report quotes as the original's return path, if it is ours."""

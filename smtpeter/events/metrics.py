@@ -24,6 +24,10 @@ COUNTERS = {
     "smtpeter_bot_clicks_total": "Clicks on tracked links by machines (scanners, previews; events/bots.py).",
     "smtpeter_opens_total": "Opens (tracked image loads) by people (machines not counted).",
     "smtpeter_bot_opens_total": "Opens by machines (image proxies that load every message, scanners).",
+    "smtpeter_received_total": "Messages mx.listen accepted (bounces, replies, complaints, DMARC reports).",
+    "smtpeter_bounces_received_total": "Bounces received and recorded about our recipients (mx.listen).",
+    "smtpeter_responses_received_total": "Auto-replies received about our recipients (mx.listen).",
+    "smtpeter_complaints_received_total": "Complaints (ARF reports) about our recipients (mx.listen).",
     "smtpeter_hits_dropped_total": "Clicks and opens not recorded: too many were waiting to be written "
                                    "(events/hits.py MAX_PENDING; storage slow or down).",
 }

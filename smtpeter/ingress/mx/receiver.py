@@ -16,6 +16,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from smtpeter.envelope import Envelope
+from smtpeter.events.metrics import Metrics
 from smtpeter.ids import new_id
 from smtpeter.ingress.mx.policy import InboundPolicy
 from smtpeter.ingress.smtp.limits import ConnectionLimits
@@ -86,12 +87,13 @@ class InboundFactory(SMTPServerFactory):
     def __init__(self, session_policy: SessionPolicy, inbound: InboundPolicy, storage: Storage,
                  received: Callable[[], None], tls_context: Any, clock: Any, *,
                  implicit_tls: bool = False, limits: ConnectionLimits | None = None,
-                 timeout: float = 300.0, data_timeout: float = 600.0) -> None:
+                 timeout: float = 300.0, data_timeout: float = 600.0, metrics: Metrics | None = None) -> None:
         super().__init__(session_policy, None, None, tls_context, clock, implicit_tls=implicit_tls,
                          limits=limits, timeout=timeout, data_timeout=data_timeout)
         self.inbound = inbound
         self.storage = storage
         self.received = received
+        self.metrics = metrics or Metrics()
 
     async def accept(self, client: Client, envelope: Envelope, data: bytes) -> bytes:
         """Store the message (every RCPT already passed the policy) and answer the final dot."""
@@ -110,5 +112,6 @@ class InboundFactory(SMTPServerFactory):
             return reply(451, "4.3.0", "Temporary storage failure, message not accepted; try again later")
         log.info("{line}", line=f"received {message_id} from=<{envelope.sender}> size={len(data)} "
                                 f"client={client.address} to={','.join(r.address for r in recipients)}")
+        self.metrics.count("smtpeter_received_total")
         self.received()
         return reply(250, "2.0.0", f"Ok, received as {message_id}")

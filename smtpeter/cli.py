@@ -352,6 +352,11 @@ def bounce_parse(args: argparse.Namespace) -> int:
     return bounce_parse(args)
 
 
+def dmarc_parse(args: argparse.Namespace) -> int:
+    from smtpeter.bounces.dmarc_cli import dmarc_parse
+    return dmarc_parse(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", "-c", default=argparse.SUPPRESS,
@@ -369,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="smtpeter", parents=[common],
                                      description="Administer an smtpeter installation.")
     groups = parser.add_subparsers(dest="group", required=True,
-                                   metavar="{account,login,token,domain,queue,events,inline-css,bounce}")
+                                   metavar="{account,login,token,domain,queue,events,inline-css,bounce,dmarc}")
 
     def command(group: Any, name: str, fn: Command, help: str,
                 human: Printer = _print_human) -> argparse.ArgumentParser:
@@ -450,6 +455,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = bounce.add_parser("parse", parents=[common], help="classify bounces in files, per recipient")
     p.add_argument("files", nargs="+", metavar="FILE")
     p.set_defaults(local=bounce_parse)
+
+    dmarc = groups.add_parser("dmarc", help="DMARC aggregate reports")
+    dmarc = dmarc.add_subparsers(dest="action", required=True)
+    p = dmarc.add_parser("parse", parents=[common], help="read DMARC aggregate reports in files (messages, "
+                                                        "or the XML, zip or gzip itself)")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.set_defaults(local=dmarc_parse)
     return parser
 
 

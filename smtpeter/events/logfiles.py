@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from typing import Any
 from xml.sax.saxutils import escape
 
+from smtpeter.storage.dmarc import StoredDmarcReport
 from smtpeter.storage.models import Event
 
 DAY = 86400
@@ -33,6 +34,10 @@ COLUMNS: dict[str, list[str]] = {
               "countrycode", "regioncode", "templateid", "bot", "bot_reason"],
     "responses": ["id", "time", "envelope", "recipient", "mime", "tags", "templateid"],
 }
+# Received DMARC aggregate reports: rows of their own table (storage/dmarc.py), not events.
+DMARC = "dmarc"
+DMARC_COLUMNS = ["time", "organizationName", "email", "reportId", "begin", "end", "domain", "sendingDomain",
+                 "messages", "failedSpf", "failedDkim"]
 # Stored event types behind each log; a deferred attempt is a failure that will be retried.
 LOG_EVENTS: dict[str, tuple[str, ...]] = {
     "attempts": ("attempt",), "deliveries": ("delivery",), "failures": ("failure", "deferred"),
@@ -86,6 +91,14 @@ def record(event: Event) -> dict[str, Any]:
     return row
 
 
+def dmarc_record(report: StoredDmarcReport) -> dict[str, Any]:
+    """A received DMARC report as a ``dmarc`` log row: when it came, who reported on what."""
+    return {"time": time_text(report.received), "organizationName": report.org_name, "email": report.email,
+            "reportId": report.report_id, "begin": time_text(report.begin), "end": time_text(report.end),
+            "domain": report.domain, "sendingDomain": report.sending_domains, "messages": report.messages,
+            "failedSpf": report.failed_spf, "failedDkim": report.failed_dkim}
+
+
 def api_event(event: Event) -> dict[str, Any]:
     return {"event": API_EVENT[event.type], "data": record(event)}
 
@@ -106,7 +119,11 @@ def _xml_text(value: Any) -> str:
 def render(log: str, events: Iterable[Event], form: str) -> tuple[bytes, str]:
     """A log file as CSV (``csv``, ``header``), ``json`` or ``xml``: (body, content type)."""
     columns = COLUMNS[log]
-    rows = [{c: record(e).get(c, "") for c in columns} for e in events]
+    return render_rows(columns, [{c: record(e).get(c, "") for c in columns} for e in events], form)
+
+
+def render_rows(columns: list[str], rows: list[dict[str, Any]], form: str) -> tuple[bytes, str]:
+    """Rows (every column filled in) as ``render`` writes them."""
     if form == "json":
         return json.dumps(rows, ensure_ascii=False).encode(), "application/json"
     if form == "xml":

@@ -270,6 +270,32 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX inbound_due ON inbound_messages (next_attempt) WHERE state = 'new'",
         "CREATE INDEX inbound_account ON inbound_messages (account_id, received)",
     ],
+    # 8: DMARC aggregate reports received for the accounts' sender domains (storage/dmarc.py).
+    [
+        """CREATE TABLE dmarc_reports (
+            id {serial_pk},
+            account_id TEXT NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+            received {time} NOT NULL,
+            -- UTC day number of received: the DATE of /v1/dmarc and of the dmarc log file.
+            day INTEGER NOT NULL,
+            org_name TEXT NOT NULL,
+            email TEXT NOT NULL,
+            -- The reporter's domain (FROM) and the domain reported on (FOR), in lower case.
+            reporter TEXT NOT NULL,
+            report_id TEXT NOT NULL,
+            begin_time {bigint} NOT NULL,
+            end_time {bigint} NOT NULL,
+            domain TEXT NOT NULL,
+            sending_domains TEXT NOT NULL,
+            messages {bigint} NOT NULL,
+            failed_spf {bigint} NOT NULL,
+            failed_dkim {bigint} NOT NULL,
+            -- The report's XML exactly as it came (unpacked).
+            xml {blob} NOT NULL,
+            UNIQUE (account_id, reporter, report_id)
+        )""",
+        "CREATE INDEX dmarc_reports_day ON dmarc_reports (account_id, day, reporter, domain, id)",
+    ],
 ]
 
 LATEST = len(MIGRATIONS)

@@ -4,8 +4,8 @@
 tokens, logins), ``domains`` (sender domains, their settings, DNS status and
 DKIM keys), ``queue`` (messages, leases, outcomes; built
 on ``events``: event rows and the feed's positions), ``hosted`` (hosted images),
-``webhooks`` (hooks, their calls and attempts), ``inbound`` (what mx.listen receives) and
-``batching`` (group commit).
+``webhooks`` (hooks, their calls and attempts), ``inbound`` (what mx.listen receives), ``dmarc``
+(DMARC aggregate reports) and ``batching`` (group commit).
 Storage persists what it is given; it imports no stage.
 """
 
@@ -17,6 +17,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from smtpeter.storage.accounts import Accounts
 from smtpeter.storage.db import Database, StorageError
+from smtpeter.storage.dmarc import DmarcReports
 from smtpeter.storage.domains import Domains
 from smtpeter.storage.hosted import HostedImages
 from smtpeter.storage.inbound import Inbound
@@ -25,7 +26,7 @@ from smtpeter.storage.schema import migrate
 from smtpeter.storage.webhooks import Webhooks
 
 
-class Storage(Queue, Accounts, Domains, HostedImages, Webhooks, Inbound):
+class Storage(Queue, Accounts, Domains, HostedImages, Webhooks, Inbound, DmarcReports):
     """Accounts, secrets, sender domains and their keys, the queue, events, hosted images, webhooks
     and what comes back."""
 

@@ -21,7 +21,8 @@ _FORMS = {"header": "header", "json": "json", "xml": "xml", "csv": "csv", "csv/h
 @handled
 async def logfile_days(api: API, request: Any) -> bytes:
     account = await api.account(request)
-    return json_reply(request, [shapes.day_text(d) for d in await api.storage.event_days(account)])
+    days = set(await api.storage.event_days(account)) | set(await api.storage.dmarc_days(account))
+    return json_reply(request, [shapes.day_text(d) for d in sorted(days)])
 
 
 @app.route("/v1/logfiles/<item>", methods=["GET"])
@@ -45,11 +46,19 @@ async def _logfile(api: API, request: Any, item: str, form: str) -> bytes:
     if day is not None and form == "csv":
         present = {shapes.EVENT_LOG[t] for t in await api.storage.event_types_on(account, day)
                    if t in shapes.EVENT_LOG}
+        if await api.storage.dmarc_reports_on(account, day):
+            present.add(shapes.DMARC)
         return json_reply(request, [f"{name}.{item}.log" for name in sorted(present)])
     match = shapes.FILE_NAME.fullmatch(item)
-    if not match or match.group(1) not in shapes.COLUMNS or shapes.parse_day(match.group(2)) is None:
+    known = (*shapes.COLUMNS, shapes.DMARC)
+    if not match or match.group(1) not in known or shapes.parse_day(match.group(2)) is None:
         raise NotFound()
     name, day = match.group(1), shapes.parse_day(match.group(2))
+    if name == shapes.DMARC:
+        rows = [shapes.dmarc_record(r) for r in await api.storage.dmarc_reports_on(account, day)]
+        content, content_type = shapes.render_rows(shapes.DMARC_COLUMNS, rows, form)
+        request.setHeader(b"content-type", content_type.encode())
+        return content
     events = await api.storage.events_on(account, day, shapes.LOG_EVENTS[name])
     content, content_type = shapes.render(name, events, form)
     request.setHeader(b"content-type", content_type.encode())

@@ -244,6 +244,23 @@ def _webhook_paths() -> dict[str, Any]:
     }
 
 
+def _dmarc_paths() -> dict[str, Any]:
+    """Received DMARC aggregate reports (dmarc.py): DATE is the UTC day a report arrived."""
+    segment = {"in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
+    where = [{"name": "date", **segment, "description": "The day (UTC, yyyy-mm-dd) the report arrived."},
+             {"name": "reporter", **segment, "description": "The reporter's domain (FROM)."},
+             {"name": "domain", **segment, "description": "The domain reported on (FOR)."}]
+    xml = {"description": "The report's XML (RFC 7489 Appendix C), as it came",
+           "content": {"application/xml": {"schema": {"type": "string"}}}}
+    return {
+        "/v1/dmarc": _get("Days (UTC) on which reports arrived", [], {**_STRINGS, "description": "Days"}),
+        "/v1/dmarc/{date}/{reporter}/{domain}": _get("The first such report", where, xml, 404),
+        "/v1/dmarc/{date}/{reporter}/{domain}/{index}": _get("The index-th such report (from 0)", [
+            *where, {"name": "index", "in": "path", "required": True,
+                     "schema": {"type": "integer", "minimum": 0}}], xml, 404),
+    }
+
+
 def document(server_url: str) -> dict[str, Any]:
     text_view = {"description": "Text", "content": _TEXT}
     paths: dict[str, Any] = {
@@ -309,6 +326,7 @@ def document(server_url: str) -> dict[str, Any]:
             401, 404, 422),
         **_domain_paths(),
         **_webhook_paths(),
+        **_dmarc_paths(),
         "/v1/openapi.json": _get("This document", [], {"description": "OpenAPI 3.0",
                                                         "content": {"application/json": {}}}, secure=False),
         "/.well-known/autoconfig/mail/config-v1.1.xml": _get(

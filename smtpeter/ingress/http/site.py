@@ -30,6 +30,7 @@ from smtpeter.events.metrics import Metrics
 
 # The route modules: importing one registers its routes on routing.app.
 from smtpeter.ingress.http import archive, documents, domains, events, logfiles, routing, send  # noqa: F401
+from smtpeter.ingress.http import dmarc as dmarc_routes  # noqa: F401
 from smtpeter.ingress.http import metrics as metrics_routes  # noqa: F401
 from smtpeter.ingress.http import webhooks as webhook_routes  # noqa: F401
 from smtpeter.ingress.http.budget import ByteBudget

@@ -11,6 +11,9 @@ The receiver's processor calls one of these for a message sent to ``domains.dmar
 Both raise ``NotADmarcReport`` (smtpeter.bounces.dmarc) when the message is none: the caller logs
 it and keeps the raw message. A report about a domain that is no account's approved sender domain
 (nor under one) is not stored: its receipt says ``UNOWNED`` and the caller keeps the raw message.
+
+``report_handler(storage)`` wraps the second in the shape of the processor's ``reports`` hook
+(``InboundProcessor(..., reports=report_handler(storage))``).
 """
 
 from __future__ import annotations
@@ -18,11 +21,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from twisted.internet.threads import deferToThread
+from twisted.logger import Logger
 
-from smtpeter.bounces.dmarc import DmarcReport, parse_report
+from smtpeter.bounces.dmarc import DmarcReport, NotADmarcReport, parse_report
+from smtpeter.bounces.processor import ReportHandler, ReportResult
 from smtpeter.storage import Storage
 from smtpeter.storage.db import Statement
 from smtpeter.storage.dmarc import NewDmarcReport
+from smtpeter.storage.inbound import InboundMessage
+
+log = Logger()
 
 STORED, DUPLICATE, UNOWNED = "stored", "duplicate", "unowned"
 
@@ -76,3 +84,25 @@ async def receive_dmarc_report(storage: Storage, raw: bytes, received: float) ->
         return DmarcReceipt(UNOWNED, report, None)
     stored = await storage.store_dmarc_report(account_id, new_report(report), received)
     return DmarcReceipt(STORED if stored else DUPLICATE, report, account_id)
+
+
+def report_handler(storage: Storage) -> ReportHandler:
+    """The processor's ``reports`` hook: a message to the report address that holds a report gives
+    the statements that store it (none when its domain is no account's) and its summary, with
+    ``outcome`` (stored or unowned); one that holds none gives None (the processor classifies it)."""
+
+    async def handle(message: InboundMessage) -> ReportResult | None:
+        try:
+            receipt, statements = await dmarc_report_statements(storage, message.mime, message.received)
+        except NotADmarcReport as exc:
+            log.info("received mail {id} to the DMARC report address is no report: {why}", id=message.id,
+                     why=str(exc))
+            return None
+        if receipt.outcome == UNOWNED:
+            log.warn("DMARC report {report} from {reporter} is about {domain}, no account's sender domain: "
+                     "kept as received mail {id} only", report=receipt.report.report_id,
+                     reporter=receipt.report.reporter, domain=receipt.report.domain, id=message.id)
+        return ReportResult(receipt.account_id, statements,
+                            {"outcome": receipt.outcome, **receipt.report.summary()})
+
+    return handle

@@ -26,15 +26,20 @@ from smtpeter.dmarc import (
     dmarc_report_statements,
     new_report,
     receive_dmarc_report,
+    report_handler,
 )
 from smtpeter.events.logfiles import DMARC_COLUMNS
 from smtpeter.storage import NotFound
 from smtpeter.storage.db import SQL
+from smtpeter.storage.inbound import InboundMessage, InboundRecipient
 from tests.support.backends import both_backends
 from tests.support.harness import Harness
 from tests.support.http import Client
 
 FIXTURES = Path(__file__).parent / "fixtures" / "dmarc"
+# The dmarc log's columns as smtpeter-api.md §2.7 gives them.
+SMTPETER_COLUMNS = ("time organizationName email reportId begin end domain sendingDomain messages failedSpf "
+                    "failedDkim").split()
 SMTPETER = str(Path(sys.executable).parent / "smtpeter")
 DAY = 86400
 RECEIVED = 1764720000.0 + 3600  # 2025-12-03 01:00:00 UTC
@@ -61,6 +66,11 @@ def other_report(xml: bytes, report_id: str) -> bytes:
     """The same report under another id (a reporter's next one)."""
     start = xml.index(b"<report_id>") + len(b"<report_id>")
     return xml[:start] + report_id.encode() + xml[xml.index(b"</report_id>") :]
+
+
+def about_nobody() -> bytes:
+    """Yahoo's report, about a domain that is no account's."""
+    return fixture("yahoo.xml").replace(b"<domain>example.com</domain>", b"<domain>nobody.example</domain>")
 
 
 def zipped(xml: bytes, name: str = "report.xml") -> bytes:
@@ -354,9 +364,7 @@ class DmarcStorageSuite:
         self.assertEqual(
             (await receive_dmarc_report(storage, fixture("mailru.eml"), RECEIVED)).account_id, other
         )
-        xml = fixture("yahoo.xml").replace(
-            b"<domain>example.com</domain>", b"<domain>nobody.example</domain>"
-        )
+        xml = about_nobody()
         receipt = await receive_dmarc_report(
             storage, attached(gzip.compress(xml), "application/gzip", "y.xml.gz"), RECEIVED
         )
@@ -380,11 +388,33 @@ class DmarcStorageSuite:
         _, again = await dmarc_report_statements(storage, fixture("google.eml"), RECEIVED + 1)
         self.assertEqual(await storage.db.transaction(again), [])
         self.assertEqual(len(await storage.dmarc_reports_on(acme, int(RECEIVED // DAY))), 1)
-        xml = fixture("yahoo.xml").replace(
-            b"<domain>example.com</domain>", b"<domain>nobody.example</domain>"
-        )
+        xml = about_nobody()
         receipt, statements = await dmarc_report_statements(storage, xml, RECEIVED)
         self.assertEqual((receipt.outcome, statements), (UNOWNED, []))
+
+    async def test_the_processors_hook(self) -> None:
+        storage = await self.open_storage()
+        acme, _ = await self.accounts(storage)
+        handle = report_handler(storage)
+
+        def received(mime: bytes) -> InboundMessage:
+            return InboundMessage(
+                id="in-1", received=RECEIVED, client="192.0.2.1", helo="mail.google.com", tls=True,
+                mail_from="noreply-dmarc-support@google.com",
+                recipients=[InboundRecipient("dmarc@mx.test", "report")], mime=mime, state="new",
+                attempts=0, kind=None, account_id=None, result=None)
+
+        found = await handle(received(fixture("google.eml")))
+        self.assertEqual((found.account_id, found.summary["outcome"], found.summary["messages"]),
+                         (acme, STORED, 121))
+        json.dumps(found.summary)  # kept as the received message's result
+        await storage.db.transaction(list(found.statements))
+        self.assertEqual(len(await storage.dmarc_reports_on(acme, int(RECEIVED // DAY))), 1)
+        self.assertIsNone(await handle(received(fixture("not-a-report.eml"))))
+        xml = about_nobody()
+        unowned = await handle(received(xml))
+        self.assertEqual((unowned.account_id, unowned.statements, unowned.summary["outcome"]),
+                         (None, [], UNOWNED))
 
     async def test_reports_go_with_their_account(self) -> None:
         storage = await self.open_storage()
@@ -485,22 +515,7 @@ class RestTests(unittest.TestCase):
         with_header = await self.client.request("GET", f"/v1/logfiles/dmarc.{DATE}.log/header")
         self.assertTrue(with_header.content_type.startswith("text/csv"))
         rows = list(csv.reader(io.StringIO(with_header.text)))
-        self.assertEqual(
-            rows[0],
-            [
-                "time",
-                "organizationName",
-                "email",
-                "reportId",
-                "begin",
-                "end",
-                "domain",
-                "sendingDomain",
-                "messages",
-                "failedSpf",
-                "failedDkim",
-            ],
-        )
+        self.assertEqual(rows[0], SMTPETER_COLUMNS)
         self.assertEqual(rows[0], DMARC_COLUMNS)
         self.assertEqual(
             rows[1:],
@@ -585,20 +600,7 @@ class CommandTests(unittest.TestCase):
         self.assertEqual(
             {
                 k: google[k]
-                for k in (
-                    "organizationName",
-                    "email",
-                    "reportId",
-                    "begin",
-                    "end",
-                    "domain",
-                    "sendingDomain",
-                    "messages",
-                    "failedSpf",
-                    "failedDkim",
-                    "reporter",
-                    "records",
-                )
+                for k in (*SMTPETER_COLUMNS[1:], "reporter", "records")
             },
             {
                 "organizationName": "google.com",

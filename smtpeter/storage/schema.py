@@ -252,7 +252,7 @@ MIGRATIONS: list[list[str]] = [
             helo TEXT NOT NULL,
             tls INTEGER NOT NULL,
             mail_from TEXT NOT NULL,
-            -- JSON: [{"address": ..., "route": "verp"|"report"|"postmaster", "recipient_id": ...}]
+            -- JSON: a list of objects with address, route (verp, report, postmaster), recipient_id
             recipients TEXT NOT NULL,
             mime {blob} NOT NULL,
             size INTEGER NOT NULL,

@@ -374,7 +374,8 @@ class ReceiverEndToEnd(ReceiverCase):
 
         metrics = rig.service.metrics.registry
         for name, value in (("smtpeter_received_total", 3), ("smtpeter_bounces_received_total", 1),
-                            ("smtpeter_responses_received_total", 1), ("smtpeter_complaints_received_total", 1)):
+                            ("smtpeter_responses_received_total", 1),
+                            ("smtpeter_complaints_received_total", 1)):
             self.assertEqual(metrics.get_sample_value(name), value, name)
 
         # Log files with SMTPeter's columns.
@@ -402,6 +403,22 @@ class ReceiverEndToEnd(ReceiverCase):
         self.assertEqual(len(await rig.storage.inbound_messages()), 3)
         # Bob's DSN, carol's auto-reply and the complaint about dave: all were sent to the envelope.
         self.assertEqual(len(self.owner_sink.received), 3)
+
+        # A DMARC aggregate report to our report address is kept for the account whose domain it is about.
+        fixtures = Path(__file__).parent / "fixtures" / "dmarc"
+        code, transcript = await self.remote_sends(f"dmarc@{MX_HOST}", (fixtures / "google.eml").read_bytes(),
+                                                   sender="noreply-dmarc-support@google.com")
+        self.assertEqual(code, 0, transcript)
+
+        async def reported() -> bool:
+            return day in (await self.call("GET", "/v1/dmarc"))
+        await until(reported, "the DMARC report")
+        response = await self.client.get(f"/v1/dmarc/{day}/google.com/example.com")
+        self.assertEqual(response.code, 200, response.body)
+        self.assertEqual(response.body, (fixtures / "google.xml").read_bytes())
+        (dmarc,) = [m for m in await rig.storage.inbound_messages() if m.kind == "dmarc"]
+        self.assertEqual((dmarc.state, dmarc.account_id, dmarc.result["outcome"]),
+                         (DONE, rig.login.account_id, "stored"))
 
     async def test_starttls_and_implicit_tls_and_bare_line_feeds(self) -> None:
         tls_port = free_port_on("127.0.0.1")

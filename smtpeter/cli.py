@@ -16,6 +16,7 @@ from smtpeter.config import Config, ConfigError, load_config
 from smtpeter.domains.registry import SenderDomains
 from smtpeter.envelope import BOOLEAN_OPTIONS, IMAGES_VALUES, OPTION_NAMES, MessageOptions, OptionError
 from smtpeter.storage import Conflict, NotFound, Storage, StorageError, open_storage
+from smtpeter.suppressions import cli as suppressions
 
 
 class CommandError(Exception):
@@ -374,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="smtpeter", parents=[common],
                                      description="Administer an smtpeter installation.")
     groups = parser.add_subparsers(dest="group", required=True,
-                                   metavar="{account,login,token,domain,queue,events,inline-css,bounce,dmarc}")
+                                   metavar="{account,login,token,domain,queue,events,suppression,inline-css,bounce,dmarc}")
 
     def command(group: Any, name: str, fn: Command, help: str,
                 human: Printer = _print_human) -> argparse.ArgumentParser:
@@ -442,6 +443,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--until", help="YYYY-MM-DD[ HH:MM:SS]")
     p.add_argument("--type", action="append",
                    choices=["attempt", "delivery", "deferred", "failure", "bounce", "click", "open"])
+
+    suppression = groups.add_parser("suppression", help="the suppression list")
+    suppression = suppression.add_subparsers(dest="action", required=True)
+    p = command(suppression, "list", suppressions.suppression_list, "an account's suppressed addresses")
+    p.add_argument("account")
+    p.add_argument("--limit", type=int, default=None)
+    p = command(suppression, "add", suppressions.suppression_add, "suppress an address (replacing its entry)")
+    p.add_argument("account")
+    p.add_argument("address")
+    p.add_argument("--reason", default="manual")
+    p.add_argument("--expires", help="'YYYY-MM-DD hh:mm:ss' (UTC); default: until removed")
+    p = command(suppression, "remove", suppressions.suppression_remove, "take an address off the list")
+    p.add_argument("account")
+    p.add_argument("address")
+    p = command(suppression, "export", suppressions.suppression_export,
+                "the whole list as CSV (--json: JSON)", suppressions.print_csv)
+    p.add_argument("account")
 
     p = groups.add_parser("inline-css", parents=[common],
                           help="inline the <style> rules of HTML on stdin (to stdout)",

@@ -177,6 +177,16 @@ class WebhooksConfig:
 
 
 @dataclass
+class SuppressionConfig:
+    """Each account's suppression list (smtpeter/suppressions/)."""
+
+    # Two hard failures to one address within this many seconds suppress it (one 5.1.1 does at once).
+    hard_failure_window: float = 7 * 86400.0
+    # Seconds an entry made for repeated hard failures lasts (a dead domain may come back); 0: for good.
+    hardbounce_expiry: float = 90 * 86400.0
+
+
+@dataclass
 class BackoffRule:
     """When a reply matches ``pattern``, pause and/or slow the destination for a while."""
 
@@ -267,6 +277,7 @@ class Config:
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     domains: DomainsConfig = field(default_factory=DomainsConfig)
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
+    suppression: SuppressionConfig = field(default_factory=SuppressionConfig)
     path: str = ""
 
     @property
@@ -435,6 +446,9 @@ def _validate(config: Config) -> None:
     _validate_delivery(config.delivery)
     _validate_domains(config)
     _validate_webhooks(config.webhooks)
+    if config.suppression.hard_failure_window <= 0 or config.suppression.hardbounce_expiry < 0:
+        raise ConfigError("[suppression] hard_failure_window must be positive, "
+                          "hardbounce_expiry not negative")
 
 
 _INCOMING = {"imaps": ("imap", "SSL", 993), "imap": ("imap", "STARTTLS", 143),

@@ -118,7 +118,8 @@ class OptionError(ValueError):
 
 
 # The SMTPeter names of the options, and the old names its API still accepts.
-BOOLEAN_OPTIONS = ("inlinecss", "trackclicks", "trackopens", "trackbounces", "preventscam")
+# oneclick: our RFC 8058 one-click unsubscribe for mail that has no List-Unsubscribe URL of its own.
+BOOLEAN_OPTIONS = ("inlinecss", "trackclicks", "trackopens", "trackbounces", "preventscam", "oneclick")
 OPTION_NAMES = (*BOOLEAN_OPTIONS, "images")
 LEGACY_NAMES = {"clicktracking": "trackclicks", "bouncetracking": "trackbounces",
                 "openstracking": "trackopens", "inlinizecss": "inlinecss"}
@@ -133,7 +134,8 @@ class MessageOptions:
     trackopens: bool | None = None
     trackbounces: bool | None = None
     preventscam: bool | None = None
-    images: str | None = None  # "default" or "hosted"
+    images: str | None = None
+    oneclick: bool | None = None  # "default" or "hosted"
 
     @classmethod
     def parse(cls, values: Mapping[str, Any], legacy: bool = False) -> MessageOptions:

@@ -1,7 +1,7 @@
 """Signed links: what a tracking URL carries, made at delivery and checked when it is followed.
 
 A token names the kind of link (a click, an open, an image, a hosted image,
-the web version), the recipient (its public message id), the link's position
+the web version, a one-click unsubscribe), the recipient (its public message id), the link's position
 in the message and the key it was signed with, and ends in an HMAC-SHA256
 tag over all that and the link's ``subject`` (for a click, the exact target
 URL as the link spells it). The redirector needs nothing else: no database
@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-KINDS = {"click": 1, "open": 2, "image": 3, "hosted": 4, "webversion": 5}
+KINDS = {"click": 1, "open": 2, "image": 3, "hosted": 4, "webversion": 5, "unsubscribe": 6}
 _KIND_NAMES = {number: name for name, number in KINDS.items()}
 _VERSION = 1
 _ID_BYTES = 11  # a message id is the base32 of 11 bytes (smtpeter.ids)

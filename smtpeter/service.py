@@ -30,6 +30,7 @@ from smtpeter.outbound.pipeline import Pipeline
 from smtpeter.outbound.workers import Workers, default_worker_count
 from smtpeter.scheduler.scheduler import Scheduler
 from smtpeter.storage import NotFound, Storage, StorageError, open_storage
+from smtpeter.suppressions.registry import SuppressionService
 from smtpeter.webhooks.registry import WebhookService
 
 log = Logger()
@@ -83,6 +84,7 @@ class SmtpeterService(service.Service):
         self.domains: SenderDomains | None = None
         self.hosted_dns: HostedDNS | None = None
         self.webhooks: WebhookService | None = None  # webhooks (smtpeter/webhooks/)
+        self.suppressions: SuppressionService | None = None  # smtpeter/suppressions/
         self.ports: list[Any] = []
         self.ready: defer.Deferred = defer.Deferred()
 
@@ -129,6 +131,7 @@ class SmtpeterService(service.Service):
         submission = self.submission = Submission(
             self.storage, config.hostname, self.metrics,
             allow_foreign_display_names=config.smtp.allow_foreign_display_name_addresses)
+        self.suppressions = SuppressionService.for_config(self.storage, config, self.clock)
         self.domains = self._sender_domains()
         await self._start_delivery(submission, self.domains)
         policy = SessionPolicy(
@@ -196,6 +199,9 @@ class SmtpeterService(service.Service):
             raise StartupError(str(exc)) from exc
         self.api.webhooks = self.webhooks.registry
         await self.webhooks.start()
+        # The suppression list: rules over the event feed; delivery and the API read it.
+        self.api.suppressions = self.suppressions.list
+        self.suppressions.start()
         site = self.api.site()
         self.api.hit_log.start()
         for description in config.http.listen:
@@ -223,7 +229,8 @@ class SmtpeterService(service.Service):
                                      config.delivery.helo_name or config.hostname, for_peer=pipeline.for_peer)
         self.dispatcher = Dispatcher(config.delivery, context, config.hostname)
         self.scheduler = Scheduler(self.storage, self.dispatcher, config.delivery, config.hostname,
-                                   self.clock, config.delivery.node or None, self.metrics, pipeline=pipeline)
+                                   self.clock, config.delivery.node or None, self.metrics, pipeline=pipeline,
+                                   suppressions=self.suppressions.list)
         if config.delivery.hold:
             log.info("delivery is on hold ([delivery] hold = true): mail stays queued")
             return
@@ -241,6 +248,9 @@ class SmtpeterService(service.Service):
         if self.hosted_dns is not None:
             yield defer.Deferred.fromCoroutine(self.hosted_dns.stop())
             self.hosted_dns = None
+        if self.suppressions is not None:
+            yield defer.Deferred.fromCoroutine(self.suppressions.stop())
+            self.suppressions = None
         if self.webhooks is not None:  # calls in flight get a moment to finish and be recorded
             yield defer.Deferred.fromCoroutine(self.webhooks.stop())
             self.webhooks = None

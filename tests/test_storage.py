@@ -446,6 +446,7 @@ class DomainStorageSuite:
         storage = await self.open_storage(url)
         db = storage.db
         await db.transaction([SQL("DROP TABLE " + table) for table in (
+            "suppression_revisions", "suppression_strikes", "suppressions",
             "dmarc_reports", "inbound_messages",
             "webhook_attempts", "webhook_calls", "webhooks", "dkim_keys", "hosted_images", "feed_positions",
             "events", "recipients", "messages", "sender_domains", "smtp_logins", "api_tokens", "accounts",

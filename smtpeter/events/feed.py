@@ -16,6 +16,7 @@ appears before a position a reader has passed (``Database.feed_horizon``).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -133,3 +134,17 @@ class Feed:
         if self._sleep is not None:
             sleep, self._sleep = self._sleep, None
             sleep.callback(None)
+
+
+class NotifyingFeed(Feed):
+    """A feed that calls ``committed`` once a batch that had writes of its own is committed (the
+    consumer's in-memory state may follow its writes only then)."""
+
+    def __init__(self, *args: Any, committed: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._committed = committed
+
+    async def commit(self, position: Position, effects: Sequence[Statement] = ()) -> None:
+        await super().commit(position, effects)
+        if effects:
+            self._committed()

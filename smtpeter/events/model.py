@@ -33,6 +33,8 @@ OPEN = "open"
 UNSUBSCRIBE = "unsubscribe"
 # A step of the outbound pipeline failed on the message and was skipped; the mail went on.
 WARNING = "warning"
+# SMTPeter's result state for a recipient on the account's suppression list: failed, never tried.
+SUPPRESSION = "suppression"
 TYPES = (ATTEMPT, DELIVERY, DEFERRED, FAILURE, BOUNCE, RESPONSE, ABUSE, CLICK, OPEN, UNSUBSCRIBE, WARNING)
 
 
@@ -70,6 +72,8 @@ def attempt_outcome(message: StoredMessage, lease: Lease, result: RecipientResul
         data["tls"] = {"version": peer.tls_version, "cipher": peer.cipher}
     if state == DELIVERED:
         return DELIVERY, data
+    if state == FAILED and result.state == SUPPRESSION:
+        return FAILURE, {**data, "type": "suppressed", "reason": "suppressed", "hardbounce": False}
     if state == FAILED:
         reason, hard = failure_reason(result)
         return FAILURE, {**data, "type": "failed", "reason": reason, "hardbounce": hard}

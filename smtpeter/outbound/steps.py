@@ -5,7 +5,8 @@ Three stages:
 * per message (``MESSAGE_STEPS``): work that does not depend on the
   recipient, done once per message (inline CSS, then line lengths);
 * per recipient (``RECIPIENT_STEPS``): may change a recipient's envelope
-  sender and content (click and open tracking, the VERP return path);
+  sender and content (click and open tracking, the VERP return path, our
+  one-click unsubscribe);
 * per transaction, once the receiving server is known (``wire_form`` then
   ``LAST_STEPS``): the 7-bit form for a peer without 8BITMIME, and then the
   last step (DKIM signing), whose output is exactly what the peer stores.
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from smtpeter.mime.lines import crlf_lines, has_long_line
-from smtpeter.outbound import dkim, hosted_images, inline_css, tracking, verp, wire
+from smtpeter.outbound import dkim, hosted_images, inline_css, tracking, unsubscribe, verp, wire
 from smtpeter.outbound.job import OutboundJob, PreparedMessage, StepSettings
 from smtpeter.storage.models import StoredMessage
 
@@ -78,6 +79,8 @@ MESSAGE_STEPS: tuple[Step, ...] = (
 RECIPIENT_STEPS: tuple[Step, ...] = (
     Step("tracking", tracking.run, tracking.needed),
     Step("verp", verp.run, verp.needed, light=True),
+    # A header pair and an HMAC: light, although it reads the header.
+    Step("one-click unsubscribe", unsubscribe.run, unsubscribe.needed, light=True),
 )
 # Last, over the bytes the peer gets: run(job, settings) -> content; needed(job). A step that
 # fails is skipped (DKIM: the mail goes out unsigned, with a warning); one that raises

@@ -28,6 +28,9 @@ from smtpeter.outbound.pipeline import Batch, Pipeline
 from smtpeter.scheduler.retry import decide
 from smtpeter.storage import Storage, StorageError
 from smtpeter.storage.models import DELIVERED, EXPIRED, FAILED, QUEUED, Lease, Outcome, StoredMessage
+from smtpeter.storage.suppressions import Suppression
+from smtpeter.suppressions.registry import SuppressionList
+from smtpeter.suppressions.registry import result as suppression_result
 
 log = Logger()
 
@@ -45,8 +48,10 @@ SHORT_CLAIM_REST = 4.0
 class Scheduler:
     def __init__(self, storage: Storage, dispatcher: Dispatcher, config: DeliveryConfig, hostname: str,
                  clock: Any, node: str | None = None, metrics: Metrics | None = None, *,
-                 pipeline: Pipeline) -> None:
+                 pipeline: Pipeline, suppressions: SuppressionList | None = None) -> None:
         self.storage = storage
+        # Recipients on their account's suppression list fail here, never tried (smtpeter/suppressions/).
+        self.suppressions = suppressions
         self.metrics = metrics or Metrics()
         self.dispatcher = dispatcher
         self.pipeline = pipeline
@@ -161,6 +166,7 @@ class Scheduler:
         wanted = {lease.message_id for lease in leases} - set(self._messages)
         try:
             fetched = await self.storage.messages(list(wanted)) if wanted else {}
+            suppressed = await self._suppressed(leases)
         except StorageError as exc:
             log.warn("scheduler: cannot read messages: {exc}", exc=exc)
             self.in_flight -= len(leases)
@@ -181,6 +187,15 @@ class Scheduler:
             for start in range(0, len(group), size):
                 chunk = group[start:start + size]
                 self._hold(message)
+                barred = [lease for lease in chunk if lease.id in suppressed]
+                if barred:
+                    job = defer.Deferred.fromCoroutine(self._suppress(message, barred, suppressed))
+                    self._jobs.add(job)
+                    job.addBoth(self._job_done, job, message.id, [lease.id for lease in barred])
+                    chunk = [lease for lease in chunk if lease.id not in suppressed]
+                    if not chunk:
+                        continue
+                    self._hold(message)
                 if now >= message.expires:
                     job = defer.Deferred.fromCoroutine(self._expire(message, chunk))
                 else:
@@ -263,6 +278,26 @@ class Scheduler:
             log.failure("scheduler: delivery to {domain} crashed", domain=domain)
             results = _internal_error(leases, "internal error during delivery")
         await self._record(message, leases, results)
+
+    async def _suppressed(self, leases: list[Lease]) -> dict[str, Suppression]:
+        """The suppression list's entries for the leased recipients on it, by lease id."""
+        if self.suppressions is None:
+            return {}
+        addresses: dict[str, list[Lease]] = defaultdict(list)
+        for lease in leases:
+            addresses[lease.account_id].append(lease)
+        found = {}
+        for account_id, held in addresses.items():
+            entries = await self.suppressions.suppressed(account_id, [lease.address for lease in held])
+            found.update({lease.id: entries[lease.address] for lease in held if lease.address in entries})
+        return found
+
+    async def _suppress(self, message: StoredMessage, leases: list[Lease],
+                        entries: dict[str, Suppression]) -> None:
+        """Fail suppressed recipients at once, without a connection; no attempt is counted (as for
+        mail that expires before one, hence ``expired=True``)."""
+        results = [suppression_result(lease.address, entries[lease.id]) for lease in leases]
+        await self._record(message, leases, results, expired=True)
 
     async def _expire(self, message: StoredMessage, leases: list[Lease]) -> None:
         results = [RecipientResult(lease.address, "expired", None, "4.4.7",

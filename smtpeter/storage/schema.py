@@ -296,6 +296,58 @@ MIGRATIONS: list[list[str]] = [
         )""",
         "CREATE INDEX dmarc_reports_day ON dmarc_reports (account_id, day, reporter, domain, id)",
     ],
+    # 9: each account's suppression list, the hard failures its two-strikes rule counts, and a
+    # revision per list that moves with every change (storage/suppressions.py).
+    [
+        """CREATE TABLE suppressions (
+            account_id TEXT NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+            -- How it is looked up: the local part in lower case, the domain as an A-label.
+            address_key TEXT NOT NULL,
+            -- As given, the domain in lower case.
+            address TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            -- The message id of the event that added it, or who did.
+            source TEXT NOT NULL,
+            created {time} NOT NULL,
+            expires {time},
+            PRIMARY KEY (account_id, address_key)
+        )""",
+        "CREATE INDEX suppressions_expires ON suppressions (expires) WHERE expires IS NOT NULL",
+        """CREATE TABLE suppression_strikes (
+            account_id TEXT NOT NULL,
+            address_key TEXT NOT NULL,
+            message_id TEXT NOT NULL,
+            time {time} NOT NULL,
+            PRIMARY KEY (account_id, address_key, message_id)
+        )""",
+        "CREATE INDEX suppression_strikes_time ON suppression_strikes (time)",
+        """CREATE TABLE suppression_revisions (
+            account_id TEXT PRIMARY KEY,
+            revision {bigint} NOT NULL
+        )""",
+    ],
+    # 10: the dashboard's log-in sessions, and the event counts its charts draw (storage/dashboard.py).
+    [
+        """CREATE TABLE dashboard_sessions (
+            -- SHA-256 of the cookie's secret: the secret itself is never stored.
+            id_hash TEXT PRIMARY KEY,
+            -- NULL for an operator's session.
+            account_id TEXT REFERENCES accounts(id) ON DELETE CASCADE,
+            admin INTEGER NOT NULL DEFAULT 0,
+            csrf TEXT NOT NULL,
+            created {time} NOT NULL,
+            expires {time} NOT NULL
+        )""",
+        "CREATE INDEX dashboard_sessions_expires ON dashboard_sessions (expires)",
+        """CREATE TABLE event_counts (
+            account_id TEXT NOT NULL,
+            minute {bigint} NOT NULL,
+            series TEXT NOT NULL,
+            bot INTEGER NOT NULL,
+            count {bigint} NOT NULL,
+            PRIMARY KEY (account_id, minute, series, bot)
+        )""",
+    ],
 ]
 
 LATEST = len(MIGRATIONS)

@@ -36,11 +36,11 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from smtpeter.events.feed import POLL_INTERVAL, Feed
+from smtpeter.events.feed import POLL_INTERVAL, NotifyingFeed
 from smtpeter.ids import new_id
 from smtpeter.storage import Storage, StorageError
 from smtpeter.storage.db import Statement
-from smtpeter.storage.models import Event, Position
+from smtpeter.storage.models import Event
 from smtpeter.storage.webhooks import (
     CALL_CANCELLED,
     CALL_DELIVERED,
@@ -81,19 +81,6 @@ class SenderSettings:
     node: str  # the name on this node's leases
 
 
-class _NotifyingFeed(Feed):
-    """The feed, telling the sender once the calls a batch made are committed."""
-
-    def __init__(self, *args: Any, committed: Callable[[], None], **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._committed = committed
-
-    async def commit(self, position: Position, effects: Sequence[Statement] = ()) -> None:
-        await super().commit(position, effects)
-        if effects:
-            self._committed()
-
-
 def outcome(call: WebhookCall, status: int | None, error: str, retry_after: float | None, now: float,
             duration: float, schedule: Sequence[float]) -> CallResult:
     """What an attempt at ``call`` makes of it: the receiver's ``status`` (None: no answer)."""
@@ -126,7 +113,7 @@ class WebhookSender:
         self.settings = settings
         # Signatures carry wall-clock time: the receiver compares it with its own clock.
         self.wall = wall
-        self.feed = _NotifyingFeed(storage, CONSUMER, clock, committed=self.wake)
+        self.feed = NotifyingFeed(storage, CONSUMER, clock, committed=self.wake)
         self.running = False
         self._in_flight: dict[str, int] = {}  # hook id -> calls in flight
         self._sends: set[defer.Deferred] = set()

@@ -218,7 +218,8 @@ def address_field(name: str, pairs: list[tuple[str, str]]) -> bytes:
 
 
 def _unsubscribe(value: Any) -> list[bytes]:
-    """List-Unsubscribe (RFC 2369), and List-Unsubscribe-Post for one-click (RFC 8058)."""
+    """List-Unsubscribe (RFC 2369), and List-Unsubscribe-Post for one-click (RFC 8058). One-click
+    without a url of the customer's means ours (the ``oneclick`` option, set by fields.py)."""
     if not isinstance(value, dict):
         raise BadRequest("'unsubscribe' must be an object with 'email' and/or 'url'")
     unknown = sorted(set(value) - {"email", "url", "oneclick"})
@@ -238,12 +239,15 @@ def _unsubscribe(value: Any) -> list[bytes]:
         if not re.fullmatch(r"https?://[\x21-\x7e]+", url) or ">" in url or "<" in url:
             raise BadRequest("'unsubscribe.url' must be an http(s) URL")
         targets.append(f"<{url}>")
+    oneclick = value.get("oneclick") is not None and boolean_field("unsubscribe.oneclick", value["oneclick"])
+    if not targets and not oneclick:
+        raise BadRequest("'unsubscribe' needs 'email' or 'url' (or 'oneclick' for ours)")
     if not targets:
-        raise BadRequest("'unsubscribe' needs 'email' or 'url'")
+        return []  # ours, added at delivery (the oneclick option: outbound/unsubscribe.py)
     fields = [f"List-Unsubscribe: {_fold([t + ',' for t in targets], 18)[:-1]}\r\n".encode()]
-    if value.get("oneclick") is not None and boolean_field("unsubscribe.oneclick", value["oneclick"]):
-        if not (url and url.startswith("https://")):
-            raise BadRequest("'unsubscribe.oneclick' needs an https 'url' (RFC 8058)")
+    if oneclick and url:
+        if not url.startswith("https://"):
+            raise BadRequest("'unsubscribe.oneclick' needs an https 'url' (RFC 8058), or none for ours")
         fields.append(b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n")
     return fields
 

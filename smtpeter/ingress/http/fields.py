@@ -370,6 +370,9 @@ def _personal_data(name: str, value: Any) -> dict[str, Any]:
 
 def _options(body: dict[str, Any]) -> MessageOptions:
     given = {name: body[name] for name in (*OPTION_NAMES, *LEGACY_NAMES) if name in body}
+    unsubscribe = body.get("unsubscribe")
+    if isinstance(unsubscribe, dict) and not unsubscribe.get("url") and unsubscribe.get("oneclick"):
+        given.setdefault("oneclick", unsubscribe["oneclick"])  # one-click without a URL: ours
     try:
         return MessageOptions.parse(given, legacy=True)
     except OptionError as exc:

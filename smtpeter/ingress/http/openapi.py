@@ -72,6 +72,8 @@ SEND_SCHEMA: dict[str, Any] = {
             "type": {"type": "string"}}}},
         "inlinecss": _BOOLEAN, "trackclicks": _BOOLEAN, "trackopens": _BOOLEAN, "trackbounces": _BOOLEAN,
         "preventscam": _BOOLEAN,
+        "oneclick": {**_BOOLEAN, "description": "Our one-click unsubscribe (RFC 8058) when the message "
+                                                "has no unsubscribe URL of its own"},
         # The 2015 documentation's names for the same options.
         "clicktracking": _BOOLEAN, "bouncetracking": _BOOLEAN, "openstracking": _BOOLEAN,
         "inlinizecss": _BOOLEAN,
@@ -213,6 +215,48 @@ def _hook_post(summary: str, ok: dict[str, Any], *errors: int, parameters: list 
     return {"post": operation}
 
 
+_ADDRESS = {"name": "address", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1},
+            "description": "An address on the account's suppression list (any case)."}
+_SUPPRESSION = {"type": "object", "required": ["address", "reason", "source", "created", "expires"],
+                "properties": {"address": {"type": "string"}, "reason": {"type": "string"},
+                               "source": {"type": "string"}, "created": {"type": "string"},
+                               "expires": {"type": "string", "nullable": True}}}
+_NEW_SUPPRESSION = {"type": "object", "properties": {
+    "address": {"type": "string", "description": "The address (or MailerQ's 'value')"},
+    "reason": {"type": "string", "description": "A word: manual (the default), complaint, ..."},
+    "expires": {"type": "string", "description": "UTC 'YYYY-MM-DD hh:mm:ss' (or seconds since 1970)"},
+    "type": {"type": "string", "enum": ["address"]}, "value": {"type": "string"},
+    "description": {"type": "string"}, "access_token": {"type": "string"}}}
+
+
+def _suppression_paths() -> dict[str, Any]:
+    """The suppression list (suppressions.py)."""
+    entry = {"description": "The entry", "content": {"application/json": {"schema": _SUPPRESSION}}}
+    listed = {"description": "Entries by address, or all of them as CSV (format=csv)", "content": {
+        "application/json": {"schema": {"type": "array", "items": _SUPPRESSION}},
+        "text/csv": {"schema": {"type": "string"}}}}
+    add = {"post": {"summary": "Put an address on the list (replacing its entry, if any)", "parameters": [],
+                    "requestBody": {"required": True, "content": {
+                        "application/json": {"schema": _NEW_SUPPRESSION,
+                                             "example": {"address": "john@doe.example", "reason": "manual"}},
+                        "application/x-www-form-urlencoded": {"schema": _NEW_SUPPRESSION}}},
+                    "responses": {"200": entry, **_errors(400, 401, 415, 503)}}}
+    return {
+        "/v1/suppressions": {**_get("The account's suppression list", [
+            {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100000}},
+            {"name": "after", "in": "query", "schema": {"type": "string"},
+             "description": "Only entries after this address (for paging)"},
+            {"name": "format", "in": "query", "schema": {"type": "string", "enum": ["json", "csv"]}}],
+            listed, 400), **add},
+        "/v1/suppression": add,
+        "/v1/suppressions/csv": _get("The whole list as CSV", [], {"description": "CSV with a header line",
+                                                                  "content": {"text/csv": {}}}),
+        "/v1/suppression/{address}": {
+            **_get("An address's entry", [_ADDRESS], entry, 404),
+            **_write("delete", "Take an address off the list", [_ADDRESS], "true", 404)},
+    }
+
+
 def _webhook_paths() -> dict[str, Any]:
     """Webhooks (webhooks.py): made pending, proven, signed calls, their attempts."""
     hooks = {"description": "The account's webhooks", "content": {"application/json": {
@@ -326,6 +370,7 @@ def document(server_url: str) -> dict[str, Any]:
             401, 404, 422),
         **_domain_paths(),
         **_webhook_paths(),
+        **_suppression_paths(),
         **_dmarc_paths(),
         "/v1/openapi.json": _get("This document", [], {"description": "OpenAPI 3.0",
                                                         "content": {"application/json": {}}}, secure=False),

@@ -32,15 +32,20 @@ from smtpeter.events.metrics import Metrics
 from smtpeter.ingress.http import archive, documents, domains, events, logfiles, routing, send  # noqa: F401
 from smtpeter.ingress.http import dmarc as dmarc_routes  # noqa: F401
 from smtpeter.ingress.http import metrics as metrics_routes  # noqa: F401
+from smtpeter.ingress.http import suppressions as suppression_routes  # noqa: F401
 from smtpeter.ingress.http import webhooks as webhook_routes  # noqa: F401
+from smtpeter.dashboard import pages as dashboard_pages  # noqa: F401, I001 - the dashboard's routes
 from smtpeter.ingress.http.budget import ByteBudget
 from smtpeter.ingress.http.clicks import HitRecorder, Redirector, TrackingChannel, TrackingResource
 from smtpeter.ingress.http.fields import BadRequest, decode_body
 from smtpeter.ingress.http.images import Hosting
 from smtpeter.ingress.http.routing import LARGE_BODY, Unauthorized, body_size, header, query
+from smtpeter.ingress.http.unsubscribe import OneClickPages
+from smtpeter.ingress.smtp.limits import AuthThrottle
 from smtpeter.ingress.submission import Submission
 from smtpeter.links import LinkSigner, signing_keys
 from smtpeter.storage import Storage
+from smtpeter.suppressions.registry import SuppressionList
 from smtpeter.webhooks.registry import WebhookRegistry
 
 _TOKEN_CACHE_SECONDS = 10.0
@@ -73,16 +78,23 @@ class API:
         self.hit_log = HitLog(storage, metrics, clock, rules)
         self.hits = HitRecorder(self.hit_log, clock, config.public_url)
         self.redirector = Redirector(self.links, self.hits, config.public_url)
+        # Failed dashboard log-ins, limited as SMTP AUTH is (per client address and per login).
+        self.dashboard_throttle = AuthThrottle(clock)
         # The image proxy, hosted images and the web version (images.py).
         self.hosting = Hosting(self)
         # Sender domains, their DNS and keys (smtpeter/domains/registry.py; set by the service).
         self.domains: SenderDomains = None  # type: ignore[assignment]
         # Webhooks (smtpeter/webhooks/registry.py; set by the service).
         self.webhooks: WebhookRegistry = None  # type: ignore[assignment]
+        # The suppression list (smtpeter/suppressions/registry.py; set by the service).
+        self.suppressions: SuppressionList = None  # type: ignore[assignment]
+        # One-click unsubscribe URLs (unsubscribe.py).
+        self.oneclick = OneClickPages(self)
 
     def site(self) -> Site:
         access_log = self.config.http.access_log or str(self.config.data_path / "http-access.log")
-        site = APISite(self.app.resource(), send.SendResource(self), self.hosting, logPath=access_log)
+        site = APISite(self.app.resource(), send.SendResource(self), self.hosting, self.oneclick,
+                       logPath=access_log)
         site.displayTracebacks = False
         LimitedRequest.max_body = self.config.http.max_body_size
         site.requestFactory = LimitedRequest
@@ -187,10 +199,12 @@ class APISite(Site):
     _redirector: Redirector | None = None
     _tracking: Resource | None = None
 
-    def __init__(self, resource: Any, send: Resource, hosting: Hosting, **kwargs: Any) -> None:
+    def __init__(self, resource: Any, send: Resource, hosting: Hosting, oneclick: OneClickPages,
+                 **kwargs: Any) -> None:
         super().__init__(resource, logFormatter=_access_log_line, **kwargs)
         self._send = send
         self._hosting = hosting
+        self._oneclick = oneclick
 
     def _openLogFile(self, path: str | bytes) -> Any:
         # Client addresses and paths with message ids: for the operator only.
@@ -217,6 +231,11 @@ class APISite(Site):
             request.site = self
             request.sitepath = request.prepath[:]
             return self._send
+        # One-click unsubscribe URLs, on http.public_url's path or a tracking host (unsubscribe.py).
+        if self._oneclick.token(request.path) is not None:
+            request.site = self
+            request.sitepath = request.prepath[:]
+            return self._oneclick.resource
         # Images and web versions read their raw request target (images.py).
         if self._hosting.handles(request.path):
             request.site = self

@@ -16,7 +16,7 @@ from smtpeter.ids import new_id
 from smtpeter.storage.batching import Batcher
 from smtpeter.storage.db import SQL, BulkUpdate, Database, Insert, NotFound, Statement
 from smtpeter.storage.events import Events, event_row, insert_events
-from smtpeter.storage.keys import check_id
+from smtpeter.storage.keys import address_key, check_id
 from smtpeter.storage.models import QUEUED, Lease, NewMessage, Outcome, QueuedRecipient, StoredMessage
 
 log = Logger()
@@ -173,6 +173,30 @@ class Queue(Events):
             f"{clause} ORDER BY {'r.id DESC' if newest_first else 'r.created, r.id'} LIMIT ?",
             (*params, limit),
         )
+        return [_queued(row) for row in rows]
+
+    async def search_messages(self, account_id: str, *, address: str = "", tag: str = "",
+                              since: float | None = None, until: float | None = None,
+                              limit: int = 100) -> list[QueuedRecipient]:
+        """An account's recipients (public message ids), newest first, by address, tag and time."""
+        where, params = ["r.account_id = ?"], [account_id]
+        if address:
+            where.append("LOWER(r.address) = ?")
+            params.append(address_key(address))
+        if tag:
+            # Tags are stored as a JSON list: match one whole element, as json.dumps writes it.
+            escaped = json.dumps(tag).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            where.append("m.tags LIKE ? ESCAPE '\\'")
+            params.append(f"%{escaped}%")
+        if since is not None:
+            where.append("r.created >= ?")
+            params.append(since)
+        if until is not None:
+            where.append("r.created < ?")
+            params.append(until)
+        rows = await self.db.query(
+            f"SELECT {_QUEUE_COLUMNS} FROM recipients r JOIN messages m ON m.id = r.message_id "  # noqa: S608
+            f"WHERE {' AND '.join(where)} ORDER BY r.id DESC LIMIT ?", (*params, limit))
         return [_queued(row) for row in rows]
 
     async def queue_depth(self) -> int:

@@ -1,0 +1,66 @@
+"""Statistics: a consumer of the event feed that counts events per account, minute and series.
+
+The dashboard's charts read these counts (``Storage.event_counts``), never the
+events themselves. Counts are written in the transaction that saves the
+consumer's feed position, so each event is counted exactly once, also across
+restarts; a new install counts the events already recorded on its first run.
+Clicks and opens by machines (``data["bot"]``, events/bots.py) are counted
+apart, so a chart can leave them out.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+from twisted.internet.interfaces import IReactorTime
+
+from smtpeter.events.feed import Feed
+from smtpeter.events.model import (
+    ABUSE,
+    ATTEMPT,
+    BOUNCE,
+    CLICK,
+    DEFERRED,
+    DELIVERY,
+    FAILURE,
+    OPEN,
+    RESPONSE,
+    UNSUBSCRIBE,
+)
+from smtpeter.storage import Storage
+from smtpeter.storage.dashboard import MINUTE
+from smtpeter.storage.db import Statement
+from smtpeter.storage.models import Event
+
+# Each event type and the chart series it counts in, in the order charts show them.
+SERIES = {ATTEMPT: "accepted", DELIVERY: "delivered", DEFERRED: "deferred", FAILURE: "failed",
+          BOUNCE: "bounced", OPEN: "opened", CLICK: "clicked", RESPONSE: "replied", ABUSE: "complained",
+          UNSUBSCRIBE: "unsubscribed"}
+CONSUMER = "statistics"
+
+
+def counts(events: Sequence[Event]) -> list[tuple[str, int, str, bool, int]]:
+    """(account, minute, series, bot, count) for ``events``, each key once."""
+    found: Counter[tuple[str, int, str, bool]] = Counter()
+    for event in events:
+        series = SERIES.get(event.type)
+        if series is not None:
+            found[(event.account_id, int(event.time // MINUTE), series, event.data.get("bot") is True)] += 1
+    return [(*key, count) for key, count in found.items()]
+
+
+class Statistics:
+    def __init__(self, storage: Storage, clock: IReactorTime) -> None:
+        self.storage = storage
+        self.feed = Feed(storage, CONSUMER, clock, batch_size=2000)
+
+    def start(self) -> None:
+        self.feed.start(self._handle)
+
+    async def stop(self) -> None:
+        await self.feed.stop()
+
+    async def _handle(self, events: list[Event]) -> list[Statement]:
+        rows = counts(events)
+        return [self.storage.add_event_counts(rows)] if rows else []

@@ -73,7 +73,16 @@ class SMTPConfig:
 
 @dataclass
 class MXConfig:
+    # Receiving listeners for what comes back (port 25 in production); STARTTLS offered, no AUTH.
     listen: list[str] = field(default_factory=list)
+    # A bounce returns the whole message it is about; larger ones are refused at MAIL (SIZE) or DATA.
+    max_message_size: int = 25 * 1024 * 1024
+    max_recipients: int = 100
+    max_connections: int = 500
+    max_connections_per_client: int = 20
+    max_errors: int = 10
+    timeout: float = 300.0
+    data_timeout: float = 600.0
 
 
 @dataclass
@@ -86,6 +95,8 @@ class HTTPConfig:
     max_recipients: int = 1000
     # Bearer token that opens /metrics to other hosts than localhost.
     metrics_token: str = ""
+    # Logs an operator into the dashboard's operator view (/dashboard/operator); empty: no operator log-in.
+    admin_token: str = ""
     # Access log (combined format); default: http-access.log in the data directory.
     access_log: str = ""
     # Incoming mail servers Thunderbird's autoconfig should name with our SMTP

@@ -12,13 +12,19 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from smtpeter import dns, tls
+from smtpeter.bounces import classify
+from smtpeter.bounces.processor import InboundProcessor
 from smtpeter.config import Config, ConfigError
 from smtpeter.delivery.destination import Context
 from smtpeter.delivery.dispatcher import Dispatcher
+from smtpeter.dmarc import report_handler
 from smtpeter.domains.hosted_dns import HostedDNS
 from smtpeter.domains.registry import SenderDomains
 from smtpeter.events.metrics import Metrics
+from smtpeter.events.statistics import Statistics
 from smtpeter.ingress.http.site import API
+from smtpeter.ingress.mx.policy import InboundPolicy
+from smtpeter.ingress.mx.receiver import BounceDomains, InboundFactory
 from smtpeter.ingress.smtp.auth import login_portal
 from smtpeter.ingress.smtp.limits import AuthThrottle, ConnectionLimits
 from smtpeter.ingress.smtp.server_connection import SMTPServerFactory
@@ -31,6 +37,7 @@ from smtpeter.outbound.workers import Workers, default_worker_count
 from smtpeter.scheduler.scheduler import Scheduler
 from smtpeter.storage import NotFound, Storage, StorageError, open_storage
 from smtpeter.suppressions.registry import SuppressionService
+from smtpeter.verp import VerpSigner
 from smtpeter.webhooks.registry import WebhookService
 
 log = Logger()
@@ -84,7 +91,12 @@ class SmtpeterService(service.Service):
         self.domains: SenderDomains | None = None
         self.hosted_dns: HostedDNS | None = None
         self.webhooks: WebhookService | None = None  # webhooks (smtpeter/webhooks/)
+        self.statistics: Statistics | None = None  # the dashboard's event counts (events/statistics.py)
         self.suppressions: SuppressionService | None = None  # smtpeter/suppressions/
+        self.link_keys: tuple[bytes, ...] = ()  # tracking links' and VERP return paths' keys
+        self.bounce_domains: BounceDomains | None = None  # mx.listen's (smtpeter/ingress/mx/)
+        self.inbound_processor: InboundProcessor | None = None  # what mx.listen received
+        self.mx_ports: list[Any] = []
         self.ports: list[Any] = []
         self.ready: defer.Deferred = defer.Deferred()
 
@@ -160,9 +172,6 @@ class SmtpeterService(service.Service):
                 data_timeout=config.smtp.data_timeout,
             )
 
-        if config.mx.listen:
-            log.warn("[mx] listen is set, but the bounce receiver is not part of this version yet")
-
         async def listen_tls(description: str, plain: Any, what: str) -> Any:
             if not description.startswith("ssl:"):
                 plain = TLSMemoryBIOFactory(context, False, plain)
@@ -199,6 +208,8 @@ class SmtpeterService(service.Service):
             raise StartupError(str(exc)) from exc
         self.api.webhooks = self.webhooks.registry
         await self.webhooks.start()
+        self.statistics = Statistics(self.storage, self.clock)
+        self.statistics.start()
         # The suppression list: rules over the event feed; delivery and the API read it.
         self.api.suppressions = self.suppressions.list
         self.suppressions.start()
@@ -208,7 +219,41 @@ class SmtpeterService(service.Service):
             self.ports.append(await listen(self.reactor, description, site, "HTTP API"))
         for description in config.http.listen_tls:
             self.ports.append(await listen_tls(description, site, "HTTPS API"))
+        if config.mx.listen:
+            await self._start_receiver(submission, context, listen_tls)
         return self
+
+    async def _start_receiver(self, submission: Submission, context: Any, listen_tls: Any) -> None:
+        """mx.listen and the processing of what it receives (smtpeter/ingress/mx/, smtpeter/bounces/)."""
+        config = self.config
+        verp = VerpSigner(self.link_keys)
+        self.bounce_domains = BounceDomains(self.storage, self.clock)
+        await self.bounce_domains.start()
+        self.domains.listeners.append(self.bounce_domains.changed)
+        inbound = InboundPolicy(verp, self.bounce_domains, [config.domains.dmarc_address],
+                                [config.domains.mx_host, config.hostname])
+        workers = self.workers
+        self.inbound_processor = InboundProcessor(
+            self.storage, verp, self.bounce_domains, lambda data: workers.run(classify, data), self.clock,
+            owner=self.scheduler.node, reports=report_handler(self.storage),
+            queued=lambda: submission.queued(), metrics=self.metrics)
+        self.inbound_processor.start()
+        mx = config.mx
+        policy = SessionPolicy(hostname=config.hostname, max_message_size=mx.max_message_size,
+                               max_recipients=mx.max_recipients, max_line_length=config.smtp.max_line_length,
+                               max_errors=mx.max_errors, auth_available=False, check_recipient=inbound.check)
+        limits = ConnectionLimits(mx.max_connections, mx.max_connections_per_client)
+        for description in mx.listen:
+            implicit = description.startswith("ssl:")
+            factory = InboundFactory(policy, inbound, self.storage, self.inbound_processor.wake, context,
+                                     self.reactor, implicit_tls=implicit, limits=limits, timeout=mx.timeout,
+                                     data_timeout=mx.data_timeout, metrics=self.metrics)
+            if implicit:
+                port = await listen_tls(description, factory, "SMTP receiver (implicit TLS)")
+            else:
+                port = await listen(self.reactor, description, factory, "SMTP receiver")
+            self.ports.append(port)
+            self.mx_ports.append(port)
 
     def _sender_domains(self) -> SenderDomains:
         try:
@@ -222,7 +267,7 @@ class SmtpeterService(service.Service):
         resolver = dns.Resolver(self.reactor, nameservers, timeout=config.dns.timeout, clock=self.clock)
         workers = config.delivery.transform_workers
         self.workers = Workers(self.reactor, default_worker_count() if workers is None else workers)
-        link_keys = tuple(signing_keys(config.tracking.keys, config.data_path))
+        link_keys = self.link_keys = tuple(signing_keys(config.tracking.keys, config.data_path))
         pipeline = Pipeline(self.workers, StepSettings(config.public_url, link_keys),
                             authority=domains.authority)
         context = Context.for_config(config.delivery, self.reactor, self.clock, resolver,
@@ -243,17 +288,27 @@ class SmtpeterService(service.Service):
         for port in self.ports:
             yield port.stopListening()
         self.ports.clear()
+        self.mx_ports.clear()
         if self.domains is not None:
             yield self.domains.stop()
         if self.hosted_dns is not None:
             yield defer.Deferred.fromCoroutine(self.hosted_dns.stop())
             self.hosted_dns = None
+        if self.bounce_domains is not None:
+            self.bounce_domains.stop()
+            self.bounce_domains = None
+        if self.inbound_processor is not None:  # the batch in hand is committed (or left due)
+            yield defer.Deferred.fromCoroutine(self.inbound_processor.stop())
+            self.inbound_processor = None
         if self.suppressions is not None:
             yield defer.Deferred.fromCoroutine(self.suppressions.stop())
             self.suppressions = None
         if self.webhooks is not None:  # calls in flight get a moment to finish and be recorded
             yield defer.Deferred.fromCoroutine(self.webhooks.stop())
             self.webhooks = None
+        if self.statistics is not None:
+            yield defer.Deferred.fromCoroutine(self.statistics.stop())
+            self.statistics = None
         if self.api is not None:  # the clicks and opens taken so far are written before storage closes
             yield defer.Deferred.fromCoroutine(self.api.hit_log.stop())
         if self.scheduler is not None:

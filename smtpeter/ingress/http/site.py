@@ -23,6 +23,7 @@ from zope.interface import provider
 
 from smtpeter import credentials
 from smtpeter.config import Config
+from smtpeter.dashboard import pages as dashboard_pages  # noqa: F401 - registers the dashboard's routes
 from smtpeter.domains.registry import SenderDomains
 from smtpeter.events.bots import BotRules
 from smtpeter.events.hits import HitLog
@@ -34,7 +35,6 @@ from smtpeter.ingress.http import dmarc as dmarc_routes  # noqa: F401
 from smtpeter.ingress.http import metrics as metrics_routes  # noqa: F401
 from smtpeter.ingress.http import suppressions as suppression_routes  # noqa: F401
 from smtpeter.ingress.http import webhooks as webhook_routes  # noqa: F401
-from smtpeter.dashboard import pages as dashboard_pages  # noqa: F401, I001 - the dashboard's routes
 from smtpeter.ingress.http.budget import ByteBudget
 from smtpeter.ingress.http.clicks import HitRecorder, Redirector, TrackingChannel, TrackingResource
 from smtpeter.ingress.http.fields import BadRequest, decode_body

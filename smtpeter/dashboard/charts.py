@@ -34,7 +34,9 @@ def _label(start: int, bucket: int) -> str:
 def line_chart(starts: Sequence[int], bucket: int, series: Mapping[str, Sequence[int]], title: str) -> str:
     """An SVG line chart: ``series`` maps a name to one count per bucket start in ``starts``."""
     count = len(starts)
-    top = nice_ceiling(max((max(values) for values in series.values() if values), default=0))
+    highest = max((max(values) for values in series.values() if values), default=0)
+    step = nice_ceiling(-(-highest // 4))  # four even steps up the axis
+    top = 4 * step
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
 
     def x(index: int) -> float:
@@ -45,8 +47,8 @@ def line_chart(starts: Sequence[int], bucket: int, series: Mapping[str, Sequence
 
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" '
              f'role="img" aria-label="{escape(title, {chr(34): "&quot;"})}"><title>{escape(title)}</title>']
-    for step in range(5):
-        value = top * step // 4
+    for tick in range(5):
+        value = step * tick
         level = y(value)
         parts.append(f'<line class="grid" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{level:.1f}" '
                      f'y2="{level:.1f}"/><text class="axis" x="{LEFT - 6}" y="{level + 4:.1f}" '

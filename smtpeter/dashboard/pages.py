@@ -1,5 +1,8 @@
 """The customer's dashboard pages: log in and out, the overview with its chart, messages.
 
+Klein names a route by its function: every function here starts with ``dashboard_`` so that no
+name meets one of the API's.
+
 Each page reads what the other stages record (storage, the event counts of
 ``events/statistics.py``) and writes nothing but through the same calls the
 REST API makes. Routes register on the API's Klein app (``routing.app``).
@@ -55,12 +58,12 @@ _STATIC_TYPES = {".css": b"text/css; charset=utf-8", ".js": b"text/javascript; c
 
 @app.route("/dashboard", methods=["GET"])
 @page()
-async def home(api: API, request: Any, who: Visitor) -> bytes:
+async def dashboard_home(api: API, request: Any, who: Visitor) -> bytes:
     raise Redirect("/dashboard/overview")
 
 
 @app.route("/dashboard/static/<name>", methods=["GET"])
-async def static(api: API, request: Any, name: str) -> bytes:
+async def dashboard_static(api: API, request: Any, name: str) -> bytes:
     security_headers(request)
     path = STATIC / name
     kind = _STATIC_TYPES.get(path.suffix)
@@ -82,13 +85,13 @@ def _login_page(api: API, request: Any, status: int = 200, problem: str = "") ->
 
 @app.route("/dashboard/login", methods=["GET"])
 @page(public=True)
-async def login_form(api: API, request: Any, who: None) -> bytes:
+async def dashboard_login_form(api: API, request: Any, who: None) -> bytes:
     return _login_page(api, request)
 
 
 @app.route("/dashboard/login", methods=["POST"])
 @page(public=True)
-async def login(api: API, request: Any, who: None) -> bytes:
+async def dashboard_login(api: API, request: Any, who: None) -> bytes:
     fields = form(request)
     if not same_token(fields.get("csrf", ""), cookie(request, LOGIN_COOKIE)):
         raise Forbidden("missing or wrong CSRF token")
@@ -127,7 +130,7 @@ async def _check(api: API, token: str, username: str, password: str) -> tuple[st
 
 @app.route("/dashboard/logout", methods=["POST"])
 @page()
-async def logout(api: API, request: Any, who: Visitor) -> bytes:
+async def dashboard_logout(api: API, request: Any, who: Visitor) -> bytes:
     await api.storage.end_dashboard_session(cookie(request, COOKIE))
     set_cookie(api, request, COOKIE, "", 0)
     raise Redirect("/dashboard/login")
@@ -137,7 +140,7 @@ async def logout(api: API, request: Any, who: Visitor) -> bytes:
 
 @app.route("/dashboard/overview", methods=["GET"])
 @page()
-async def overview(api: API, request: Any, who: Visitor) -> bytes:
+async def dashboard_overview(api: API, request: Any, who: Visitor) -> bytes:
     period = request.args.get(b"period", [b"day"])[0].decode("ascii", "replace")
     if period not in PERIODS:
         period = "day"
@@ -170,7 +173,7 @@ def _day_range(text: str) -> tuple[float | None, float | None]:
 
 @app.route("/dashboard/messages", methods=["GET"])
 @page()
-async def messages(api: API, request: Any, who: Visitor) -> bytes:
+async def dashboard_messages(api: API, request: Any, who: Visitor) -> bytes:
     def arg(name: str) -> str:
         return request.args.get(name.encode(), [b""])[0].decode("utf-8", "replace").strip()[:320]
 
@@ -214,7 +217,7 @@ def _parts(mime: bytes) -> tuple[list[tuple[str, str]], str, bool]:
 
 @app.route("/dashboard/messages/<message_id>", methods=["GET"])
 @page()
-async def message(api: API, request: Any, who: Visitor, message_id: str) -> bytes:
+async def dashboard_message(api: API, request: Any, who: Visitor, message_id: str) -> bytes:
     recipient, stored = await _message(api, who, message_id)
     events = await api.storage.events(message_id, who.account_id)
     timeline = [{"time": time_text(e.time), "type": e.type, "data": e.data} for e in events]
@@ -226,7 +229,7 @@ async def message(api: API, request: Any, who: Visitor, message_id: str) -> byte
 
 @app.route("/dashboard/messages/<message_id>/html", methods=["GET"])
 @page()
-async def message_html(api: API, request: Any, who: Visitor, message_id: str) -> bytes:
+async def dashboard_message_html(api: API, request: Any, who: Visitor, message_id: str) -> bytes:
     """The message's HTML for the sandboxed frame: no script runs, nothing is loaded."""
     _, stored = await _message(api, who, message_id)
     parsed = email.message_from_bytes(bytes(stored.mime), policy=email.policy.compat32)
@@ -242,7 +245,7 @@ async def message_html(api: API, request: Any, who: Visitor, message_id: str) ->
 
 @app.route("/dashboard/messages/<message_id>/resend", methods=["POST"])
 @page()
-async def resend(api: API, request: Any, who: Visitor, message_id: str) -> bytes:
+async def dashboard_resend(api: API, request: Any, who: Visitor, message_id: str) -> bytes:
     recipient, stored = await _message(api, who, message_id)
     try:
         (new_id,) = await api.submission.resubmit(who.account_id, stored, recipient.recipient)

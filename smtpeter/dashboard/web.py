@@ -45,7 +45,7 @@ PAGE_CSP = (b"default-src 'none'; style-src 'self'; script-src 'self'; img-src '
 STATIC = Path(__file__).parent / "static"
 _templates = jinja2.Environment(
     loader=jinja2.FileSystemLoader(str(Path(__file__).parent / "templates")),
-    autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    autoescape=True, trim_blocks=True, lstrip_blocks=True)
 
 
 class Forbidden(Exception):

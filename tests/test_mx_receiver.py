@@ -338,6 +338,18 @@ class ReceiverEndToEnd(ReceiverCase):
         self.assertIn(b"Final-Recipient: rfc822; bob@dest.test", received.mime)
         self.assertEqual((received.state, received.kind), (DONE, "bounce"))
 
+        # The user-unknown bounce suppresses bob (and the synchronous 550 gone@): the next message to bob
+        # fails at once, with no delivery attempt.
+        async def suppressed() -> bool:
+            entries = await self.call("GET", "/v1/suppressions")
+            return {e["address"] for e in entries} >= {"bob@dest.test", "gone@dest.test"}
+        await until(suppressed, "bob and gone to be suppressed")
+        (again,) = await self.call("POST", "/v1/send", json_body={
+            "recipient": "bob@dest.test", "from": f"news@{DOMAIN}", "text": "Again.", "trackbounces": True})
+        refused = await rig.wait_for(again, "failed")
+        self.assertEqual(refused.attempts, 0)
+        self.assertEqual([r.recipients for r in rig.sinks["127.0.0.2"].received].count(["bob@dest.test"]), 1)
+
         # Forwarded to the customer's envelope, from the null sender.
         await until(lambda: self.owner_sink.received, "the forward")
         (forward,) = self.owner_sink.received

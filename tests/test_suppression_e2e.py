@@ -208,10 +208,10 @@ class SuppressionEndToEndTests(unittest.TestCase):
     async def test_one_click_only_when_asked_and_never_over_the_senders_own(self) -> None:
         rig = await self.start()
         own = message("own").replace(b"Subject:", b"List-Unsubscribe: <https://example.com/u/1>\r\nSubject:")
-        mailto = message("mailto").replace(b"Subject:",
-                                           b"List-Unsubscribe: <mailto:u@example.com>\r\nSubject:")
-        oneclick = {"oneclick": True}
-        for data, options in ((message("plain"), {}), (own, oneclick), (mailto, oneclick)):
+        # Asked for by the SMTP API's header this time.
+        mailto = message("mailto").replace(
+            b"Subject:", b"List-Unsubscribe: <mailto:u@example.com>\r\nX-Smtpeter-Oneclick: yes\r\nSubject:")
+        for data, options in ((message("plain"), {}), (own, {"oneclick": True}), (mailto, {})):
             (message_id,) = await rig.send("frank@dest.test", data=data, options=options)
             await rig.wait_for(message_id, "delivered")
         plain, kept, joined = (email.message_from_bytes(r.data) for r in self.sink.received[-3:])
@@ -223,6 +223,7 @@ class SuppressionEndToEndTests(unittest.TestCase):
         self.assertEqual(targets[1], "mailto:u@example.com")
         self.assertTrue(targets[0].startswith(self.public_url + "/unsubscribe/"))
         self.assertEqual(joined["List-Unsubscribe-Post"], "List-Unsubscribe=One-Click")
+        self.assertIsNone(joined["X-Smtpeter-Oneclick"])
         # Over REST: unsubscribe {"oneclick": true} without a url of its own asks for ours.
         response = await self.client.post("/v1/send", json_body={
             "recipient": "grace@dest.test", "from": "news@example.com", "subject": "Hi", "text": "Hello",

@@ -445,12 +445,14 @@ class DomainStorageSuite:
         # A database as version 4 left it, with a domain in it.
         storage = await self.open_storage(url)
         db = storage.db
-        await db.transaction([SQL("DROP TABLE " + table) for table in (
-            "suppression_revisions", "suppression_strikes", "suppressions",
-            "dmarc_reports", "inbound_messages",
-            "webhook_attempts", "webhook_calls", "webhooks", "dkim_keys", "hosted_images", "feed_positions",
-            "events", "recipients", "messages", "sender_domains", "smtp_logins", "api_tokens", "accounts",
-            "schema_version")])
+        # Every table goes, the newest first (the ones that refer to others came after them).
+        if db.dialect == "sqlite":
+            rows = await db.query("SELECT name FROM sqlite_master "
+                                  "WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY rowid DESC")
+        else:
+            rows = await db.query("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")
+        cascade = " CASCADE" if db.dialect == "postgresql" else ""
+        await db.transaction([SQL(f"DROP TABLE IF EXISTS {row[0]}{cascade}") for row in rows])
         self.assertEqual(await current_version(db), 0)
         for number, statements in enumerate(MIGRATIONS[:4], start=1):
             await db.transaction([SQL(_ddl(db.dialect, ddl)) for ddl in statements]

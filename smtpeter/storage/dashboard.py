@@ -5,6 +5,8 @@ account it is for (none for an operator's session), its CSRF token and when it
 ends. Event counts are per account, minute, chart series and bot flag; the
 statistics consumer of the event feed (``events/statistics.py``) adds to them in
 the transaction that saves its feed position, so every event is counted once.
+Bounce counts are per account, bucket (a minute's and a day's row for each
+event), kind, reason, receiving domain and hard flag, kept the same way.
 """
 
 from __future__ import annotations
@@ -12,10 +14,13 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from smtpeter.storage.db import SQL, Insert, Statement, Tables
 
 MINUTE = 60
+DAY = 86400
+BOUNCE_SPANS = (MINUTE, DAY)  # bounce counts are kept per minute and per day
 
 
 @dataclass(frozen=True)
@@ -24,6 +29,15 @@ class DashboardSession:
     admin: bool
     csrf: str
     expires: float
+
+
+class BounceCount(NamedTuple):
+    start: int  # the bucket's first second
+    kind: str  # "bounce" (came back) or "failure" (refused or expired while delivering)
+    reason: str
+    domain: str  # the recipient's
+    hard: bool
+    count: int
 
 
 def _hash(secret: str) -> str:
@@ -80,3 +94,28 @@ class Dashboard(Tables):
             f"SELECT (minute / {per}) * {per * MINUTE} AS start, series, SUM(count) FROM event_counts "  # noqa: S608
             f"WHERE {' AND '.join(where)} GROUP BY start, series ORDER BY start", params)
         return [(int(r[0]), r[1], int(r[2])) for r in rows]
+
+    # -- bounce counts --------------------------------------------------------------------
+
+    @staticmethod
+    def add_bounce_counts(rows: Sequence[tuple[str, int, int, str, str, str, bool, int]]) -> Statement:
+        """Add to the bounce counts: rows of (account, span, start, kind, reason, domain, hard, count),
+        each key once."""
+        return Insert("bounce_counts", ("account_id", "span", "start", "kind", "reason", "domain", "hard",
+                                        "count"),
+                      [(a, sp, st, k, r, d, int(h), c) for a, sp, st, k, r, d, h, c in rows],
+                      suffix="ON CONFLICT (account_id, span, start, kind, reason, domain, hard) "
+                             "DO UPDATE SET count = bounce_counts.count + excluded.count")
+
+    async def bounce_counts(self, account_id: str, since: float, until: float,
+                            bucket: int) -> list[BounceCount]:
+        """The account's bounce counts over [since, until) in buckets of ``bucket`` seconds: from the
+        day rows when a bucket is whole days, else from the minute rows."""
+        span = DAY if bucket % DAY == 0 else MINUTE
+        per = max(1, bucket // span) * span
+        rows = await self.db.query(
+            f"SELECT (start / {per}) * {per} AS bucket, kind, reason, domain, hard, SUM(count) "  # noqa: S608
+            "FROM bounce_counts WHERE account_id = ? AND span = ? AND start >= ? AND start < ? "
+            "GROUP BY bucket, kind, reason, domain, hard ORDER BY bucket",
+            (account_id, span, int(since // span) * span, int(until)))
+        return [BounceCount(int(r[0]), r[1], r[2], r[3], bool(r[4]), int(r[5])) for r in rows]

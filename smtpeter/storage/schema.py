@@ -348,6 +348,32 @@ MIGRATIONS: list[list[str]] = [
             PRIMARY KEY (account_id, minute, series, bot)
         )""",
     ],
+    # 11: bounces and failures counted by reason and receiving domain for the dashboard
+    # (storage/dashboard.py): per minute for the last hour and day, per day for 30 days.
+    [
+        """CREATE TABLE bounce_counts (
+            account_id TEXT NOT NULL,
+            -- 60: a minute's row, 86400: a day's; start is the bucket's first second
+            span INTEGER NOT NULL,
+            start {bigint} NOT NULL,
+            -- bounce: a report that came back; failure: refused or expired while we delivered
+            kind TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            domain TEXT NOT NULL,
+            hard INTEGER NOT NULL,
+            count {bigint} NOT NULL,
+            PRIMARY KEY (account_id, span, start, kind, reason, domain, hard)
+        )""",
+    ],
+    # 12: operators' logins to the dashboard, made with `smtpeter admin create` (storage/operator.py).
+    [
+        """CREATE TABLE admin_logins (
+            name TEXT PRIMARY KEY,
+            -- scrypt, as SMTP logins' (credentials.py): the password itself is never stored.
+            password_hash TEXT NOT NULL,
+            created {time} NOT NULL
+        )""",
+    ],
 ]
 
 LATEST = len(MIGRATIONS)

@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from smtpeter.bounces.pipeline import Report
 from smtpeter.bounces.returned import returned
 from smtpeter.events.metrics import Metrics
+from smtpeter.pause import Pause
 from smtpeter.storage import Storage, StorageError
 from smtpeter.storage.db import NotFound, Statement
 from smtpeter.storage.events import event_row, insert_events
@@ -81,7 +82,7 @@ class InboundProcessor:
         self._loop: defer.Deferred | None = None
         self._stopping = False
         self._woken = False
-        self._sleep: defer.Deferred | None = None
+        self._sleep = Pause(clock)
 
     def start(self) -> None:
         self._stopping = False
@@ -136,20 +137,11 @@ class InboundProcessor:
             await self._pause()
 
     async def _pause(self) -> None:
-        if self._stopping or self._woken:
-            return
-        self._sleep = defer.Deferred()
-        timer = self.clock.callLater(POLL_INTERVAL, self._end_pause)
-        try:
-            await self._sleep
-        finally:
-            if timer.active():
-                timer.cancel()
+        if not (self._stopping or self._woken):
+            await self._sleep.wait(POLL_INTERVAL)
 
     def _end_pause(self) -> None:
-        if self._sleep is not None:
-            sleep, self._sleep = self._sleep, None
-            sleep.callback(None)
+        self._sleep.end()
 
     async def _failed(self, message: InboundMessage, exc: Exception) -> None:
         if message.attempts >= MAX_ATTEMPTS:

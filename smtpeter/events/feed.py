@@ -22,6 +22,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from smtpeter.pause import Pause
 from smtpeter.storage import Storage, StorageError
 from smtpeter.storage.db import Statement
 from smtpeter.storage.models import Event, Position
@@ -52,7 +53,7 @@ class Feed:
         self._unwatch: Callable[[], None] = lambda: None
         self._woken = False  # since the last read
         self._backing_off = False  # pausing after a failure
-        self._sleep: defer.Deferred | None = None
+        self._sleep = Pause(clock)
 
     async def position(self) -> Position:
         """The saved position: the consumer is done with every event up to it."""
@@ -121,19 +122,13 @@ class Feed:
         if self._stopping or (self._woken and not backing_off):
             return
         self._backing_off = backing_off
-        self._sleep = defer.Deferred()
-        timer = self.clock.callLater(self.poll_interval, self._end_pause)
         try:
-            await self._sleep
+            await self._sleep.wait(self.poll_interval)
         finally:
             self._backing_off = False
-            if timer.active():
-                timer.cancel()
 
     def _end_pause(self) -> None:
-        if self._sleep is not None:
-            sleep, self._sleep = self._sleep, None
-            sleep.callback(None)
+        self._sleep.end()
 
 
 class NotifyingFeed(Feed):

@@ -1,4 +1,4 @@
-"""The ``smtpeter`` admin command: accounts, logins, tokens, sender domains, the queue."""
+"""The ``smtpeter`` admin command: accounts, logins, tokens, admin logins, sender domains, the queue."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from smtpeter.address import domain_key
 from smtpeter.config import Config, ConfigError, load_config
 from smtpeter.domains.registry import SenderDomains
 from smtpeter.envelope import BOOLEAN_OPTIONS, IMAGES_VALUES, OPTION_NAMES, MessageOptions, OptionError
+from smtpeter.ingress.mx.cli import received_list, received_show
 from smtpeter.storage import Conflict, NotFound, Storage, StorageError, open_storage
 from smtpeter.suppressions import cli as suppressions
 
@@ -83,6 +84,22 @@ async def token_revoke(storage: Storage, args: argparse.Namespace, config: Confi
     account = await storage.account(args.account)
     await storage.revoke_api_token(account.id, args.token_id)
     return {"account": account.name, "revoked": args.token_id}
+
+
+async def admin_create(storage: Storage, args: argparse.Namespace, config: Config) -> dict:
+    """An operator's log-in for the dashboard (username and password on its log-in page)."""
+    if not args.name or len(args.name) > 64 or any(c.isspace() for c in args.name):
+        raise CommandError("an admin name is 1 to 64 characters without spaces")
+    return {"admin": args.name, "password": await storage.create_admin_login(args.name)}
+
+
+async def admin_list(storage: Storage, args: argparse.Namespace, config: Config) -> list:
+    return [{"admin": name, "created": _time(created)} for name, created in await storage.admin_logins()]
+
+
+async def admin_delete(storage: Storage, args: argparse.Namespace, config: Config) -> dict:
+    await storage.delete_admin_login(args.name)
+    return {"deleted": args.name}
 
 
 # -- sender domains ------------------------------------------------------------
@@ -375,7 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="smtpeter", parents=[common],
                                      description="Administer an smtpeter installation.")
     groups = parser.add_subparsers(dest="group", required=True,
-                                   metavar="{account,login,token,domain,queue,events,suppression,inline-css,bounce,dmarc}")
+                                   metavar="{account,login,token,admin,domain,queue,events,suppression,"
+                                           "inline-css,bounce,received,dmarc}")
 
     def command(group: Any, name: str, fn: Command, help: str,
                 human: Printer = _print_human) -> argparse.ArgumentParser:
@@ -405,6 +423,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(token, "revoke", token_revoke, "revoke an API token by its id")
     p.add_argument("account")
     p.add_argument("token_id")
+
+    admin = groups.add_parser("admin", help="operators' dashboard logins").add_subparsers(dest="action",
+                                                                                          required=True)
+    p = command(admin, "create", admin_create, "create an operator's dashboard login (its password is "
+                                               "shown once)")
+    p.add_argument("name")
+    command(admin, "list", admin_list, "list the operators' dashboard logins")
+    p = command(admin, "delete", admin_delete, "delete an operator's dashboard login (and end every "
+                                               "operator's dashboard session)")
+    p.add_argument("name")
 
     domain = groups.add_parser("domain", help="sender domains").add_subparsers(dest="action", required=True)
     p = command(domain, "add", domain_add, "register a sender domain")
@@ -442,7 +470,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--since", help="YYYY-MM-DD[ HH:MM:SS]")
     p.add_argument("--until", help="YYYY-MM-DD[ HH:MM:SS]")
     p.add_argument("--type", action="append",
-                   choices=["attempt", "delivery", "deferred", "failure", "bounce", "click", "open"])
+                   choices=["attempt", "delivery", "deferred", "failure", "bounce", "response", "abuse",
+                            "click", "open", "unsubscribe", "warning"])
 
     suppression = groups.add_parser("suppression", help="the suppression list")
     suppression = suppression.add_subparsers(dest="action", required=True)
@@ -473,6 +502,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = bounce.add_parser("parse", parents=[common], help="classify bounces in files, per recipient")
     p.add_argument("files", nargs="+", metavar="FILE")
     p.set_defaults(local=bounce_parse)
+
+    received = groups.add_parser("received", help="what mx.listen received")
+    received = received.add_subparsers(dest="action", required=True)
+    p = command(received, "list", received_list, "the newest received messages and what they were")
+    p.add_argument("--state", default="all", choices=["new", "done", "failed", "all"])
+    p.add_argument("--limit", type=int, default=100)
+    p = command(received, "show", received_show, "one received message, whole")
+    p.add_argument("id")
 
     dmarc = groups.add_parser("dmarc", help="DMARC aggregate reports")
     dmarc = dmarc.add_subparsers(dest="action", required=True)

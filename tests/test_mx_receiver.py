@@ -4,6 +4,7 @@ the whole path end to end with real clients (swaks as the remote MTA)."""
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import tempfile
 from pathlib import Path
@@ -16,6 +17,7 @@ from smtpeter.bounces import classify
 from smtpeter.bounces.returned import returned
 from smtpeter.envelope import Envelope, MessageOptions
 from smtpeter.ids import new_id
+from smtpeter.ingress.mx.cli import received_list, received_show
 from smtpeter.ingress.mx.policy import NO_SUCH_USER, NOT_OURS, InboundPolicy
 from smtpeter.ingress.smtp.server_session import ServerSession, SessionPolicy
 from smtpeter.storage.inbound import DONE, InboundRecipient
@@ -495,3 +497,10 @@ class ReceiverRestart(ReceiverCase):
         (bounce,) = await self.events_of(mid, "bounce")
         self.assertEqual((bounce.data["inbound"], bounce.data["reason"]), (kept.id, "userunknown"))
         self.assertEqual((await rig.storage.inbound_message(kept.id)).state, DONE)
+        # What an operator sees of it (smtpeter received list|show).
+        listed = await received_list(rig.storage, argparse.Namespace(state="all", limit=10), None)
+        self.assertEqual([(m["id"], m["state"], m["kind"], m["to"]) for m in listed],
+                         [(kept.id, "done", "bounce", [verp])])
+        shown = await received_show(rig.storage, argparse.Namespace(id=kept.id), None)
+        self.assertIn("Final-Recipient: rfc822; bob@dest.test", shown["mime"])
+        self.assertEqual(shown["result"]["about"][0]["id"], mid)

@@ -191,6 +191,7 @@ class SmtpeterService(service.Service):
         self.api = API(self.storage, submission, config, self.clock, self.metrics,
                        stats=self.dispatcher.stats, smtp_ports=(starttls_ports, implicit_ports))
         self.api.domains = self.domains
+        self.api.delivery = self.dispatcher
         if config.domains.hosted_zone and config.domains.dns_listen:
             keystore = self.domains.keystore
             self.hosted_dns = HostedDNS(self.domains.operator, self.storage.sender_domain,

@@ -859,13 +859,20 @@ class MetricsTests(unittest.SynchronousTestCase):
 
     def test_gauges_and_counters(self) -> None:
         metrics = Metrics()
-        metrics.observe(3, {"mx.dest.example": {"sessions": 2, "queued": 5, "paused": False}})
+        metrics.observe(3, {
+            "mx.dest.example": {"sessions": 2, "queued": 5, "paused": True, "deferral_rate": 0.25},
+            "mx.new.example": {"sessions": 1, "queued": 0, "paused": False, "deferral_rate": None}})
         metrics.count("smtpeter_bounced_total", 2)
         families = _rendered(metrics)
         self.assertEqual([(s.labels, s.value) for s in families["smtpeter_destination_connections"].samples],
-                         [({"destination": "mx.dest.example"}, 2)])
+                         [({"destination": "mx.dest.example"}, 2), ({"destination": "mx.new.example"}, 1)])
         self.assertEqual([(s.labels, s.value) for s in families["smtpeter_destination_queued"].samples],
-                         [({"destination": "mx.dest.example"}, 5)])
+                         [({"destination": "mx.dest.example"}, 5), ({"destination": "mx.new.example"}, 0)])
+        self.assertEqual([(s.labels, s.value) for s in families["smtpeter_destination_paused"].samples],
+                         [({"destination": "mx.dest.example"}, 1), ({"destination": "mx.new.example"}, 0)])
+        # No attempts, no ratio (rather than a made-up 0).
+        ratios = families["smtpeter_destination_deferral_ratio"].samples
+        self.assertEqual([(s.labels, s.value) for s in ratios], [({"destination": "mx.dest.example"}, 0.25)])
         self.assertEqual(families["smtpeter_queue_depth"].samples[0].value, 3)
         self.assertEqual(families["smtpeter_bounced"].samples[0].value, 2)
         metrics.observe(0, {})  # a destination that is gone is gone from the gauges too

@@ -20,6 +20,7 @@ from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 
 from smtpeter.dashboard import charts
+from smtpeter.dashboard.operator import check_admin_login  # the operator's pages too
 from smtpeter.dashboard.web import (
     COOKIE,
     LOGIN_COOKIE,
@@ -111,13 +112,15 @@ async def dashboard_login(api: API, request: Any, who: None) -> bytes:
 
 
 async def _check(api: API, token: str, username: str, password: str) -> tuple[str | None, bool]:
-    """(account, is operator) for an API token, the operator token, or an SMTP login."""
+    """(account, is operator) for an API token, the operator token, an admin login or an SMTP login."""
     admin_token = api.config.http.admin_token
     if token and admin_token and same_token(token, admin_token):
         return None, True
     if token:
         return await api.storage.account_for_token(token), False
     if username and password:
+        if await check_admin_login(api, username, password):
+            return None, True
         try:
             name = await LoginChecker(api.storage).requestAvatarId(
                 UsernamePassword(username.encode(), password.encode()))

@@ -29,6 +29,10 @@ log = Logger()
 MAX_ADDRESSES_PER_ATTEMPT = 5
 # After a failed TLS handshake, an opportunistic destination host is tried in plaintext this long.
 TLS_FAILURE_MEMORY = 3600.0
+# The deferral rate covers the recipients attempted this recently, at most RECENT_ATTEMPTS of them.
+RECENT_SECONDS = 900.0
+RECENT_ATTEMPTS = 1000
+HELD = "paused by the operator"
 
 
 class HandBack(Exception):
@@ -121,6 +125,7 @@ class Destination:
         self.idle: deque[defer.Deferred] = deque()  # sessions waiting for a job
         self.paused_until = 0.0
         self.pause_reason = ""
+        self.held = False  # the operator's pause (hold/resume): until resumed, however long
         self.down_until = 0.0
         self._down_error: SessionError | None = None
         self._failures = 0  # connection attempts in a row that reached no host
@@ -139,6 +144,9 @@ class Destination:
         self.delivered = 0
         self.connections_opened = 0
         self.last_used = self._now()
+        # (when, deferred) per recipient attempted, newest last: the deferral rate's window.
+        self._recent: deque[tuple[float, bool]] = deque(maxlen=RECENT_ATTEMPTS)
+        self.last_error: tuple[float, str] | None = None  # when, the reply (or why there was none)
 
     # -- limits, possibly lowered by a backoff rule -------------------------------
 
@@ -162,7 +170,7 @@ class Destination:
 
     @property
     def paused(self) -> bool:
-        return self.paused_until > self._now()
+        return self.held or self.paused_until > self._now()
 
     @property
     def down(self) -> bool:
@@ -190,7 +198,7 @@ class Destination:
         if self._closing:
             job.result.errback(HandBack(now, "shutting down"))
         elif self.paused:
-            job.result.errback(HandBack(self.paused_until, self.pause_reason))
+            job.result.errback(self._paused())
         elif self.down and self._down_error is not None:
             # No host answered a moment ago: fail at once (a retry on the schedule).
             job.result.callback(self._session_results(transaction, self._down_error, None))
@@ -202,7 +210,63 @@ class Destination:
             self._put(job)
             self._pump()
             self._schedule_sweep()
-        return job.result
+        return job.result.addCallback(self._note)
+
+    # -- what the operator sees and does ------------------------------------------------
+
+    def _note(self, results: list[RecipientResult]) -> list[RecipientResult]:
+        """Count an attempt's results for the deferral rate; keep the last error."""
+        now = self._now()
+        for result in results:
+            self._recent.append((now, not result.delivered and not result.permanent))
+            if not result.delivered:
+                self.last_error = (now, result.description)
+        return results
+
+    def figures(self) -> dict[str, Any]:
+        """What /metrics and the operator's dashboard show of this destination."""
+        now = self._now()
+        recent = [deferred for when, deferred in self._recent if now - when <= RECENT_SECONDS]
+        rule_pause = self.paused_until > now
+        return {"sessions": self.sessions, "queued": len(self.queue), "paused": self.paused,
+                "delivered": self.delivered, "connections": self.connections_opened,
+                "held": self.held, "profile": self.shaping.name,
+                "paused_until": self.paused_until if rule_pause else None,
+                "pause_reason": self.pause_reason if rule_pause else "",
+                "down_until": self.down_until if self.down else None,
+                "attempts": len(recent), "deferred": sum(recent),
+                "deferral_rate": sum(recent) / len(recent) if recent else None,
+                "last_error": self.last_error[1] if self.last_error else "",
+                "last_error_time": self.last_error[0] if self.last_error else None}
+
+    def hold(self) -> None:
+        """The operator's pause: no new connection, no next message on an open one, until
+        ``resume``; what waits here goes back to the queue (not an attempt), idle sessions QUIT."""
+        self.held = True
+        self._hand_back_all(self._paused())
+        while self.idle:
+            self.idle.popleft().callback(None)
+
+    def resume(self) -> None:
+        """End the operator's pause and a backoff rule's; the scheduler claims for it again."""
+        self.held = False
+        self.paused_until = 0.0
+        self.pause_reason = ""
+        self.on_room()
+
+    def retry_now(self) -> None:
+        """Connect again at once, even while resting after failed connections."""
+        self.down_until = 0.0
+        self._down_error = None
+        self._pump()
+
+    def _paused(self) -> HandBack:
+        """Hand-backs while paused: due when the pause ends (a held destination's domains are
+        left out of claims meanwhile, whenever they are due)."""
+        now = self._now()
+        if self.paused_until > now:
+            return HandBack(self.paused_until, self.pause_reason)
+        return HandBack(now, HELD)
 
     def _put(self, job: WaitingTransaction, front: bool = False) -> None:
         if front:
@@ -367,8 +431,7 @@ class Destination:
                 return
             await self._wait_for_rate()
             if self.paused or self._closing:
-                job.result.errback(HandBack(max(self.paused_until, self._now()),
-                                            self.pause_reason or "shutting down"))
+                job.result.errback(self._paused() if self.paused else HandBack(self._now(), "shutting down"))
                 return
             try:
                 results = await self._run(connection, job.transaction)

@@ -142,6 +142,38 @@ class Dispatcher:
                 for r in transaction.recipients]
 
     def stats(self) -> dict[str, Any]:
-        return {key: {"sessions": d.sessions, "queued": len(d.queue), "paused": d.paused,
-                      "delivered": d.delivered, "connections": d.connections_opened}
+        """Each destination's figures and its domains: what /metrics exports and the operator's
+        dashboard shows."""
+        return {key: {**d.figures(), "domains": sorted(self._domains.get(key, ()))}
                 for key, d in self.destinations.items()}
+
+    # -- the operator's controls (the dashboard): by destination key, or a domain -----------
+
+    async def pause(self, target: str) -> Destination:
+        """Hold a destination until ``resume``: one known by its key, or the one a domain's mail
+        goes to (looked up now: a queue's domain whose destination was forgotten, or never
+        seen). Held in this process only: a restart, or another node, delivers."""
+        destination = self.destinations.get(target)
+        if destination is None:
+            destination = await self.destination(target)
+        destination.hold()
+        return destination
+
+    def resume(self, target: str) -> None:
+        destination = self.destinations.get(target)
+        if destination is not None:
+            destination.resume()
+
+    def domains_of(self, target: str) -> list[str]:
+        """The domains whose mail goes to destination ``target``, or the domain ``target``."""
+        if target in self.destinations:
+            return sorted(self._domains.get(target, ()))
+        return [target]
+
+    def retry_now(self, target: str) -> None:
+        """After the queue made ``domains_of(target)`` due: connect at once (even while resting
+        after failed connections) and have the scheduler claim now."""
+        destination = self.destinations.get(target)
+        if destination is not None:
+            destination.retry_now()
+        self.on_room()

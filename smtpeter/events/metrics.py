@@ -46,6 +46,12 @@ class Metrics:
         self._queued = Gauge("smtpeter_destination_queued",
                              "Transactions waiting for a connection, by destination.", ["destination"],
                              registry=self.registry)
+        self._paused = Gauge("smtpeter_destination_paused",
+                             "1 while a destination is paused (by a backoff rule or the operator).",
+                             ["destination"], registry=self.registry)
+        self._deferral = Gauge("smtpeter_destination_deferral_ratio",
+                               "Of the recipients attempted in the last 15 minutes, the share deferred "
+                               "(no value without attempts).", ["destination"], registry=self.registry)
 
     def count(self, name: str, amount: int = 1) -> None:
         """Add ``amount`` to one of COUNTERS."""
@@ -55,8 +61,11 @@ class Metrics:
         """Set the gauges just before the registry is rendered: the queue depth (a storage query,
         so it is asked for before rendering, not during it) and the dispatcher's ``stats()``."""
         self._queue_depth.set(queue_depth)
-        self._connections.clear()  # a destination that is gone leaves no stale value behind
-        self._queued.clear()
+        for gauge in (self._connections, self._queued, self._paused, self._deferral):
+            gauge.clear()  # a destination that is gone leaves no stale value behind
         for destination, stats in sorted(destinations.items()):
             self._connections.labels(destination).set(stats["sessions"])
             self._queued.labels(destination).set(stats["queued"])
+            self._paused.labels(destination).set(int(stats["paused"]))
+            if stats["deferral_rate"] is not None:
+                self._deferral.labels(destination).set(stats["deferral_rate"])

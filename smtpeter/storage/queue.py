@@ -243,6 +243,18 @@ class Queue(Events):
             await self.recipient(recipient_id)  # NotFound if there is no such message
         return len(rows)
 
+    async def retry_domains_now(self, domains: Sequence[str]) -> int:
+        """Make every waiting recipient of ``domains`` due now (leased ones are left alone, as
+        by retry_now); returns how many."""
+        if not domains:
+            return 0
+        marks = ", ".join("?" * len(domains))
+        rows = await self.db.transaction([SQL(
+            "UPDATE recipients SET next_attempt = ? "  # noqa: S608 - only placeholders are formatted
+            f"WHERE state = 'queued' AND lease_owner IS NULL AND domain IN ({marks}) RETURNING id",
+            (self.now(), *domains))])
+        return len(rows)
+
     async def delete_recipient(self, recipient_id: str) -> None:
         """Remove one recipient from the queue; the message goes when its last recipient does."""
         check_id(recipient_id)

@@ -5,8 +5,8 @@ tokens, logins), ``domains`` (sender domains, their settings, DNS status and
 DKIM keys), ``queue`` (messages, leases, outcomes; built
 on ``events``: event rows and the feed's positions), ``hosted`` (hosted images),
 ``webhooks`` (hooks, their calls and attempts), ``inbound`` (what mx.listen receives), ``dmarc``
-(DMARC aggregate reports), ``suppressions`` (each account's suppression list) and
-``batching`` (group commit).
+(DMARC aggregate reports), ``suppressions`` (each account's suppression list), ``operator``
+(admin logins, every account's figures, the queue by domain) and ``batching`` (group commit).
 Storage persists what it is given; it imports no stage.
 """
 
@@ -23,6 +23,7 @@ from smtpeter.storage.dmarc import DmarcReports
 from smtpeter.storage.domains import Domains
 from smtpeter.storage.hosted import HostedImages
 from smtpeter.storage.inbound import Inbound
+from smtpeter.storage.operator import Operator
 from smtpeter.storage.queue import DEFAULT_MAX_DELIVER_TIME, Queue
 from smtpeter.storage.schema import migrate
 from smtpeter.storage.suppressions import Suppressions
@@ -30,7 +31,7 @@ from smtpeter.storage.webhooks import Webhooks
 
 
 class Storage(Queue, Accounts, Domains, HostedImages, Webhooks, Inbound, DmarcReports, Suppressions,
-              Dashboard):
+              Dashboard, Operator):
     """Accounts, secrets, sender domains and their keys, the queue, events, hosted images, webhooks
     and what comes back."""
 

@@ -24,6 +24,7 @@ from zope.interface import provider
 from smtpeter import credentials
 from smtpeter.config import Config
 from smtpeter.dashboard import pages as dashboard_pages  # noqa: F401 - registers the dashboard's routes
+from smtpeter.delivery.dispatcher import Dispatcher
 from smtpeter.domains.registry import SenderDomains
 from smtpeter.events.bots import BotRules
 from smtpeter.events.hits import HitLog
@@ -88,6 +89,8 @@ class API:
         self.webhooks: WebhookRegistry = None  # type: ignore[assignment]
         # The suppression list (smtpeter/suppressions/registry.py; set by the service).
         self.suppressions: SuppressionList = None  # type: ignore[assignment]
+        # Delivery's destinations, for the operator's pause, resume and retry (set by the service).
+        self.delivery: Dispatcher | None = None
         # One-click unsubscribe URLs (unsubscribe.py).
         self.oneclick = OneClickPages(self)
 

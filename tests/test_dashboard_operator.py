@@ -303,6 +303,11 @@ class OperatorInABrowser(unittest.TestCase):
 
         await self.browser.run(steps)
 
+    async def cookies(self) -> str:
+        """The browser's cookies as a Cookie header, for requests made beside it."""
+        cookies = await self.browser.run(lambda page: page.context.cookies())
+        return "; ".join(f"{c['name']}={c['value']}" for c in cookies)
+
     async def act(self, row: str, button: str) -> str:
         """Press a button in a destination's row; the notice the page answers with."""
         def steps(page: Any) -> str:
@@ -366,11 +371,9 @@ class OperatorInABrowser(unittest.TestCase):
         await until(drained, "the destination's waiting count to drop to 0")
 
         # A form without the session's CSRF token (or with a wrong one) changes nothing.
-        cookies = await self.browser.run(lambda page: page.context.cookies())
-        jar = "; ".join(f"{c['name']}={c['value']}" for c in cookies)
         for body in (f"destination={key}", f"destination={key}&csrf=forged"):
             refused = await Client(self.base).post("/dashboard/operator/pause", form=body,
-                                                   headers={"cookie": jar})
+                                                   headers={"cookie": await self.cookies()})
             self.assertEqual(refused.code, 403, refused.body)
         self.assertFalse(rig.service.dispatcher.destinations[key].held)
         await self.log_out()
@@ -391,3 +394,8 @@ class OperatorInABrowser(unittest.TestCase):
         self.assertNotIn("Operator", await self.text("nav"))
         self.assertEqual(await self.goto("/dashboard/operator"), 404)
         self.assertIn("not yours to see", await self.text("main"))
+        for action in ("pause", "resume", "retry"):
+            refused = await Client(self.base).post(f"/dashboard/operator/{action}", form=f"destination={key}",
+                                                   headers={"cookie": await self.cookies()})
+            self.assertEqual(refused.code, 404, refused.body)
+        self.assertFalse(rig.service.dispatcher.destinations[key].held)

@@ -8,16 +8,20 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
+from twisted.cred.credentials import UsernamePassword
 from twisted.trial import unittest
 
 from smtpeter.dashboard import charts
+from smtpeter.envelope import MessageOptions
 from smtpeter.events.statistics import counts
+from smtpeter.ingress.smtp.auth import LoginChecker
 from smtpeter.storage.models import Event
 from tests.support.browser import Browser
 from tests.support.http import Client
-from tests.support.rig import SENDER_IP, Rig
+from tests.support.rig import SENDER_IP, Rig, sleep
 from tests.support.sink import Behaviour, free_port_on
-from tests.test_webhooks import until
+from tests.test_sender_domains import publish
+from tests.test_webhooks import FAST, RECEIVER_IP, Receiver, Reply, until
 
 
 def refuse_gone(recipient: str) -> tuple[int, str]:
@@ -48,14 +52,15 @@ class ChartTests(unittest.TestCase):
 
 
 class DashboardInABrowser(unittest.TestCase):
-    async def start(self) -> Rig:
+    async def start(self, **sections: dict[str, Any]) -> Rig:
         port = free_port_on("127.0.0.1")
         self.base = f"http://127.0.0.1:{port}"
         rig = self.rig = Rig(self)
         self.sink = rig.sink("127.0.0.2", Behaviour(rcpt_reply=refuse_gone))
         rig.sink(SENDER_IP)
         await rig.start(sections={"http": {"listen": [f"tcp:{port}:interface=127.0.0.1"],
-                                           "public_url": self.base, "admin_token": "operator-secret"}})
+                                           "public_url": self.base, "admin_token": "operator-secret"},
+                                  **sections})
         rig.dns.mail_host("dest.test", "mx.dest.test", "127.0.0.2")
         self.api = Client(self.base, rig.login.token)
         self.browser = await Browser().start()
@@ -186,3 +191,323 @@ class DashboardInABrowser(unittest.TestCase):
         self.assertTrue((await self.browser.run(log_out)).endswith("/dashboard/login"))
         self.assertTrue(await self.goto("/dashboard/overview") == 200)
         self.assertTrue((await self.browser.run(lambda page: page.url)).endswith("/dashboard/login"))
+
+    # -- the account's other pages -------------------------------------------------------------
+
+    async def other_account(self) -> tuple[str, Client]:
+        """Another account with an API token: (its id, a REST client for it)."""
+        other = await self.rig.storage.create_account("other")
+        await self.rig.storage.add_domain(other.id, "other.example", approved=True)
+        _, token = await self.rig.storage.create_api_token(other.id)
+        return other.id, Client(self.base, token)
+
+    async def submit(self, selector: str) -> str:
+        """Click ``selector`` (a form's button) and wait for the page it leads to; its URL."""
+        def steps(page: Any) -> str:
+            page.click(selector)
+            page.wait_for_load_state()
+            return page.url
+        return await self.browser.run(steps)
+
+    async def post_as_visitor(self, path: str, body: str) -> Any:
+        """A POST with the browser's cookies, as a forged form would make it."""
+        cookies = await self.browser.run(lambda page: page.context.cookies())
+        jar = "; ".join(f"{c['name']}={c['value']}" for c in cookies)
+        return await Client(self.base).post(path, form=body, headers={"cookie": jar})
+
+    async def refused_without_csrf(self, *paths: str, fields: str = "") -> None:
+        for path in paths:
+            for body in (fields, f"{fields}&csrf=forged"):
+                refused = await self.post_as_visitor(path, body)
+                self.assertEqual(refused.code, 403, (path, refused.body))
+
+    async def csrf(self) -> str:
+        return await self.browser.run(lambda page: page.get_attribute("input[name=csrf]", "value"))
+
+    async def test_bounces_by_reason_and_the_suppression_list(self) -> None:
+        rig = await self.start()
+        await self.log_in(rig.login.token)
+        response = await self.api.post("/v1/send", json_body={
+            "recipients": ["carol@dest.test", "gone@dest.test"], "from": "news@example.com", "text": "Hi."})
+        ids = {address: mid for mid, address in response.json.items()}
+        await rig.wait_for(ids["gone@dest.test"], "failed")
+
+        # The 550 5.1.1 is a userunknown (hard) bounce at dest.test, in the table and the chart.
+        async def counted() -> bool:
+            await self.goto("/dashboard/bounces?period=hour")
+            return "userunknown" in await self.text("#by-reason")
+        await until(counted, "the bounce to be counted")
+        reason = await self.text("#by-reason tbody tr")
+        self.assertEqual(reason.split("\t")[:4], ["userunknown", "1", "100.0%", "1"])
+        self.assertEqual((await self.text("#by-domain tbody tr")).split("\t")[:2], ["dest.test", "1"])
+        self.assertEqual(await self.text("#total-hard"), "1")
+        bar = await self.browser.run(lambda page: page.text_content("rect.bar.p0 title"))
+        self.assertEqual(bar, "userunknown: 1")
+        await self.browser.screenshot("dashboard-bounces")
+        await self.goto("/dashboard/bounces?period=month")
+        self.assertIn("userunknown", await self.text("#by-reason"))
+
+        # The suppression list: the 5.1.1 put gone@ there; add one by hand, export, remove it.
+        await self.goto("/dashboard/suppressions")
+        self.assertIn("gone@dest.test\tuserunknown", await self.text("#suppressions"))
+
+        def add(page: Any) -> str:
+            page.fill("#add-suppression input[name=address]", "Manual@Dest.test")
+            page.fill("#add-suppression input[name=reason]", "complaint")
+            page.fill("#add-suppression input[name=expires]", "2099-01-31")
+            page.click("#add-suppression button")
+            page.wait_for_load_state()
+            return page.inner_text("#suppressions")
+        listed = await self.browser.run(add)
+        self.assertIn("Manual@dest.test\tcomplaint\tdashboard\t", listed)
+        self.assertIn("2099-01-31 00:00:00", listed)
+        entry = (await self.api.get("/v1/suppression/manual@dest.test")).json
+        self.assertEqual((entry["reason"], entry["expires"]), ("complaint", "2099-01-31 00:00:00"))
+        await self.browser.screenshot("dashboard-suppressions")
+
+        def export(page: Any) -> tuple[int, str, bytes]:
+            href = page.get_attribute("#export", "href")
+            answer = page.request.get(self.base + href)
+            return answer.status, answer.headers["content-type"], answer.body()
+        status, kind, body = await self.browser.run(export)
+        self.assertEqual((status, kind), (200, "text/csv; charset=utf-8"))
+        self.assertEqual(body, (await self.api.get("/v1/suppressions/csv")).body)
+        self.assertIn(b"Manual@dest.test,complaint,dashboard,", body)
+
+        # A mistake is said on the page and adds nothing.
+        def mistaken(page: Any) -> str:
+            page.fill("#add-suppression input[name=address]", "nobody@dest.test")
+            page.fill("#add-suppression input[name=expires]", "2001-01-01")
+            page.click("#add-suppression button")
+            page.wait_for_load_state()
+            return page.inner_text(".problem")
+        self.assertIn("in the past", await self.browser.run(mistaken))
+        self.assertEqual((await self.api.get("/v1/suppression/nobody@dest.test")).code, 404)
+
+        await self.goto("/dashboard/suppressions?address=manual%40dest.test")
+        self.assertNotIn("gone@dest.test", await self.text("#suppressions"))
+        await self.submit("#suppressions form button")
+        self.assertNotIn("Manual@dest.test", await self.text("#suppressions"))
+        self.assertEqual((await self.api.get("/v1/suppression/manual@dest.test")).code, 404)
+
+        # Another account's entry: the same 404 page as none, and it stays; no CSRF token: 403.
+        _, theirs = await self.other_account()
+        await theirs.post("/v1/suppressions", json_body={"address": "theirs@dest.test"})
+        csrf = await self.csrf()
+        for address in ("theirs%40dest.test", "nobody%40dest.test", "not-an-address"):
+            answer = await self.post_as_visitor("/dashboard/suppressions/remove",
+                                                f"csrf={csrf}&address={address}")
+            self.assertEqual(answer.code, 404, answer.body)
+            self.assertIn(b"not yours to see", answer.body)
+        self.assertEqual((await theirs.get("/v1/suppression/theirs@dest.test")).code, 200)
+        await self.refused_without_csrf("/dashboard/suppressions", fields="address=x%40dest.test")
+        await self.refused_without_csrf("/dashboard/suppressions/remove", fields="address=gone%40dest.test")
+        self.assertEqual((await self.api.get("/v1/suppression/x@dest.test")).code, 404)
+        self.assertEqual((await self.api.get("/v1/suppression/gone@dest.test")).code, 200)
+
+    async def test_a_domains_records_and_its_dns_status_from_error_to_ok(self) -> None:
+        rig = await self.start(domains={"sending_addresses": ["127.0.0.1"], "mx_host": "mx.smtpeter.test"})
+        await self.log_in(rig.login.token)
+        ownership = (await self.api.post("/v1/domain/news.test")).json
+        self.assertEqual(ownership["type"], "TXT")
+        await self.goto("/dashboard/domains")
+        self.assertIn("news.test", await self.text("#domains"))
+        await self.browser.screenshot("dashboard-domains")
+        await self.submit("#domains a:text('news.test')")
+        self.assertIn("no: publish", await self.text("#approved"))
+
+        # Checked before anything is published: every item an error, each with its remark.
+        url = await self.submit("#check button")
+        self.assertTrue(url.endswith("/dashboard/domains/news.test"), url)
+        for item in ("validation", "spf", "dkim", "dmarc", "mx", "tracking"):
+            row = (await self.text(f"#status-{item}")).split("\t")
+            self.assertEqual(row[1], "error", row)
+            self.assertTrue(row[2], row)  # a remark says what was found
+        records = (await self.api.get("/v1/dns/news.test/selfhosted")).json
+
+        # The page lists the records the API gives, each value with a copy button holding it.
+        def listed(page: Any) -> list[dict[str, str]]:
+            found = []
+            for row in page.query_selector_all("#selfhosted tbody tr"):
+                cells = row.query_selector_all("td")
+                copies = row.query_selector_all("button.copy")
+                found.append({"name": cells[0].query_selector("code").inner_text(),
+                              "type": cells[1].inner_text(),
+                              "value": copies[1].get_attribute("data-copy")})
+            return found
+        self.assertEqual(await self.browser.run(listed), records)
+        self.assertIn(ownership, records)
+        self.assertIn("zero\trsa\tnext", await self.text("#keys"))
+
+        # Published in the test DNS server: Check now turns every item ok, and the domain approved.
+        publish(rig.dns, records)
+        await self.submit("#check button")
+        for item in ("validation", "spf", "dkim", "dmarc", "mx", "tracking"):
+            row = (await self.text(f"#status-{item}")).split("\t")
+            self.assertEqual(row[1], "ok", row)
+        self.assertEqual(await self.text("#approved"), "yes")
+        keys = await self.text("#keys")
+        self.assertIn("zero\trsa\tactive", keys)  # published: it signs, and rotates in 30 days
+        rotates = datetime.datetime.fromtimestamp(rig.clock.seconds() + 30 * 86400, datetime.UTC)
+        self.assertIn(f"rotates from {rotates:%Y-%m-%d}", keys)
+        await self.browser.screenshot("dashboard-domain")
+        await self.goto("/dashboard/domains")
+        self.assertEqual((await self.text("#domains tbody tr:has-text('news.test')")).split("\t")[1:8],
+                         ["yes", "ok", "ok", "ok", "ok", "ok", "ok"])
+
+        # Another account's domain is the 404 page, to look at and to check; no CSRF token: 403.
+        await self.other_account()
+        self.assertEqual(await self.goto("/dashboard/domains/other.example"), 404)
+        self.assertIn("not yours to see", await self.text("main"))
+        self.assertEqual(await self.goto("/dashboard/domains/nowhere.example"), 404)
+        await self.goto("/dashboard/domains/news.test")
+        csrf = await self.csrf()
+        answer = await self.post_as_visitor("/dashboard/domains/other.example/check", f"csrf={csrf}")
+        self.assertEqual(answer.code, 404, answer.body)
+        await self.refused_without_csrf("/dashboard/domains/news.test/check")
+
+    async def test_a_webhooks_calls_a_test_event_and_enabling_after_a_410(self) -> None:
+        receiver = await Receiver(RECEIVER_IP).start(self)
+        status = {"test": 204, "event": 500}  # what the receiver answers test calls and the others
+        receiver.behaviour = lambda received: Reply(
+            status["test" if (received.payload or {}).get("test") else "event"], b"internal error")
+        rig = await self.start(webhooks=FAST)
+        await self.log_in(rig.login.token)
+        made = (await self.api.post("/v1/webhook", json_body={"type": "delivery",
+                                                             "url": receiver.url + "/hook"})).json
+        receiver.secrets.append(made["secret"])
+        hook_id = made["id"]
+
+        async def state(wanted: str) -> bool:
+            await self.goto(f"/dashboard/webhooks/{hook_id}")
+            return await self.text("#state") == wanted
+        await until(lambda: state("active"), "the hook to be active")
+
+        # A delivery makes a call, which the receiver refuses: the page shows each attempt's status.
+        (message_id,) = await rig.send("carol@dest.test")
+        await rig.wait_for(message_id, "delivered")
+
+        async def shown(text: str) -> bool:
+            await self.goto(f"/dashboard/webhooks/{hook_id}")
+            return text in await self.text("#calls")
+        await until(lambda: shown("\t500\t"), "the failed calls to show")
+        calls = await self.text("#calls")
+        self.assertIn("answered 500: internal error", calls)
+        self.assertRegex(calls, r"delivery\t1\t500\t\d+ ms\t")
+        await self.goto("/dashboard/webhooks")
+        self.assertIn(receiver.url + "/hook", await self.text("#webhooks"))
+        self.assertIn("active", await self.text("#webhooks"))
+        await self.browser.screenshot("dashboard-webhooks")
+        await self.submit(f"#webhooks a[href$='{hook_id}']")
+
+        # A test event: a signed call that the receiver verifies, recorded with the others.
+        url = await self.submit("#send-test button")
+        self.assertTrue(url.endswith(f"/dashboard/webhooks/{hook_id}?sent=1"), url)
+        self.assertIn("on its way", await self.text("#sent"))
+        await until(lambda: any(r.payload.get("test") for r in receiver.successes("/hook")), "the test event")
+        (test_call,) = [r for r in receiver.calls("/hook") if r.payload.get("test")]
+        self.assertTrue(test_call.verified, test_call.headers)
+        self.assertEqual({k: test_call.payload[k] for k in ("type", "recipient", "test")},
+                         {"type": "delivery", "recipient": "test@example.com", "test": True})
+        await until(lambda: shown("delivery (test)\t1\t204\t"), "the test call to show")
+        await self.browser.screenshot("dashboard-webhook")
+
+        # The receiver answers 410 Gone: the hook is disabled; enabled again from the page.
+        status["test"] = 410
+        await self.submit("#send-test button")
+        await until(lambda: state("disabled"), "the hook to be disabled")
+        self.assertIn("410", await self.text("#problem"))
+        self.assertIn("\t410\t", await self.text("#calls"))
+        await self.submit("#enable button")
+        self.assertEqual(await self.text("#state"), "active")
+        self.assertEqual((await self.api.get(f"/v1/webhook/{hook_id}")).json["state"], "active")
+
+        # Another account's hook is the 404 page, to look at and to act on; no CSRF token: 403.
+        _, theirs = await self.other_account()
+        their_id = (await theirs.post("/v1/webhook", json_body={"type": "delivery",
+                                                               "url": receiver.url + "/theirs"})).json["id"]
+        self.assertEqual(await self.goto(f"/dashboard/webhooks/{their_id}"), 404)
+        self.assertIn("not yours to see", await self.text("main"))
+        self.assertEqual(await self.goto("/dashboard/webhooks/not-an-id"), 404)
+        await self.goto(f"/dashboard/webhooks/{hook_id}")
+        csrf = await self.csrf()
+        for action in ("test", "enable", "verify"):
+            answer = await self.post_as_visitor(f"/dashboard/webhooks/{their_id}/{action}", f"csrf={csrf}")
+            self.assertEqual(answer.code, 404, (action, answer.body))
+        tests_before = len([r for r in receiver.calls() if r.payload.get("test")])
+        await self.refused_without_csrf(*(f"/dashboard/webhooks/{hook_id}/{action}"
+                                          for action in ("test", "enable", "verify")))
+        await sleep(0.5)
+        self.assertEqual(len([r for r in receiver.calls() if r.payload.get("test")]), tests_before)
+
+    async def test_api_tokens_and_smtp_logins(self) -> None:
+        rig = await self.start()
+        await self.log_in(rig.login.token)
+        await self.goto("/dashboard/credentials")
+        self.assertIn("acme", await self.text("#logins"))  # the account's first login
+
+        # A token: shown once, works on /v1 at once; revoked, refused at once.
+        def create_token(page: Any) -> tuple[str, str]:
+            page.fill("#new-token input[name=description]", "for the CRM")
+            page.click("#new-token button")
+            page.wait_for_load_state()
+            return page.inner_text("#secret-value"), page.inner_text("#secret p")
+        token, said = await self.browser.run(create_token)
+        self.assertIn("not shown again", said)
+        self.assertEqual(await self.browser.run(lambda page: page.get_attribute("#secret button.copy",
+                                                                                "data-copy")), token)
+        mine = Client(self.base, token)
+        self.assertEqual((await mine.get("/v1/suppressions")).code, 200)
+        await self.browser.screenshot("dashboard-credentials")
+        await self.goto("/dashboard/credentials")
+        self.assertNotIn(token, await self.text("main"))  # never again
+        row = await self.text("#tokens tr:has-text('for the CRM')")
+        token_id = row.split("\t")[0]
+        await self.submit(f"#token-{token_id} button")
+        self.assertRegex(await self.text(f"#token-{token_id}"), r"for the CRM\t[\d-]+ [\d:]+\t[\d-]+ [\d:]+")
+        self.assertEqual((await mine.get("/v1/suppressions")).code, 401)
+        self.assertEqual((await self.api.get("/v1/suppressions")).code, 200)  # the others still work
+
+        # An SMTP login with its default options: its password shown once, and it logs in.
+        def create_login(page: Any) -> str:
+            page.fill("#new-login input[name=username]", "crm-sender")
+            page.select_option("#new-login select[name=trackclicks]", "true")
+            page.select_option("#new-login select[name=inlinecss]", "false")
+            page.select_option("#new-login select[name=images]", "hosted")
+            page.click("#new-login button")
+            page.wait_for_load_state()
+            return page.inner_text("#secret-value")
+        password = await self.browser.run(create_login)
+        login = await self.text("#logins tr:has-text('crm-sender')")
+        self.assertIn("inlinecss: off, trackclicks: on, images: hosted", login)
+        self.assertEqual(await LoginChecker(rig.storage).requestAvatarId(
+            UsernamePassword(b"crm-sender", password.encode())), "crm-sender")
+        stored = await rig.storage.smtp_login("crm-sender")
+        self.assertEqual((stored.account_id, stored.options), (rig.login.account_id, MessageOptions(
+            inlinecss=False, trackclicks=True, images="hosted")))
+        await self.goto("/dashboard/credentials")
+        self.assertNotIn(password, await self.text("main"))
+
+        def taken(page: Any) -> str:
+            page.fill("#new-login input[name=username]", "crm-sender")
+            page.click("#new-login button")
+            page.wait_for_load_state()
+            return page.inner_text(".problem")
+        self.assertIn("is taken", await self.browser.run(taken))
+
+        # Another account's token cannot be revoked from here (the 404 page); no CSRF token: 403.
+        other_id, theirs = await self.other_account()
+        (their_token,) = await rig.storage.api_tokens(other_id)
+        csrf = await self.csrf()
+        answer = await self.post_as_visitor(f"/dashboard/credentials/tokens/{their_token['id']}/revoke",
+                                            f"csrf={csrf}")
+        self.assertEqual(answer.code, 404, answer.body)
+        self.assertEqual((await theirs.get("/v1/suppressions")).code, 200)
+        tokens = len(await rig.storage.api_tokens(rig.login.account_id))
+        await self.refused_without_csrf("/dashboard/credentials/tokens", fields="description=forged")
+        await self.refused_without_csrf("/dashboard/credentials/logins", fields="username=forged")
+        (first_token,) = [t for t in await rig.storage.api_tokens(rig.login.account_id) if not t["revoked"]]
+        await self.refused_without_csrf(f"/dashboard/credentials/tokens/{first_token['id']}/revoke")
+        self.assertEqual(len(await rig.storage.api_tokens(rig.login.account_id)), tokens)
+        self.assertIsNone(await rig.storage.smtp_login("forged"))
+        self.assertEqual((await self.api.get("/v1/suppressions")).code, 200)

@@ -16,6 +16,7 @@ from twisted.trial import unittest
 from smtpeter.domains.status import SPFLookup
 from smtpeter.verp import VerpSigner
 from tests.support import mail_dkim
+from tests.support.dns_server import TestDNSServer
 from tests.support.http import Client
 from tests.support.rig import SENDER_IP, Rig, message, sleep
 from tests.support.sink import Received, free_port_on
@@ -23,6 +24,24 @@ from tests.support.sink import Received, free_port_on
 DOMAIN = "news.test"
 MX_HOST = "mx.smtpeter.test"
 DAY = 86400.0
+
+
+def publish(dns: TestDNSServer, records: list[dict[str, str]]) -> None:
+    """Records as /v1/dns lists them, into the test zone (what was there under a name goes)."""
+    for record in records:
+        name, kind, value = record["name"], record["type"], record["value"]
+        dns.remove(name, getattr(names, kind))
+        if kind == "TXT":
+            dns.txt(name, value)
+        elif kind == "MX":
+            preference, host = value.split()
+            dns.mx(name, (int(preference), host))
+        elif kind == "CNAME":
+            dns.cname(name, value)
+        elif kind == "A":
+            dns.a(name, value)
+        else:
+            raise AssertionError(f"a record of type {kind} to publish: {record}")
 
 
 class SenderDomainTests(unittest.TestCase):
@@ -45,22 +64,7 @@ class SenderDomainTests(unittest.TestCase):
         return response.json
 
     def publish(self, records: list[dict[str, str]]) -> None:
-        """Records as /v1/dns lists them, into the test zone (what was there under a name goes)."""
-        dns = self.rig.dns
-        for record in records:
-            name, kind, value = record["name"], record["type"], record["value"]
-            dns.remove(name, getattr(names, kind))
-            if kind == "TXT":
-                dns.txt(name, value)
-            elif kind == "MX":
-                preference, host = value.split()
-                dns.mx(name, (int(preference), host))
-            elif kind == "CNAME":
-                dns.cname(name, value)
-            elif kind == "A":
-                dns.a(name, value)
-            else:
-                self.fail(f"a record of type {kind} to publish: {record}")
+        publish(self.rig.dns, records)
 
     async def status(self) -> dict[str, Any]:
         return await self.call("GET", f"/v1/dns/{DOMAIN}/status")

@@ -141,18 +141,27 @@ async def dashboard_logout(api: API, request: Any, who: Visitor) -> bytes:
 
 # -- the overview --------------------------------------------------------------------------------
 
+def chosen_period(request: Any) -> str:
+    """The ``period`` the page asks for: one of PERIODS (a day when it names none)."""
+    period = request.args.get(b"period", [b"day"])[0].decode("ascii", "replace")
+    return period if period in PERIODS else "day"
+
+
+def bucket_starts(period: str, now: float) -> list[int]:
+    """The starts of the period's buckets, the last one holding ``now``."""
+    _, length, bucket = PERIODS[period]
+    end = (int(now) // bucket + 1) * bucket
+    return list(range(end - length, end, bucket))
+
+
 @app.route("/dashboard/overview", methods=["GET"])
 @page()
 async def dashboard_overview(api: API, request: Any, who: Visitor) -> bytes:
-    period = request.args.get(b"period", [b"day"])[0].decode("ascii", "replace")
-    if period not in PERIODS:
-        period = "day"
+    period = chosen_period(request)
     bots = request.args.get(b"bots", [b"0"])[0] == b"1"
-    label, length, bucket = PERIODS[period]
-    now = api.clock.seconds()
-    end = (int(now) // bucket + 1) * bucket
-    start = end - length
-    starts = list(range(start, end, bucket))
+    label, _, bucket = PERIODS[period]
+    starts = bucket_starts(period, api.clock.seconds())
+    start, end = starts[0], starts[-1] + bucket
     found = await api.storage.event_counts(who.account_id, start, end, bucket, bots)
     series = {name: [0] * len(starts) for name in CHARTED}
     for moment, name, count in found:

@@ -93,6 +93,14 @@ class Accounts(Tables):
             raise Conflict(f"the SMTP username {username!r} is taken") from None
         return password
 
+    async def smtp_logins(self, account_id: str) -> list[tuple[SMTPLogin, float]]:
+        """The account's logins, each with when it was made, by username."""
+        rows = await self.db.query(
+            "SELECT id, account_id, username, password_hash, options, disabled, created "
+            "FROM smtp_logins WHERE account_id = ? ORDER BY username", (account_id,))
+        return [(SMTPLogin(r[0], r[1], r[2], r[3], MessageOptions(**json.loads(r[4])), bool(r[5])), r[6])
+                for r in rows]
+
     async def smtp_login(self, username: str) -> SMTPLogin | None:
         rows = await self.db.query(
             "SELECT id, account_id, username, password_hash, options, disabled "

@@ -213,6 +213,14 @@ class Webhooks(Tables):
 
     # -- calls -------------------------------------------------------------------------------------
 
+    async def add_webhook_calls(self, calls: Sequence[NewWebhookCall], now: float) -> int:
+        """Store calls made outside the feed (a test event), due now; how many were stored (only
+        calls to active hooks are)."""
+        rows = await self.db.transaction([insert_webhook_calls(calls, now), SQL(
+            f"SELECT COUNT(*) FROM webhook_calls WHERE id IN ({', '.join('?' * len(calls))})",  # noqa: S608
+            tuple(c.id for c in calls))])
+        return int(rows[0][0])
+
     async def due_webhook_calls(self, now: float) -> dict[str, int]:
         """Active hooks with calls due by ``now``, and how many each has."""
         rows = await self.db.query(

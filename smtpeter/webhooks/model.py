@@ -33,7 +33,7 @@ from smtpeter.events.model import (
     RESPONSE,
     UNSUBSCRIBE,
 )
-from smtpeter.storage.models import Event
+from smtpeter.storage.models import FEED_START, Event
 
 TYPES = ("delivery", "failure", "bounce", "response", "click", "open", "abuse", "unsubscribe")
 # SMTPeter called complaints' webhooks feedback loops.
@@ -77,6 +77,18 @@ def payload(event: Event) -> dict[str, Any]:
         body["emailfrom"] = data.get("from") or ""
     body.update((key, value) for key, value in data.items() if key not in body)
     return body
+
+
+# The stored event type a test call of each hook type pretends to be.
+_TEST_EVENT = {kind: event_type for event_type, kind in reversed(HOOK_TYPE.items())}
+TEST_RECIPIENT = "test@example.com"
+
+
+def test_payload(kind: str, account_id: str, now: float) -> dict[str, Any]:
+    """The body of a test call to a hook of ``kind``: the fields a real event of the type gives,
+    about no message (``id`` empty) and ``test: true``."""
+    return payload(Event(0, account_id, "", TEST_RECIPIENT, _TEST_EVENT[kind], now,
+                         {"recipient": TEST_RECIPIENT, "test": True}, FEED_START))
 
 
 def body_text(value: dict[str, Any]) -> str:

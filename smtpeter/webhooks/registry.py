@@ -10,6 +10,7 @@ key that seals DKIM keys (``smtpeter.domains.sealing``), bound to their hook.
 
 from __future__ import annotations
 
+import secrets
 import socket
 import time
 from collections.abc import Callable
@@ -24,9 +25,9 @@ from smtpeter.config import Config
 from smtpeter.domains.sealing import Sealer, encryption_key
 from smtpeter.ids import new_id
 from smtpeter.storage import Storage
-from smtpeter.storage.webhooks import PENDING, StoredWebhook, WebhookAttempt
+from smtpeter.storage.webhooks import ACTIVE, PENDING, NewWebhookCall, StoredWebhook, WebhookAttempt
 from smtpeter.webhooks.client import CallError, WebhookClient, checked_url
-from smtpeter.webhooks.model import TYPES, hook_type
+from smtpeter.webhooks.model import TYPES, body_text, hook_type, test_payload
 from smtpeter.webhooks.ownership import new_token, prove
 from smtpeter.webhooks.sender import SenderSettings, WebhookSender
 from smtpeter.webhooks.signing import new_secret
@@ -53,6 +54,8 @@ class WebhookRegistry:
         self.wall = wall
         self._checks: set[defer.Deferred] = set()  # ownership checks started by ``create``
         self._check_slots = defer.DeferredSemaphore(CHECKS)
+        # Called when calls were made here (the service wakes its sender with it).
+        self.calls_made: Callable[[], None] = lambda: None
 
     # -- secrets ---------------------------------------------------------------------------------
 
@@ -111,6 +114,22 @@ class WebhookRegistry:
     async def enable(self, account_id: str, hook_id: str) -> StoredWebhook:
         return await self.storage.enable_webhook(account_id, hook_id, self.clock.seconds())
 
+    async def send_test(self, account_id: str, hook_id: str) -> str:
+        """Make a call of a test event to an active hook (signed, sent and recorded as the others
+        are); its call id. WebhookError for a hook that is not active: only those get calls."""
+        hook = await self.storage.webhook(account_id, hook_id)
+        if hook.state != ACTIVE:
+            raise WebhookError(f"the hook is {hook.state}: only an active hook gets calls")
+        now = self.clock.seconds()
+        # No event behind it: a negative event id, never a real one's, and a new one each time (a
+        # hook gets one call per event id).
+        call = NewWebhookCall("msg_" + new_id(), hook.id, -1 - secrets.randbits(62), hook.type,
+                              body_text(test_payload(hook.type, account_id, self.wall())))
+        if not await self.storage.add_webhook_calls([call], now):
+            raise WebhookError("the hook is not active any more")
+        self.calls_made()
+        return call.id
+
     async def rotate_secret(self, account_id: str, hook_id: str) -> tuple[StoredWebhook, str]:
         """A new secret for the hook; the old one signs too for OLD_SECRET_SECONDS."""
         await self.storage.webhook(account_id, hook_id)  # NotFound before anything is made
@@ -142,6 +161,7 @@ class WebhookService:
     def __init__(self, registry: WebhookRegistry, sender: WebhookSender) -> None:
         self.registry = registry
         self.sender = sender
+        registry.calls_made = sender.wake
 
     @classmethod
     def for_config(cls, storage: Storage, config: Config, reactor: Any, clock: Any = None) -> WebhookService:

@@ -23,6 +23,7 @@ from zope.interface import provider
 
 from smtpeter import credentials
 from smtpeter.config import Config
+from smtpeter.dashboard import account_pages as dashboard_account_pages  # noqa: F401 - and these
 from smtpeter.dashboard import pages as dashboard_pages  # noqa: F401 - registers the dashboard's routes
 from smtpeter.delivery.dispatcher import Dispatcher
 from smtpeter.domains.registry import SenderDomains
@@ -152,6 +153,10 @@ class API:
         if account is None:
             raise Unauthorized()
         return account
+
+    def forget_tokens(self) -> None:
+        """A token was revoked here: check every token again on its next use."""
+        self._tokens.clear()
 
     async def _body(self, request: Any) -> dict[str, Any]:
         if getattr(request, "too_big", False):

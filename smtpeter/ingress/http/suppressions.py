@@ -50,7 +50,7 @@ def new_entry(account: str, body: dict[str, Any], now: float) -> Suppression:
         raise BadRequest(str(exc)) from None
 
 
-def _listed(address: str) -> str:
+def listed_address(address: str) -> str:
     """An address from the URL; one that cannot be on a list is simply not found."""
     try:
         return check_mailbox(address, utf8=True)
@@ -76,7 +76,7 @@ async def list_suppressions(api: API, request: Any) -> bytes:
     if form not in ("json", "csv"):
         raise BadRequest("format must be json or csv")
     if form == "csv":
-        return await _export(api, request, account)
+        return await export_csv(api, request, account)
     entries = await api.storage.suppressions(account, _limit(request), query(request, "after") or "")
     return json_reply(request, [entry_shape(entry) for entry in entries])
 
@@ -84,10 +84,11 @@ async def list_suppressions(api: API, request: Any) -> bytes:
 @app.route("/v1/suppressions/csv", methods=["GET"])
 @handled
 async def export_suppressions(api: API, request: Any) -> bytes:
-    return await _export(api, request, await api.account(request))
+    return await export_csv(api, request, await api.account(request))
 
 
-async def _export(api: API, request: Any, account: str) -> bytes:
+async def export_csv(api: API, request: Any, account: str) -> bytes:
+    """The account's whole list as a CSV download (the dashboard's export too)."""
     entries = await api.storage.suppressions(account)
     request.setHeader(b"content-disposition", b'attachment; filename="suppressions.csv"')
     return text(request, csv_text(entries), b"text/csv; charset=utf-8")
@@ -106,12 +107,12 @@ async def add_suppression(api: API, request: Any) -> bytes:
 @handled
 async def get_suppression(api: API, request: Any, address: str) -> bytes:
     account = await api.account(request)
-    return json_reply(request, entry_shape(await api.storage.suppression(account, _listed(address))))
+    return json_reply(request, entry_shape(await api.storage.suppression(account, listed_address(address))))
 
 
 @app.route("/v1/suppression/<address>", methods=["DELETE"])
 @handled
 async def remove_suppression(api: API, request: Any, address: str) -> bytes:
     account = await api.account(request)
-    await api.suppressions.remove(account, _listed(address))
+    await api.suppressions.remove(account, listed_address(address))
     return json_reply(request, True)

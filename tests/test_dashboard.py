@@ -13,9 +13,12 @@ from twisted.trial import unittest
 
 from smtpeter.dashboard import charts
 from smtpeter.envelope import MessageOptions
-from smtpeter.events.statistics import counts
+from smtpeter.events.model import BOUNCE, DELIVERY, FAILURE
+from smtpeter.events.statistics import bounce_counts, counts
 from smtpeter.ingress.smtp.auth import LoginChecker
-from smtpeter.storage.models import Event
+from smtpeter.storage.dashboard import BounceCount
+from smtpeter.storage.models import FEED_START, Event
+from tests.support.backends import both_backends
 from tests.support.browser import Browser
 from tests.support.http import Client
 from tests.support.rig import SENDER_IP, Rig, sleep
@@ -511,3 +514,47 @@ class DashboardInABrowser(unittest.TestCase):
         self.assertEqual(len(await rig.storage.api_tokens(rig.login.account_id)), tokens)
         self.assertIsNone(await rig.storage.smtp_login("forged"))
         self.assertEqual((await self.api.get("/v1/suppressions")).code, 200)
+
+
+class BounceCounts:
+    """What the bounces page counts, and storage's sums of it by bucket, on both backends."""
+
+    async def test_counted_by_reason_domain_and_bucket_per_account(self) -> None:
+        storage = await self.open_storage()
+        acme, other = (await storage.create_account("acme")).id, (await storage.create_account("other")).id
+        day = 1_767_225_600  # a UTC midnight
+
+        def event(kind: str, account: str, recipient: str, time: float, **data: Any) -> Event:
+            return Event(1, account, "m", recipient, kind, time, data, FEED_START)
+
+        hard = {"reason": "userunknown", "hardbounce": True}
+        events = [
+            event(FAILURE, acme, "x@gmail.com", day + 61, type="failed", **hard),
+            event(BOUNCE, acme, "y@gmail.com", day + 62, reason="mailboxfull", hardbounce=False),
+            # The failure a bounce reported is counted as that bounce; suppressed ones were never sent.
+            event(FAILURE, acme, "y@gmail.com", day + 62, state="bounce", reason="mailboxfull"),
+            event(FAILURE, acme, "z@mail.test", day + 3700, type="suppressed", reason="suppressed"),
+            event(FAILURE, acme, "z@mail.test", day + 86405, type="expired", reason="expired"),
+            event(FAILURE, acme, "w@mail.test", day + 61),  # no reason: not counted
+            event(DELIVERY, acme, "v@mail.test", day + 61),
+            event(FAILURE, other, "x@gmail.com", day + 61, **hard),
+        ]
+        rows = bounce_counts(events)
+        await storage.db.transaction([storage.add_bounce_counts(rows)])
+        await storage.db.transaction([storage.add_bounce_counts(rows)])  # counts add up
+        by_minute = await storage.bounce_counts(acme, day, day + 3600, 60)
+        self.assertEqual(sorted(by_minute), [
+            BounceCount(day + 60, "bounce", "mailboxfull", "gmail.com", False, 2),
+            BounceCount(day + 60, "failure", "userunknown", "gmail.com", True, 2)])
+        by_hour = await storage.bounce_counts(acme, day, day + 2 * 86400, 3600)
+        self.assertEqual(sorted((r.start, r.reason, r.count) for r in by_hour),
+                         [(day, "mailboxfull", 2), (day, "userunknown", 2), (day + 86400, "expired", 2)])
+        by_day = await storage.bounce_counts(acme, day - 29 * 86400, day + 86400, 86400)
+        self.assertEqual(sorted((r.start, r.reason, r.count) for r in by_day),
+                         [(day, "mailboxfull", 2), (day, "userunknown", 2)])
+        self.assertEqual(await storage.bounce_counts(other, day, day + 60, 60), [])
+        self.assertEqual(await storage.bounce_counts(other, day, day + 120, 60),
+                         [BounceCount(day + 60, "failure", "userunknown", "gmail.com", True, 2)])
+
+
+BounceCountsSQLite, BounceCountsPostgreSQL = both_backends(BounceCounts)

@@ -315,7 +315,6 @@ class DashboardInABrowser(unittest.TestCase):
         self.assertEqual(ownership["type"], "TXT")
         await self.goto("/dashboard/domains")
         self.assertIn("news.test", await self.text("#domains"))
-        await self.browser.screenshot("dashboard-domains")
         await self.submit("#domains a:text('news.test')")
         self.assertIn("no: publish", await self.text("#approved"))
 
@@ -357,6 +356,7 @@ class DashboardInABrowser(unittest.TestCase):
         await self.goto("/dashboard/domains")
         self.assertEqual((await self.text("#domains tbody tr:has-text('news.test')")).split("\t")[1:8],
                          ["yes", "ok", "ok", "ok", "ok", "ok", "ok"])
+        await self.browser.screenshot("dashboard-domains")
 
         # Another account's domain is the 404 page, to look at and to check; no CSRF token: 403.
         await self.other_account()

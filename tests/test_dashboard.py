@@ -212,6 +212,19 @@ class DashboardInABrowser(unittest.TestCase):
             return page.url
         return await self.browser.run(steps)
 
+    async def fill_in(self, form: str, **fields: str) -> None:
+        """Fill ``form``'s fields by name (a select's option by value), submit it, wait for the answer."""
+        def steps(page: Any) -> None:
+            for name, value in fields.items():
+                field = page.locator(f"{form} [name={name}]")
+                if field.evaluate("element => element.tagName") == "SELECT":
+                    field.select_option(value)
+                else:
+                    field.fill(value)
+            page.click(f"{form} button[type=submit]")
+            page.wait_for_load_state()
+        await self.browser.run(steps)
+
     async def post_as_visitor(self, path: str, body: str) -> Any:
         """A POST with the browser's cookies, as a forged form would make it."""
         cookies = await self.browser.run(lambda page: page.context.cookies())
@@ -254,14 +267,9 @@ class DashboardInABrowser(unittest.TestCase):
         await self.goto("/dashboard/suppressions")
         self.assertIn("gone@dest.test\tuserunknown", await self.text("#suppressions"))
 
-        def add(page: Any) -> str:
-            page.fill("#add-suppression input[name=address]", "Manual@Dest.test")
-            page.fill("#add-suppression input[name=reason]", "complaint")
-            page.fill("#add-suppression input[name=expires]", "2099-01-31")
-            page.click("#add-suppression button")
-            page.wait_for_load_state()
-            return page.inner_text("#suppressions")
-        listed = await self.browser.run(add)
+        await self.fill_in("#add-suppression", address="Manual@Dest.test", reason="complaint",
+                           expires="2099-01-31")
+        listed = await self.text("#suppressions")
         self.assertIn("Manual@dest.test\tcomplaint\tdashboard\t", listed)
         self.assertIn("2099-01-31 00:00:00", listed)
         entry = (await self.api.get("/v1/suppression/manual@dest.test")).json
@@ -278,13 +286,8 @@ class DashboardInABrowser(unittest.TestCase):
         self.assertIn(b"Manual@dest.test,complaint,dashboard,", body)
 
         # A mistake is said on the page and adds nothing.
-        def mistaken(page: Any) -> str:
-            page.fill("#add-suppression input[name=address]", "nobody@dest.test")
-            page.fill("#add-suppression input[name=expires]", "2001-01-01")
-            page.click("#add-suppression button")
-            page.wait_for_load_state()
-            return page.inner_text(".problem")
-        self.assertIn("in the past", await self.browser.run(mistaken))
+        await self.fill_in("#add-suppression", address="nobody@dest.test", expires="2001-01-01")
+        self.assertIn("in the past", await self.text(".problem"))
         self.assertEqual((await self.api.get("/v1/suppression/nobody@dest.test")).code, 404)
 
         await self.goto("/dashboard/suppressions?address=manual%40dest.test")
@@ -450,13 +453,9 @@ class DashboardInABrowser(unittest.TestCase):
         self.assertIn("acme", await self.text("#logins"))  # the account's first login
 
         # A token: shown once, works on /v1 at once; revoked, refused at once.
-        def create_token(page: Any) -> tuple[str, str]:
-            page.fill("#new-token input[name=description]", "for the CRM")
-            page.click("#new-token button")
-            page.wait_for_load_state()
-            return page.inner_text("#secret-value"), page.inner_text("#secret p")
-        token, said = await self.browser.run(create_token)
-        self.assertIn("not shown again", said)
+        await self.fill_in("#new-token", description="for the CRM")
+        token = await self.text("#secret-value")
+        self.assertIn("not shown again", await self.text("#secret p"))
         self.assertEqual(await self.browser.run(lambda page: page.get_attribute("#secret button.copy",
                                                                                 "data-copy")), token)
         mine = Client(self.base, token)
@@ -472,15 +471,9 @@ class DashboardInABrowser(unittest.TestCase):
         self.assertEqual((await self.api.get("/v1/suppressions")).code, 200)  # the others still work
 
         # An SMTP login with its default options: its password shown once, and it logs in.
-        def create_login(page: Any) -> str:
-            page.fill("#new-login input[name=username]", "crm-sender")
-            page.select_option("#new-login select[name=trackclicks]", "true")
-            page.select_option("#new-login select[name=inlinecss]", "false")
-            page.select_option("#new-login select[name=images]", "hosted")
-            page.click("#new-login button")
-            page.wait_for_load_state()
-            return page.inner_text("#secret-value")
-        password = await self.browser.run(create_login)
+        await self.fill_in("#new-login", username="crm-sender", trackclicks="true", inlinecss="false",
+                           images="hosted")
+        password = await self.text("#secret-value")
         login = await self.text("#logins tr:has-text('crm-sender')")
         self.assertIn("inlinecss: off, trackclicks: on, images: hosted", login)
         self.assertEqual(await LoginChecker(rig.storage).requestAvatarId(
@@ -491,12 +484,8 @@ class DashboardInABrowser(unittest.TestCase):
         await self.goto("/dashboard/credentials")
         self.assertNotIn(password, await self.text("main"))
 
-        def taken(page: Any) -> str:
-            page.fill("#new-login input[name=username]", "crm-sender")
-            page.click("#new-login button")
-            page.wait_for_load_state()
-            return page.inner_text(".problem")
-        self.assertIn("is taken", await self.browser.run(taken))
+        await self.fill_in("#new-login", username="crm-sender")
+        self.assertIn("is taken", await self.text(".problem"))
 
         # Another account's token cannot be revoked from here (the 404 page); no CSRF token: 403.
         other_id, theirs = await self.other_account()

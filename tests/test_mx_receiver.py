@@ -24,6 +24,7 @@ from smtpeter.storage.inbound import DONE, InboundRecipient
 from smtpeter.storage.models import QueuedRecipient, StoredMessage
 from smtpeter.verp import VerpSigner
 from tests.support.backends import BackendMixin, both_backends
+from tests.support.browser import Browser
 from tests.support.harness import RawClient
 from tests.support.http import Client
 from tests.support.rig import SENDER_IP, Rig
@@ -367,6 +368,23 @@ class ReceiverEndToEnd(ReceiverCase):
                           call.payload["reason"]),
                          ("bounce", "bob@dest.test", ids["bob@dest.test"], "userunknown"))
         self.assertIn("Undelivered Mail Returned to Sender", call.payload["mime"])
+
+        # The customer sees it in the dashboard, in a real browser: bob's timeline has the delivery and
+        # the bounce with its reason.
+        browser = await Browser().start()
+        self.addCleanup(browser.stop)
+
+        def timeline(page: Any) -> str:
+            page.goto(self.client.base_url + "/dashboard/login")
+            page.fill("input[name=token]", rig.login.token)
+            page.click("button[type=submit]")
+            page.wait_for_load_state()
+            page.goto(self.client.base_url + f"/dashboard/messages/{ids['bob@dest.test']}")
+            return page.inner_text("#timeline").lower()
+        shown = await browser.run(timeline)
+        for seen in ("delivery", "bounce", "reason: userunknown (hard)"):
+            self.assertIn(seen, shown)
+        await browser.screenshot("dashboard-message-bounced")
 
         # An auto-reply and a complaint are told apart from bounces.
         code, transcript = await self.remote_sends(paths["carol@dest.test"],

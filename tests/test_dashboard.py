@@ -16,10 +16,11 @@ from smtpeter.envelope import MessageOptions
 from smtpeter.events.model import BOUNCE, DELIVERY, FAILURE
 from smtpeter.events.statistics import bounce_counts, counts
 from smtpeter.ingress.smtp.auth import LoginChecker
-from smtpeter.storage.dashboard import BounceCount
+from smtpeter.storage.dashboard import BounceCount, login_credential, token_credential
 from smtpeter.storage.models import FEED_START, Event
 from tests.support.backends import both_backends
 from tests.support.browser import Browser
+from tests.support.clock import ShiftedClock
 from tests.support.http import Client
 from tests.support.rig import SENDER_IP, Rig, sleep
 from tests.support.sink import Behaviour, free_port_on
@@ -547,3 +548,29 @@ class BounceCounts:
 
 
 BounceCountsSQLite, BounceCountsPostgreSQL = both_backends(BounceCounts)
+
+
+class Sessions:
+    """Dashboard sessions end with the credential they were made with, on both backends."""
+
+    async def test_revoking_a_token_ends_the_sessions_it_made(self) -> None:
+        clock = ShiftedClock()
+        storage = await self.open_storage(clock=clock)
+        account = await storage.create_account("acme")
+        first_id, first = await storage.create_api_token(account.id)
+        _, second = await storage.create_api_token(account.id)
+        made_with = {"by-first": token_credential(first), "by-second": token_credential(second),
+                     "by-login": login_credential("acme")}
+        for secret, credential in made_with.items():
+            await storage.create_dashboard_session(secret, account.id, False, "c", 3600, credential)
+        self.assertEqual((await storage.dashboard_session("by-first")).account_id, account.id)
+        await storage.revoke_api_token(account.id, first_id)
+        self.assertIsNone(await storage.dashboard_session("by-first"))
+        self.assertIsNotNone(await storage.dashboard_session("by-second"))
+        self.assertIsNotNone(await storage.dashboard_session("by-login"))
+        # Expired sessions are not found, and go with the next log-in.
+        clock.advance(3601)
+        self.assertIsNone(await storage.dashboard_session("by-second"))
+
+
+SessionsSQLite, SessionsPostgreSQL = both_backends(Sessions)

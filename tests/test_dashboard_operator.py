@@ -24,6 +24,7 @@ from smtpeter.delivery.dispatcher import Dispatcher
 from smtpeter.delivery.shaping import profiles, shaping_for
 from smtpeter.envelope import Envelope, Recipient
 from smtpeter.storage import Conflict, NotFound
+from smtpeter.storage.dashboard import admin_credential, login_credential
 from smtpeter.storage.models import Outcome
 from tests.support.backends import both_backends
 from tests.support.browser import Browser
@@ -212,11 +213,16 @@ class OperatorStorageSuite:
             await storage.create_admin_login("ops")
         self.assertEqual([name for name, _ in await storage.admin_logins()], ["ops"])
         account = await storage.create_account("acme")
-        await storage.create_dashboard_session("operator", None, True, "csrf", 3600)
-        await storage.create_dashboard_session("customer", account.id, False, "csrf", 3600)
+        await storage.create_admin_login("other-ops")
+        await storage.create_dashboard_session("operator", None, True, "csrf", 3600, admin_credential("ops"))
+        await storage.create_dashboard_session("colleague", None, True, "csrf", 3600,
+                                               admin_credential("other-ops"))
+        await storage.create_dashboard_session("customer", account.id, False, "csrf", 3600,
+                                               login_credential("ops"))
         await storage.delete_admin_login("ops")
-        self.assertEqual(await storage.admin_logins(), [])
-        self.assertIsNone(await storage.dashboard_session("operator"), "operators log in again")
+        self.assertEqual([name for name, _ in await storage.admin_logins()], ["other-ops"])
+        self.assertIsNone(await storage.dashboard_session("operator"), "its sessions end with it")
+        self.assertIsNotNone(await storage.dashboard_session("colleague"))
         self.assertIsNotNone(await storage.dashboard_session("customer"))
         with self.assertRaises(NotFound):
             await storage.delete_admin_login("ops")

@@ -44,6 +44,12 @@ from smtpeter.ingress.http.routing import app
 from smtpeter.ingress.smtp.auth import LoginChecker
 from smtpeter.ingress.submission import Refused
 from smtpeter.storage import NotFound
+from smtpeter.storage.dashboard import (
+    ADMIN_TOKEN_CREDENTIAL,
+    admin_credential,
+    login_credential,
+    token_credential,
+)
 
 if TYPE_CHECKING:
     from smtpeter.ingress.http.site import API
@@ -102,33 +108,34 @@ async def dashboard_login(api: API, request: Any, who: None) -> bytes:
     refusal = api.dashboard_throttle.start(client, key)
     if refusal is not None:
         return _login_page(api, request, 429, "Too many failed attempts; try again later.")
-    account_id, admin = await _check(api, token, username, password)
+    account_id, admin, credential = await _check(api, token, username, password)
     api.dashboard_throttle.finish(client, key, account_id is not None or admin)
     if account_id is None and not admin:
         return _login_page(api, request, 401,
                            "That did not work: check the token, or the username and password.")
-    await start_session(api, request, account_id, admin)
+    await start_session(api, request, account_id, admin, credential)
     raise Redirect("/dashboard/operator" if admin else "/dashboard/overview")
 
 
-async def _check(api: API, token: str, username: str, password: str) -> tuple[str | None, bool]:
-    """(account, is operator) for an API token, the operator token, an admin login or an SMTP login."""
+async def _check(api: API, token: str, username: str, password: str) -> tuple[str | None, bool, str]:
+    """(account, is operator, credential) for an API token, the operator token, an admin login or an
+    SMTP login; the account None and not an operator when none of them is right."""
     admin_token = api.config.http.admin_token
     if token and admin_token and same_token(token, admin_token):
-        return None, True
+        return None, True, ADMIN_TOKEN_CREDENTIAL
     if token:
-        return await api.storage.account_for_token(token), False
+        return await api.storage.account_for_token(token), False, token_credential(token)
     if username and password:
         if await check_admin_login(api, username, password):
-            return None, True
+            return None, True, admin_credential(username)
         try:
             name = await LoginChecker(api.storage).requestAvatarId(
                 UsernamePassword(username.encode(), password.encode()))
         except (UnauthorizedLogin, UnicodeEncodeError):
-            return None, False
+            return None, False, ""
         found = await api.storage.smtp_login(name)
-        return (found.account_id if found else None), False
-    return None, False
+        return (found.account_id if found else None), False, login_credential(name)
+    return None, False, ""
 
 
 @app.route("/dashboard/logout", methods=["POST"])

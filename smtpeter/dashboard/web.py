@@ -132,9 +132,9 @@ async def visitor(api: API, request: Any) -> Visitor | None:
     return Visitor(session.account_id, session.admin, session.csrf, name)
 
 
-async def start_session(api: API, request: Any, account_id: str | None, admin: bool) -> None:
+async def start_session(api: API, request: Any, account_id: str | None, admin: bool, credential: str) -> None:
     secret, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(24)
-    await api.storage.create_dashboard_session(secret, account_id, admin, csrf, SESSION_SECONDS)
+    await api.storage.create_dashboard_session(secret, account_id, admin, csrf, SESSION_SECONDS, credential)
     set_cookie(api, request, COOKIE, secret, int(SESSION_SECONDS))
 
 

@@ -10,6 +10,7 @@ from twisted.internet.threads import deferToThread
 from smtpeter import credentials
 from smtpeter.envelope import MessageOptions
 from smtpeter.ids import new_id, new_secret
+from smtpeter.storage.dashboard import TOKEN_PREFIX
 from smtpeter.storage.db import SQL, Conflict, NotFound, Tables
 from smtpeter.storage.models import Account, SMTPLogin
 
@@ -61,9 +62,13 @@ class Accounts(Tables):
         return [{"id": r[0], "description": r[1], "created": r[2], "revoked": r[3]} for r in rows]
 
     async def revoke_api_token(self, account_id: str, token_id: str) -> None:
-        rows = await self.db.transaction([SQL(
-            "UPDATE api_tokens SET revoked = ? WHERE id = ? AND account_id = ? AND revoked IS NULL "
-            "RETURNING id", (self.now(), token_id, account_id))])
+        rows = await self.db.transaction([
+            # A dashboard session logged in with the token ends with it.
+            SQL("DELETE FROM dashboard_sessions WHERE credential = ? || "
+                "(SELECT token_hash FROM api_tokens WHERE id = ? AND account_id = ?)",
+                (TOKEN_PREFIX, token_id, account_id)),
+            SQL("UPDATE api_tokens SET revoked = ? WHERE id = ? AND account_id = ? AND revoked IS NULL "
+                "RETURNING id", (self.now(), token_id, account_id))])
         if not rows:
             raise NotFound(f"no active token {token_id!r} for this account")
 

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from smtpeter import credentials
 from smtpeter.storage.db import SQL, Insert, Statement, Tables
 
 MINUTE = 60
@@ -44,17 +45,38 @@ def _hash(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8", "replace")).hexdigest()
 
 
+# What a session was made with, so that revoking it ends the session too.
+ADMIN_TOKEN_CREDENTIAL = "admin-token"  # noqa: S105 - a label, not a secret
+
+
+TOKEN_PREFIX = "token:"  # noqa: S105 - then the token's hash, as api_tokens keeps it
+
+
+def token_credential(token: str) -> str:
+    return TOKEN_PREFIX + credentials.hash_token(token)
+
+
+def login_credential(username: str) -> str:
+    return "login:" + username
+
+
+def admin_credential(name: str) -> str:
+    return "admin:" + name
+
+
 class Dashboard(Tables):
     # -- sessions -------------------------------------------------------------------------
 
     async def create_dashboard_session(self, secret: str, account_id: str | None, admin: bool, csrf: str,
-                                       lifetime: float) -> None:
+                                       lifetime: float, credential: str) -> None:
+        """A session for ``account_id`` (None and ``admin``: an operator's), made with ``credential``
+        (see ``credential_*``): revoking that credential ends it."""
         now = self.now()
         await self.db.transaction([
             SQL("DELETE FROM dashboard_sessions WHERE expires < ?", (now,)),
-            SQL("INSERT INTO dashboard_sessions (id_hash, account_id, admin, csrf, created, expires) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (_hash(secret), account_id, int(admin), csrf, now, now + lifetime)),
+            SQL("INSERT INTO dashboard_sessions (id_hash, account_id, admin, csrf, created, expires, "
+                "credential) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (_hash(secret), account_id, int(admin), csrf, now, now + lifetime, credential)),
         ])
 
     async def dashboard_session(self, secret: str) -> DashboardSession | None:

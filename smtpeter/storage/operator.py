@@ -14,7 +14,7 @@ from twisted.internet.threads import deferToThread
 
 from smtpeter import credentials
 from smtpeter.ids import new_secret
-from smtpeter.storage.dashboard import MINUTE
+from smtpeter.storage.dashboard import MINUTE, admin_credential
 from smtpeter.storage.db import SQL, Conflict, NotFound, Tables
 
 
@@ -65,11 +65,9 @@ class Operator(Tables):
         return [(row[0], row[1]) for row in rows]
 
     async def delete_admin_login(self, name: str) -> None:
-        """Remove an admin login, and end every operator's dashboard session with it: a session
-        does not record which login made it, and one made with this login must not outlive it."""
+        """Remove an admin login, and end the dashboard sessions made with it."""
         rows = await self.db.transaction([
-            SQL("DELETE FROM dashboard_sessions WHERE admin = 1 AND EXISTS "
-                "(SELECT 1 FROM admin_logins WHERE name = ?)", (name,)),
+            SQL("DELETE FROM dashboard_sessions WHERE credential = ?", (admin_credential(name),)),
             SQL("DELETE FROM admin_logins WHERE name = ? RETURNING name", (name,)),
         ])
         if not rows:

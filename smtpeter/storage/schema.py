@@ -334,11 +334,15 @@ MIGRATIONS: list[list[str]] = [
             -- NULL for an operator's session.
             account_id TEXT REFERENCES accounts(id) ON DELETE CASCADE,
             admin INTEGER NOT NULL DEFAULT 0,
+            -- What it logged in with (token:HASH, login:NAME, admin:NAME, admin-token): revoking
+            -- that ends the session.
+            credential TEXT NOT NULL,
             csrf TEXT NOT NULL,
             created {time} NOT NULL,
             expires {time} NOT NULL
         )""",
         "CREATE INDEX dashboard_sessions_expires ON dashboard_sessions (expires)",
+        "CREATE INDEX dashboard_sessions_credential ON dashboard_sessions (credential)",
         """CREATE TABLE event_counts (
             account_id TEXT NOT NULL,
             minute {bigint} NOT NULL,

@@ -61,6 +61,8 @@ USER_AGENT = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHT
               "Chrome/124.0.0.0 Safari/537.36")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"  # sbin: not on a user's PATH
+TUNED_WORKERS = 2
+TUNED, DEFAULT = "smtpeter tuned", "smtpeter default config"
 
 
 # -- the links ------------------------------------------------------------------------------------
@@ -105,9 +107,58 @@ def tampered(url: str, public_url: str) -> str:
 
 
 def process_cpu(pid: int) -> float:
-    """utime + stime of a process (all its threads), in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    """utime + stime of a process (all its threads), in seconds; 0 if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def tree(pid: int) -> list[int]:
+    """``pid`` and every process under it (smtpeter's redirect and transform workers)."""
+    pids = [pid]
+    for child in children(pid):
+        pids += tree(child)
+    return pids
+
+
+def tree_cpu(pids: Sequence[int]) -> dict[int, float]:
+    return {pid: process_cpu(pid) for pid in pids}
+
+
+def peak_kib(pid: int) -> int:
+    """The most memory a process held (VmHWM)."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return 0
+    return sum(int(line.split()[1]) for line in lines if line.startswith("VmHWM"))
+
+
+def rss_kib(pids: Sequence[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+        except OSError:
+            continue
+        total += sum(int(line.split()[1]) for line in lines if line.startswith("VmRSS"))
+    return total
 
 
 class Nginx:
@@ -133,29 +184,11 @@ class Nginx:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for_port(self.port, process=self.process)
 
-    def pids(self) -> list[int]:
-        """The master and its workers."""
-        children = []
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    stat = (entry / "stat").read_text()
-                except OSError:
-                    continue
-                if int(stat.rsplit(")", 1)[1].split()[1]) == self.process.pid:
-                    children.append(int(entry.name))
-        return [self.process.pid, *children]
-
     def cpu_seconds(self) -> float:
-        return sum(process_cpu(pid) for pid in self.pids())
+        return sum(tree_cpu(tree(self.process.pid)).values())
 
     def rss_kib(self) -> int:
-        total = 0
-        for pid in self.pids():
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS"):
-                    total += int(line.split()[1])
-        return total
+        return rss_kib(tree(self.process.pid))
 
     def stop(self) -> None:
         self.process.terminate()
@@ -163,18 +196,20 @@ class Nginx:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def start_smtpeter(sink_port: int, bench_config: bool) -> tuple[Smtpeter, int]:
+def start_smtpeter(sink_port: int, bench_config: bool, workers: int | None) -> tuple[Smtpeter, int]:
     """smtpeter with a route to the sink and an HTTP listener; returns it and the HTTP port.
 
-    ``bench_config``: the bench's (fixed tracking.keys, public_url on the listener); else the default
-    one, as etc/smtpeter.toml has it (and the trust and route the set-up needs).
+    ``bench_config``: the bench's (fixed tracking.keys, public_url on the listener, ``workers`` redirect
+    workers unless None); else the default one, as etc/smtpeter.toml has it (and the trust and route the
+    set-up needs).
     """
     http_port = free_port()
     route = f'[delivery]\nroutes = {{ "*" = "{SINK_HOST}:{sink_port}" }}\n'
     listen = f'[http]\nlisten = ["tcp:{http_port}:interface=127.0.0.1"]\n'
     if bench_config:
+        tuned = "" if workers is None else f"redirect_workers = {workers}\n"
         server = Smtpeter(extra_toml=route + listen + f'public_url = "http://127.0.0.1:{http_port}"\n'
-                          f'[tracking]\nkeys = ["{KEY}"]\n')
+                          + tuned + f'[tracking]\nkeys = ["{KEY}"]\n')
     else:
         server = Smtpeter(extra_toml=route + listen)
         server.config.write_text(
@@ -309,17 +344,22 @@ def measure_ours(name: str, server: Smtpeter, port: int, script: Path, database:
                  connections: int, seconds: float, record_timeout: float) -> Row:
     assert server.process is not None
     pid = server.process.pid
+    pids = tree(pid)  # the main process, its redirect workers and its transform workers
     before = click_count(database)
-    cpu = process_cpu(pid)
+    cpu = tree_cpu(pids)
     load = wrk(port, script, connections, seconds)
-    load_cpu = process_cpu(pid) - cpu
+    load_cpu = {p: seconds - cpu[p] for p, seconds in tree_cpu(pids).items()}
     # A batch is written whole, after every recipient in it was read: progress comes in steps.
     recorded, lag = wait_recorded(database, before + load["requests"], idle_limit=60, timeout=record_timeout)
     recorded -= before
-    row = Row(name, connections, load, 1000 * load_cpu / max(1, load["requests"]),
-              server.memory()["VmRSS"] / 1024, recorded=recorded, record_seconds=lag)
+    requests = max(1, load["requests"])
+    row = Row(name, connections, load, 1000 * sum(load_cpu.values()) / requests, rss_kib(pids) / 1024,
+              recorded=recorded, record_seconds=lag)
+    others = sum(load_cpu.values()) - load_cpu[pid]
+    row.notes.append(f"cpu ms/req during the load: main process {1000 * load_cpu[pid] / requests:.3f}, "
+                     f"{len(pids) - 1} worker processes {1000 * others / requests:.3f}")
     if recorded >= load["requests"]:
-        row.cpu_recorded_ms = 1000 * (process_cpu(pid) - cpu) / max(1, load["requests"])
+        row.cpu_recorded_ms = 1000 * (sum(tree_cpu(pids).values()) - sum(cpu.values())) / requests
     else:
         row.notes.append(f"only {recorded} of {load['requests']} clicks stored {lag:.1f} s after the load")
     return row
@@ -352,12 +392,13 @@ def check_nginx(nginx: Nginx, path: str) -> None:
 
 
 def run_smtpeter(name: str, bench_config: bool, sink: SmtpSink, args: argparse.Namespace,
-                 nginxes: Sequence[Nginx] = ()) -> tuple[list[Row], list[Row], str]:
+                 nginxes: Sequence[Nginx] = (),
+                 workers: int | None = None) -> tuple[list[Row], list[Row], str]:
     """Set up one smtpeter, check it, load it at each connection count (and each nginx right after).
 
     Returns our rows, nginx's rows, and a line about the clicks stored after the process stopped.
     """
-    server, port = start_smtpeter(sink.port, bench_config)
+    server, port = start_smtpeter(sink.port, bench_config, workers)
     ours: list[Row] = []
     theirs: list[Row] = []
     try:
@@ -386,7 +427,7 @@ def run_smtpeter(name: str, bench_config: bool, sink: SmtpSink, args: argparse.N
             ours.append(row)
             theirs += [measure_nginx(nginx.name, nginx, script, connections, args.seconds)
                        for nginx in nginxes]
-        peak = server.memory()["VmHWM"] / 1024
+        peak = sum(peak_kib(pid) for pid in tree(server.process.pid)) / 1024
         shutil.rmtree(script.parent, ignore_errors=True)
         stopping = time.monotonic()
         server.process.terminate()  # it writes every hit it took before it ends
@@ -434,6 +475,9 @@ def main() -> None:
     parser.add_argument("--record-timeout", type=float, default=120,
                         help="longest wait, after a run, for its clicks to be stored")
     parser.add_argument("--skip-default", action="store_true", help="no run in the default configuration")
+    parser.add_argument("--workers", type=int, default=TUNED_WORKERS,
+                        help="http.redirect_workers of the tuned run (the default config's: one per core "
+                             "beside the reactor's)")
     args = parser.parse_args()
     args.connections = [int(c) for c in args.connections.split(",")]
     require("wrk", NGINX, "smtp-sink")
@@ -443,13 +487,13 @@ def main() -> None:
     nginxes: list[Nginx] = []
     try:
         nginxes += [Nginx("1"), Nginx("auto")]
-        ours, nginx_rows, final = run_smtpeter("smtpeter", True, sink, args, nginxes)
+        ours, nginx_rows, final = run_smtpeter(TUNED, True, sink, args, nginxes, args.workers)
         finals = [final]
         for nginx in nginxes:
             nginx.stop()
         nginxes = []
         if not args.skip_default:
-            rows, _, final = run_smtpeter("smtpeter default config", False, sink, args)
+            rows, _, final = run_smtpeter(DEFAULT, False, sink, args)
             ours += rows
             finals.append(final)
     finally:
@@ -458,15 +502,15 @@ def main() -> None:
         sink.stop()
 
     print(f"redirect: wrk -t1 keep-alive, {args.seconds:.0f} s per run, {args.urls} distinct signed click "
-          f"URLs for {args.recipients} delivered recipients; smtpeter on sqlite, 1 process; "
+          f"URLs for {args.recipients} delivered recipients; smtpeter on sqlite; "
           f"{os.cpu_count()} cores shared with wrk; {time.monotonic() - started:.0f} s")
     table([*ours, *nginx_rows])
     for connections in args.connections:
-        mine = next(r for r in ours if r.connections == connections and r.server == "smtpeter")
         one = next(r for r in nginx_rows if r.connections == connections and r.server == "nginx 1 worker")
-        print(f"ratio ours/nginx (1 worker), {connections} connections: "
-              f"{mine.load['per_second'] / one.load['per_second']:.2f} req/s, "
-              f"p99 {mine.load['p99_ms']:.2f} vs {one.load['p99_ms']:.2f} ms")
+        for mine in (r for r in ours if r.connections == connections and r.server in (TUNED, DEFAULT)):
+            print(f"ratio {mine.server}/nginx (1 worker), {connections} connections: "
+                  f"{mine.load['per_second'] / one.load['per_second']:.2f} req/s, "
+                  f"p99 {mine.load['p99_ms']:.2f} vs {one.load['p99_ms']:.2f} ms")
     for final in finals:
         print(final)
     failed = [r for r in ours if r.load["errors"] or (r.recorded or 0) < r.load["requests"]]

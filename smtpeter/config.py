@@ -102,6 +102,9 @@ class HTTPConfig:
     # Incoming mail servers Thunderbird's autoconfig should name with our SMTP
     # service, as URLs: imaps://host:993, imap://host:143 (STARTTLS), pop3s://, pop3://.
     autoconfig_incoming: list[str] = field(default_factory=list)
+    # Processes that answer clicks and opens on the plain listeners (smtpeter/ingress/http/
+    # redirect_workers.py); unset: one per core beside the reactor's; 0: the reactor answers them.
+    redirect_workers: int | None = None
 
 
 @dataclass
@@ -449,6 +452,8 @@ def _validate(config: Config) -> None:
                  "max_connections_per_client", "max_errors"):
         if getattr(config.smtp, name) <= 0:
             raise ConfigError(f"[smtp] {name} must be positive")
+    if (config.http.redirect_workers or 0) < 0:
+        raise ConfigError("[http] redirect_workers must not be negative")
     for url in config.http.autoconfig_incoming:
         try:
             incoming_server(url)

@@ -35,6 +35,7 @@ _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 _FROM_CROCKFORD = bytes.maketrans(_CROCKFORD.encode(), b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567")
 _TO_CROCKFORD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _CROCKFORD.encode())
 MAX_POSITION = 0xFFFF
+_IDS_KEPT = 100_000  # recipient ids a signer remembers the text of (then it starts again)
 
 
 @dataclass(frozen=True)
@@ -46,22 +47,46 @@ class Link:
     position: int
 
 
+class _Key:
+    """HMAC-SHA256 under one key (RFC 2104) with its padded key blocks hashed once: a tag then costs
+    two copies and two short updates (0.6 µs, against 2.7 for ``hmac.digest``: the redirector makes
+    one a click)."""
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) > 64:
+            key = hashlib.sha256(key).digest()
+        block = key.ljust(64, b"\0")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
+
+    def tag(self, body: bytes, subject: bytes) -> bytes:
+        inner = self._inner.copy()
+        inner.update(body + b"\0" + subject)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()[:_TAG_BYTES]
+
+
 class LinkSigner:
     def __init__(self, keys: Sequence[bytes]) -> None:
         if not keys:
             raise ValueError("at least one key is needed to sign links")
-        self._signing = keys[0]
-        self._keys: dict[int, list[bytes]] = {}
+        self._signing = _Key(keys[0])
+        self._signing_id = key_id(keys[0])
+        self._keys: dict[int, list[_Key]] = {}
         for key in keys:
-            self._keys.setdefault(key_id(key), []).append(key)
+            self._keys.setdefault(key_id(key), []).append(_Key(key))
+        # Recipient ids by their 11 bytes: base64's base32 is pure Python (2.6 µs an id), and a
+        # mailing's readers click again and again.
+        self._ids: dict[bytes, str] = {}
 
     def sign(self, link: Link, subject: bytes = b"") -> str:
         """The token for ``link`` whose ``subject`` (e.g. the click's target URL) it vouches for."""
         if not 0 <= link.position <= MAX_POSITION:
             raise ValueError(f"link position {link.position} out of range")
-        head = bytes([_VERSION, key_id(self._signing), KINDS[link.kind]]) + link.position.to_bytes(2, "big")
+        head = bytes([_VERSION, self._signing_id, KINDS[link.kind]]) + link.position.to_bytes(2, "big")
         body = head + _id_bytes(link.recipient_id)
-        token = base64.urlsafe_b64encode(body + _tag(self._signing, body, subject))
+        token = base64.urlsafe_b64encode(body + self._signing.tag(body, subject))
         return token.rstrip(b"=").decode("ascii")
 
     def verify(self, token: str, subject: bytes = b"") -> Link | None:
@@ -78,18 +103,20 @@ class LinkSigner:
         if len(raw) != _TOKEN_BYTES or raw[0] != _VERSION or raw[2] not in _KIND_NAMES:
             return None
         body, tag = raw[:-_TAG_BYTES], raw[-_TAG_BYTES:]
-        if not any(hmac.compare_digest(tag, _tag(key, body, subject)) for key in self._keys.get(raw[1], ())):
+        if not any(hmac.compare_digest(tag, key.tag(body, subject)) for key in self._keys.get(raw[1], ())):
             return None
-        recipient_id = base64.b32encode(body[_HEAD:]).translate(_TO_CROCKFORD)[:18].decode("ascii")
+        id_bytes = body[_HEAD:]
+        recipient_id = self._ids.get(id_bytes)
+        if recipient_id is None:
+            if len(self._ids) >= _IDS_KEPT:
+                self._ids.clear()
+            recipient_id = self._ids[id_bytes] = (
+                base64.b32encode(id_bytes).translate(_TO_CROCKFORD)[:18].decode("ascii"))
         return Link(_KIND_NAMES[raw[2]], recipient_id, int.from_bytes(raw[3:5], "big"))
 
 
 def key_id(key: bytes) -> int:
     return hashlib.sha256(key).digest()[0]
-
-
-def _tag(key: bytes, body: bytes, subject: bytes) -> bytes:
-    return hmac.digest(key, body + b"\0" + subject, "sha256")[:_TAG_BYTES]
 
 
 def _id_bytes(recipient_id: str) -> bytes:

@@ -22,6 +22,7 @@ from smtpeter.domains.hosted_dns import HostedDNS
 from smtpeter.domains.registry import SenderDomains
 from smtpeter.events.metrics import Metrics
 from smtpeter.events.statistics import Statistics
+from smtpeter.ingress.http.redirect_workers import RedirectWorkers, worker_count
 from smtpeter.ingress.http.site import API
 from smtpeter.ingress.mx.policy import InboundPolicy
 from smtpeter.ingress.mx.receiver import BounceDomains, InboundFactory
@@ -98,6 +99,7 @@ class SmtpeterService(service.Service):
         self.inbound_processor: InboundProcessor | None = None  # what mx.listen received
         self.mx_ports: list[Any] = []
         self.ports: list[Any] = []
+        self.redirect_workers: RedirectWorkers | None = None
         self.ready: defer.Deferred = defer.Deferred()
 
     def startService(self) -> None:
@@ -216,8 +218,15 @@ class SmtpeterService(service.Service):
         self.suppressions.start()
         site = self.api.site()
         self.api.hit_log.start()
-        for description in config.http.listen:
-            self.ports.append(await listen(self.reactor, description, site, "HTTP API"))
+        plain = [await listen(self.reactor, description, site, "HTTP API")
+                 for description in config.http.listen]
+        self.ports += plain
+        # Clicks and opens on the plain listeners: answered by processes of their own.
+        self.redirect_workers = RedirectWorkers(
+            self.reactor, worker_count(config.http.redirect_workers),
+            signing_keys(config.tracking.keys, config.data_path), config.public_url, site, self.api.hit_log,
+            self.clock)
+        self.redirect_workers.start(plain)
         for description in config.http.listen_tls:
             self.ports.append(await listen_tls(description, site, "HTTPS API"))
         if config.mx.listen:
@@ -286,6 +295,9 @@ class SmtpeterService(service.Service):
     @defer.inlineCallbacks
     def stopService(self) -> Any:
         super().stopService()
+        if self.redirect_workers is not None:  # first: they accept on the ports, and hold hits
+            yield defer.Deferred.fromCoroutine(self.redirect_workers.stop())
+            self.redirect_workers = None
         for port in self.ports:
             yield port.stopListening()
         self.ports.clear()

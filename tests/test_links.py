@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hmac
 import os
 import shutil
 import stat
@@ -44,6 +46,14 @@ class LinkTests(unittest.TestCase):
         fresh = rotated.sign(self.link, b"x")
         self.assertIsNone(self.signer.verify(fresh, b"x"))  # new links need the new key
         self.assertEqual(LinkSigner([b"new key"]).verify(fresh, b"x"), self.link)
+
+    def test_tags_are_hmac_sha256(self) -> None:
+        # Tokens signed before the signer hashed its key blocks once still verify, for any key length.
+        for key in (b"first key", b"k" * 64, b"long " * 40):
+            token = LinkSigner([key]).sign(self.link, b"https://x.example/")
+            raw = base64.urlsafe_b64decode(token + "==")
+            expected = hmac.digest(key, raw[:-16] + b"\0https://x.example/", "sha256")[:16]
+            self.assertEqual(raw[-16:], expected)
 
     def test_a_key_is_made_once_and_kept_private(self) -> None:
         directory = tempfile.mkdtemp(prefix="smtpeter-test-")

@@ -45,6 +45,8 @@ def newsletter(banner: str, headers: str = "") -> bytes:
 
 
 class TrackingEndToEndTests(unittest.TestCase):
+    redirect_workers = 2  # clicks and opens answered by processes of their own (redirect_workers.py)
+
     async def start(self) -> Rig:
         self.http_port = free_port_on("127.0.0.1")
         self.public_url = f"http://127.0.0.1:{self.http_port}"
@@ -57,7 +59,8 @@ class TrackingEndToEndTests(unittest.TestCase):
         self.addCleanup(port.stopListening)
         self.banner = f"http://{ORIGIN_IP}:{port.getHost().port}/banner.gif"
         await rig.start(sections={
-            "http": {"listen": [f"tcp:{self.http_port}:interface=127.0.0.1"], "public_url": self.public_url},
+            "http": {"listen": [f"tcp:{self.http_port}:interface=127.0.0.1"], "public_url": self.public_url,
+                     "redirect_workers": self.redirect_workers},
             "tracking": {"allow_networks": [f"{ORIGIN_IP}/32"], "bot_seconds": BOT_SECONDS}})
         rig.dns.mail_host("dest.test", "mx.dest.test", "127.0.0.2")
         self.client = Client(self.public_url, rig.login.token)
@@ -211,3 +214,6 @@ class TrackingEndToEndTests(unittest.TestCase):
         self.assertNotIn(self.public_url, page)
         self.assertIn('href="https://shop.example/offer?size=42&amp;colour=red"', page)
 
+
+class InProcessTrackingEndToEndTests(TrackingEndToEndTests):
+    redirect_workers = 0  # the reactor answers them (clicks.TrackingChannel)

@@ -60,6 +60,7 @@ _RECIPIENT_EVENT_TYPES = tuple(t for t in TYPES if t not in (CLICK, OPEN))
 _OpenKey = tuple[str, str, str]  # recipient id, client address, user agent
 _PRIVATE_HEADERS = frozenset({b"cookie", b"authorization", b"proxy-authorization"})
 _MAX_HEADERS = 8192  # characters of request headers kept per hit
+_HEADS_KEPT = 4096  # header blocks remembered as read (then it starts again)
 
 
 class Hit(NamedTuple):
@@ -78,7 +79,8 @@ class Hit(NamedTuple):
 
 
 _RawHit = tuple  # a Hit's fields, in order (HitLog._pending)
-_TIME, _RECIPIENT_ID = Hit._fields.index("time"), Hit._fields.index("recipient_id")
+_TIME, _KIND, _RECIPIENT_ID, _POSITION, _IP = map(
+    Hit._fields.index, ("time", "kind", "recipient_id", "position", "ip"))
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,9 @@ class HitLog:
         self._clicks: OrderedDict[str, ClickWindow] = OrderedDict()
         self._recipients: OrderedDict[str, _Recipient | None] = OrderedDict()
         self._opens: OrderedDict[_OpenKey, float] = OrderedDict()  # -> when it last opened
+        # Header blocks as events keep them: a browser of one version and language sends the same
+        # block for every click (no cookies of ours), so most are read once.
+        self._heads: dict[bytes, Head] = {}
         self._timer: Any = None
         self._writing: defer.Deferred | None = None
         self.dropped = 0
@@ -124,23 +129,29 @@ class HitLog:
 
     def add(self, hit: Hit) -> None:
         """Take a hit (on the request path: an append)."""
+        self.add_raw(tuple(hit))
+
+    def add_raw(self, raw: _RawHit) -> None:
+        """``add`` for a hit as a plain tuple of Hit's fields (as redirect workers send them)."""
         if len(self._pending) >= MAX_PENDING:
-            self._drop()
+            self.drop()
             return
-        self._pending.append(tuple(hit))
-        if hit.kind == CLICK:
-            window = self._clicks.get(hit.recipient_id)
+        self._pending.append(raw)
+        if raw[_KIND] == CLICK:
+            recipient_id = raw[_RECIPIENT_ID]
+            window = self._clicks.get(recipient_id)
             if window is None:
-                window = self._clicks[hit.recipient_id] = ClickWindow()
+                window = self._clicks[recipient_id] = ClickWindow()
             else:
-                self._clicks.move_to_end(hit.recipient_id)
-            window.add(hit.time, hit.position, hit.ip)
+                self._clicks.move_to_end(recipient_id)
+            window.add(raw[_TIME], raw[_POSITION], raw[_IP])
         if self._timer is None and self.running:
             self._timer = self.clock.callLater(INTERVAL, self._tick)
 
-    def _drop(self) -> None:
-        self.dropped += 1
-        self.metrics.count("smtpeter_hits_dropped_total")
+    def drop(self, count: int = 1) -> None:
+        """Count hits not recorded (here, or by a redirect worker that could not send them)."""
+        self.dropped += count
+        self.metrics.count("smtpeter_hits_dropped_total", count)
         if time_module.monotonic() - self._dropped_logged_at >= DROPPED_LOG_SECONDS:
             self._log_dropped()
 
@@ -212,6 +223,7 @@ class HitLog:
         counted: list[tuple[str, bool]] = []
         opens: dict[_OpenKey, float] = {}  # this batch's, kept once it is written
         no_clicks = ClickWindow()
+        heads = self._heads
         for start in range(0, len(batch), SLICE):
             if start:
                 await task.deferLater(self.clock, 0)  # let the reactor answer requests in between
@@ -219,7 +231,11 @@ class HitLog:
                 recipient = recipients.get(hit.recipient_id)
                 if recipient is None:
                     continue  # not ours (any more): nothing is recorded
-                head = read_head(hit.head)
+                head = heads.get(hit.head)
+                if head is None:
+                    if len(heads) >= _HEADS_KEPT:
+                        heads.clear()
+                    head = heads[hit.head] = read_head(hit.head)
                 if hit.kind == OPEN and self._repeated_open(hit, head.user_agent, opens):
                     continue
                 clicks = self._clicks.get(hit.recipient_id, no_clicks)

@@ -802,7 +802,8 @@ class APITests(unittest.TestCase):
             "smtpeter_received": "counter", "smtpeter_bounces_received": "counter",
             "smtpeter_responses_received": "counter", "smtpeter_complaints_received": "counter",
             "smtpeter_queue_depth": "gauge", "smtpeter_destination_connections": "gauge",
-            "smtpeter_destination_queued": "gauge"})
+            "smtpeter_destination_queued": "gauge", "smtpeter_destination_paused": "gauge",
+            "smtpeter_destination_deferral_ratio": "gauge"})
         self.assertEqual(value(before, "smtpeter_accepted_total"), 0)
         self.assertEqual(value(before, "smtpeter_queue_depth"), 0)
         await self.send({"recipient": "a@dest.example", "from": "info@example.com", "text": "x"})

@@ -7,24 +7,47 @@ from a thread about as much as from the reactor itself, so they run in
 processes: ``delivery.transform_workers`` of them (default: one per core
 beside the reactor's). With 0, they run in the reactor's thread pool.
 
-At most twice as many calls as workers are in work or waiting in the pool at
-once (a slot is free again only when its call has really ended); the rest
-wait here, holding only references to data the scheduler holds anyway.
+The processes (worker.py) are the reactor's own children, and the reactor
+reads and writes their pipes itself: a call is one pickled frame out and one
+back, with no thread in this process. (``concurrent.futures``' process pool
+pickles, unpickles and hands results over in threads of this process; their
+fight with the reactor for the GIL cost the reactor about 1 ms a DKIM-signed
+message, most of it waiting in its own ``send()`` calls: bench/relay.py.)
+
+Each worker has up to ``DEPTH`` calls in its pipe (it starts the next one as
+soon as it has answered), a call goes to the least loaded, the rest wait
+here, not yet pickled, holding only references to data the scheduler holds
+anyway. A worker that dies (killed, out of memory) is replaced; the call it
+was running is tried once more, the calls behind it in its pipe go again as
+new, so a message that kills its worker twice fails alone.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
-import multiprocessing
 import os
+import pickle
+import sys
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, error, protocol
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from smtpeter.outbound.worker import HEADER, RESULTS_FD, WorkerError
 
 log = Logger()
+
+# Calls in a worker's pipe at once: the one it runs and the next, plus two for the reactor's
+# turn to come late (measured: 2 and 4 the same throughput, 1 lets the worker idle).
+DEPTH = 4
+
+
+class WorkerDied(WorkerError):
+    """The call's worker process ended while running it, on its second try too."""
 
 
 def default_worker_count() -> int:
@@ -32,92 +55,181 @@ def default_worker_count() -> int:
     return max(1, len(os.sched_getaffinity(0)) - 1)
 
 
+@dataclass(eq=False)
+class _Call:
+    fn: Callable[..., Any]
+    args: tuple
+    result: defer.Deferred = field(init=False)
+    retry: bool = True  # may be tried once more if its worker dies running it
+    payload: bytes | None = None  # pickled, once sent
+
+
 class Workers:
     def __init__(self, reactor: Any, processes: int) -> None:
         self.reactor = reactor
         self.processes = processes
-        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
-        self._turns = defer.DeferredSemaphore(max(2, 2 * processes))
+        self._turns = defer.DeferredSemaphore(2)  # without processes: calls in the thread pool at once
+        self._waiting: deque[_Call] = deque()
+        self._workers: list[_Worker] = []
         self._stopped = False
 
     def run(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred:
         """``fn(*args)`` in a worker; ``fn`` and the arguments must pickle (module-level functions).
 
-        A worker that dies (killed, out of memory) fails every call it had; such a call is
-        tried once more on fresh workers, so one poisonous message cannot fail the others twice.
+        Cancelling the Deferred drops the call if it has not been sent, its result if it has.
         """
         if self._stopped:
             return defer.fail(defer.CancelledError("the workers are stopped"))
         if self.processes == 0:
             return self._turns.run(deferToThreadPool, self.reactor, self.reactor.getThreadPool(), fn, *args)
-        result: defer.Deferred = defer.Deferred()
-        self._turns.acquire().addCallback(lambda _: self._submit(result, fn, args, retry=True))
-        return result
+        call = _Call(fn, args)
+        call.result = defer.Deferred(lambda _: self._cancel(call))
+        self._waiting.append(call)
+        self._dispatch()
+        return call.result
 
-    def _submit(self, result: defer.Deferred, fn: Callable[..., Any], args: tuple, retry: bool) -> None:
-        if result.called or self._stopped:  # cancelled while waiting for a turn
-            self._turns.release()
-            if not result.called:
-                result.errback(defer.CancelledError("the workers are stopped"))
-            return
-        try:
-            pool = self._process_pool()
-            try:
-                future = pool.submit(fn, *args)
-            except concurrent.futures.BrokenExecutor:
-                self._replace(pool)
-                pool = self._process_pool()
-                future = pool.submit(fn, *args)
-        except Exception as exc:  # the processes cannot even be started
-            self._turns.release()
-            result.errback(exc)
-            return
-        result.addErrback(_cancel, future)
-        future.add_done_callback(
-            lambda f: self.reactor.callFromThread(self._finished, result, f, pool, fn, args, retry))
+    def pids(self) -> list[int]:
+        """The worker processes' ids (the tests kill them)."""
+        return [worker.pid for worker in self._workers if worker.pid is not None]
 
-    def _finished(self, result: defer.Deferred, future: concurrent.futures.Future,
-                  pool: concurrent.futures.ProcessPoolExecutor, fn: Callable[..., Any], args: tuple,
-                  retry: bool) -> None:
-        error = None if future.cancelled() else future.exception()
-        if isinstance(error, concurrent.futures.BrokenExecutor) and retry and not self._stopped:
-            log.warn("a transform worker died ({error}); trying its work once more", error=error)
-            self._replace(pool)
-            self._submit(result, fn, args, retry=False)  # keeps the turn
+    def _cancel(self, call: _Call) -> None:
+        if call in self._waiting:  # not sent; a sent one's result will be dropped
+            self._waiting.remove(call)
+
+    def _dispatch(self) -> None:
+        while self._waiting and not self._stopped:
+            if len(self._workers) < self.processes:
+                try:
+                    self._spawn()
+                except Exception as exc:  # the processes cannot even be started
+                    self._fail_waiting(Failure(exc))
+                    return
+            worker = min(self._workers, key=lambda w: len(w.calls))
+            if len(worker.calls) >= DEPTH:
+                return
+            call = self._waiting.popleft()
+            if call.payload is None:
+                try:
+                    call.payload = pickle.dumps((call.fn, call.args), pickle.HIGHEST_PROTOCOL)
+                except Exception as exc:
+                    call.result.errback(exc)
+                    continue
+            worker.send(call)
+
+    def _spawn(self) -> None:
+        worker = _Worker(self)
+        env = dict(os.environ)
+        # The worker imports what this process can (the steps; a test's own functions).
+        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(entry for entry in sys.path if entry))
+        self.reactor.spawnProcess(worker, sys.executable,
+                                  [sys.executable, "-m", "smtpeter.outbound.worker", str(os.getpid())],
+                                  env=env, childFDs={0: "w", 1: "r", 2: "r", RESULTS_FD: "r"})
+        self._workers.append(worker)
+
+    def _answered(self, call: _Call, ok: bool, value: Any) -> None:
+        if call.result.called:  # cancelled: the result is dropped
             return
-        self._turns.release()
-        if result.called:
-            return
-        if future.cancelled():
-            result.errback(defer.CancelledError())
-        elif error is not None:
-            result.errback(error)
+        if ok:
+            call.result.callback(value)
         else:
-            result.callback(future.result())
+            call.result.errback(value)
 
-    def _process_pool(self) -> concurrent.futures.ProcessPoolExecutor:
-        if self._pool is None:
-            # Not fork: this process runs threads (the reactor's pool, SQLite's writer).
-            context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload(["smtpeter.outbound.steps"])
-            self._pool = concurrent.futures.ProcessPoolExecutor(self.processes, mp_context=context)
-        return self._pool
+    def _ended(self, worker: _Worker, reason: Failure) -> None:
+        self._workers.remove(worker)
+        calls = list(worker.calls.values())
+        worker.calls.clear()
+        if self._stopped or not calls:
+            return
+        running, behind = calls[0], calls[1:]
+        log.warn("transform worker {pid} died ({reason}) with {count} calls in its pipe", pid=worker.pid,
+                 reason=reason.getErrorMessage(), count=len(calls))
+        self._waiting.extendleft(reversed([call for call in behind if not call.result.called]))
+        if running.retry and not running.result.called:
+            running.retry = False
+            self._waiting.appendleft(running)
+        elif not running.result.called:
+            running.result.errback(WorkerDied(f"a transform worker died running the call, twice "
+                                              f"({reason.getErrorMessage()})"))
+        self._dispatch()
 
-    def _replace(self, broken: concurrent.futures.ProcessPoolExecutor) -> None:
-        broken.shutdown(wait=False, cancel_futures=True)
-        if self._pool is broken:
-            self._pool = None
+    def _fail_waiting(self, failure: Failure) -> None:
+        waiting, self._waiting = self._waiting, deque()
+        for call in waiting:
+            call.result.errback(failure)
 
-    def stop(self) -> None:
-        """No more work: what waits is cancelled, the processes end."""
+    def stop(self) -> defer.Deferred:
+        """No more work: what waits or runs is cancelled, the processes end; fires once they have."""
         self._stopped = True
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+        self._fail_waiting(Failure(defer.CancelledError("the workers are stopped")))
+        ended = []
+        for worker in self._workers:
+            calls = list(worker.calls.values())
+            worker.calls.clear()
+            for call in calls:
+                if not call.result.called:
+                    call.result.errback(defer.CancelledError("the workers are stopped"))
+            worker.terminate()
+            ended.append(worker.ended)
+        return defer.DeferredList(ended)
 
 
-def _cancel(failure: Any, future: concurrent.futures.Future) -> Any:
-    """The caller gave up: the work is dropped if it has not begun (the turn is held until it ends)."""
-    if failure.check(defer.CancelledError):
-        future.cancel()
-    return failure
+class _Worker(protocol.ProcessProtocol):
+    """One worker process: calls on its stdin, results on RESULTS_FD, anything else logged."""
+
+    def __init__(self, owner: Workers) -> None:
+        self.owner = owner
+        self.pid: int | None = None
+        self.calls: dict[int, _Call] = {}  # sent and not answered, in the order sent
+        self.ended: defer.Deferred = defer.Deferred()
+        self._next_id = 0
+        self._results = bytearray()
+        self._text = {1: b"", 2: b""}  # a line begun on stdout or stderr
+
+    def connectionMade(self) -> None:
+        self.pid = self.transport.pid
+
+    def send(self, call: _Call) -> None:
+        assert call.payload is not None
+        self._next_id += 1
+        self.calls[self._next_id] = call
+        self.transport.writeSequence([HEADER.pack(len(call.payload), self._next_id), call.payload])
+
+    def childDataReceived(self, fd: int, data: bytes) -> None:
+        if fd != RESULTS_FD:
+            *lines, self._text[fd] = (self._text.get(fd, b"") + data).split(b"\n")
+            for line in lines:
+                log.warn("transform worker {pid}: {line}", pid=self.pid, line=line.decode("utf-8", "replace"))
+            return
+        buffer = self._results
+        buffer += data
+        offset, answered = 0, []
+        while len(buffer) - offset >= HEADER.size:
+            length, call_id = HEADER.unpack_from(buffer, offset)
+            end = offset + HEADER.size + length
+            if len(buffer) < end:
+                break
+            answered.append((self.calls.pop(call_id, None), buffer[offset + HEADER.size:end]))
+            offset = end
+        del buffer[:offset]
+        for call, payload in answered:
+            if call is not None:
+                self.owner._answered(call, *_outcome(payload))
+        self.owner._dispatch()
+
+    def terminate(self) -> None:
+        try:
+            self.transport.signalProcess("TERM")  # what it runs now is not wanted any more
+        except error.ProcessExitedAlready:
+            pass
+
+    def processEnded(self, reason: Failure) -> None:
+        self.owner._ended(self, reason)
+        self.ended.callback(None)
+
+
+def _outcome(payload: bytearray) -> tuple[bool, Any]:
+    try:
+        ok, value = pickle.loads(payload)  # noqa: S301 - from our own child
+    except Exception as exc:
+        return False, WorkerError(f"the call's outcome does not unpickle: {exc!r}")
+    return ok, value

@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import socket
+from types import SimpleNamespace
 from typing import Any
 
 from twisted.internet import reactor
@@ -18,6 +19,7 @@ from twisted.trial import unittest
 
 from smtpeter import tracking_urls
 from smtpeter.config import ConfigError, parse_config
+from smtpeter.ingress.http import redirect_worker, redirect_workers
 from smtpeter.links import Link
 from tests.support.http import Client
 from tests.support.rig import Rig, sleep
@@ -180,6 +182,15 @@ class RedirectWorkerTests(unittest.TestCase):
         events = await storage.events(self.recipient_id)
         self.assertEqual(sorted(e.data["position"] for e in events if e.type == "click"), [1, 2, 3])
 
+    async def test_hits_wait_in_the_workers_while_the_hit_log_is_behind(self) -> None:
+        self.patch(redirect_workers, "BEHIND", 2)  # behind from the second hit waiting to be written
+        await self.start()
+        await sleep(BOT_SECONDS)
+        for position in range(1, 7):
+            (answer,) = await deferToThread(exchange, self.port, [("GET", self.link(position), {}, None)])
+            self.assertEqual(answer[0], 302)
+        self.assertEqual(len({c["url"] for c in await self.clicks(6)}), 6)  # each link once
+
     async def test_without_workers_the_reactor_answers(self) -> None:
         await self.start(workers=0)
         self.assertEqual(self.rig.service.redirect_workers.pids(), [])
@@ -196,3 +207,35 @@ class RedirectWorkerConfigTests(unittest.TestCase):
             parse_config({"http": {"redirect_workers": -1}})
         with self.assertRaises(ConfigError):
             parse_config({"http": {"redirect_workers": "2"}})
+
+
+class HitPipeTests(unittest.TestCase):
+    """A worker's frames of hits over a pipe that takes only part of them at a time."""
+
+    def test_frames_arrive_whole_and_what_is_given_up_is_counted(self) -> None:
+        hits = redirect_worker.HitBatch("https://t.example")
+        link = Link("click", "0" * 18, 3)
+        for batch in range(6):
+            for n in range(1000):
+                hits.add("click", link, f"https://shop.example/{batch}/{n}", b"GET", b"/c/x",
+                         b"User-Agent: x", "192.0.2.1", False)
+            hits.frame()  # a frame is some 80 KB: more than the pipe holds
+        received: list[tuple] = []
+        dropped: list[int] = []
+        owner = SimpleNamespace(take_hits=lambda d, h: (dropped.append(d), received.extend(h)),
+                                reactor=reactor)
+        reader_end, writer_end = os.pipe()
+        os.set_blocking(writer_end, False)
+        reader = redirect_workers._Hits(owner, reader_end)
+        self.addCleanup(reader.close)
+        self.assertFalse(hits.send(writer_end))  # the pipe is full, a frame sent in part
+        self.assertEqual(hits.drop_unsent(), 5000)  # all but the frame begun
+        hits.frame()  # says what was dropped
+        while not hits.send(writer_end):
+            reader.drain(1 << 20)
+        os.close(writer_end)
+        reader.drain()
+        self.assertEqual((len(received), sum(dropped)), (1000, 5000))
+        self.assertEqual(received[0][1:4], ("click", "0" * 18, 3))
+        self.assertEqual(received[-1][5:7], ("https://t.example/c/x", "https://shop.example/0/999"))
+        self.assertEqual(hits.framed, 0)

@@ -121,6 +121,7 @@ class HitLog:
         self._timer: Any = None
         self._writing: defer.Deferred | None = None
         self.dropped = 0
+        self.storage_failing = False  # the last write failed: hits wait (and past MAX_PENDING, drop)
         self._dropped_logged = 0  # of ``dropped``, how many a log line told of
         self._dropped_logged_at = -math.inf  # monotonic time of that line
         self.running = False
@@ -147,6 +148,11 @@ class HitLog:
             window.add(raw[_TIME], raw[_POSITION], raw[_IP])
         if self._timer is None and self.running:
             self._timer = self.clock.callLater(INTERVAL, self._tick)
+
+    @property
+    def waiting(self) -> int:
+        """Hits taken and not written yet."""
+        return len(self._pending)
 
     def drop(self, count: int = 1) -> None:
         """Count hits not recorded (here, or by a redirect worker that could not send them)."""
@@ -212,8 +218,10 @@ class HitLog:
                 written += await self._write(batch)
             except StorageError as exc:
                 log.warn("click and open events wait for storage: {error}", error=exc)
+                self.storage_failing = True
                 self._pending.extendleft(reversed(batch))
                 break
+            self.storage_failing = False
         return written
 
     async def _write(self, batch: Sequence[_RawHit]) -> int:

@@ -44,6 +44,7 @@ import socket
 import struct
 import sys
 import time
+from collections import deque
 from typing import Any
 
 from smtpeter.ingress.http.redirector import MAX_HEAD, Redirector, answer_head, origin
@@ -53,7 +54,11 @@ CONTROL_FD, HANDOFF_FD, HITS_FD, FIRST_LISTENER_FD = 0, 3, 4, 5
 READ_SIZE = 65536
 BATCH_HITS = 500  # a batch goes to the main process at this many hits, or after BATCH_SECONDS
 BATCH_SECONDS = 0.05
-MAX_WAITING = 100_000  # hits waiting for the main process to read them; past it, dropped (and counted)
+# Hits waiting for the main process to read them before the worker waits for it (answering nobody):
+# a main process behind on writing them stops reading, and so slows the workers to its pace rather
+# than lose hits. After STALL_SECONDS of waiting they are dropped (and counted) and the worker goes on.
+MAX_WAITING = 20_000
+STALL_SECONDS = 10.0
 SWEEP_SECONDS = 5.0  # idle connections are looked for this often
 _LENGTH = struct.Struct(">I")
 
@@ -64,14 +69,15 @@ class HitBatch:
     def __init__(self, public_url: str) -> None:
         self.origin, self.https = origin(public_url)
         self.hits: list[tuple] = []
-        self.frames: list[bytes] = []  # encoded, waiting for the pipe
+        self.frames: deque[tuple[bytes, int]] = deque()  # encoded, with their hit counts, for the pipe
+        self.sent = 0  # bytes of the first frame the pipe took already
         self.framed = 0  # hits in ``frames``
         self.dropped = 0  # not yet told to the main process
         self.first = 0.0  # monotonic time of the oldest hit in ``hits``
 
     def add(self, kind: str, link: Link, destination: str, method: bytes, uri: bytes, head: bytes,
             peer: str, secure: bool) -> None:
-        if len(self.hits) + self.framed >= MAX_WAITING:
+        if len(self.hits) + self.framed >= 2 * MAX_WAITING:  # the main process has not read for long
             self.dropped += 1
             return
         if not self.hits:
@@ -86,27 +92,39 @@ class HitBatch:
         """The hits taken into a frame for the pipe."""
         if self.hits or self.dropped:
             payload = marshal.dumps((self.dropped, self.hits))
-            self.frames.append(_LENGTH.pack(len(payload)) + payload)
+            self.frames.append((_LENGTH.pack(len(payload)) + payload, len(self.hits)))
             self.framed += len(self.hits)
             self.hits, self.dropped = [], 0
 
     def send(self, pipe: int) -> bool:
         """Write what the pipe takes now; whether everything went."""
         while self.frames:
-            data = b"".join(self.frames)
+            data, count = self.frames[0]
             try:
-                written = os.write(pipe, data)
+                self.sent += os.write(pipe, memoryview(data)[self.sent:])
             except BlockingIOError:
-                written = 0
-            if written < len(data):
-                self.frames = [data[written:]]
                 return False
-            self.frames, self.framed = [], 0
+            if self.sent < len(data):
+                return False
+            self.frames.popleft()
+            self.sent = 0
+            self.framed -= count
         return True
+
+    def drop_unsent(self) -> int:
+        """Give up the frames the pipe took nothing of yet (told as dropped in the next); how many hits."""
+        keep = self.frames.popleft() if self.frames and self.sent else None
+        lost = self.framed - (keep[1] if keep else 0)
+        self.frames.clear()
+        if keep:
+            self.frames.append(keep)
+        self.framed -= lost
+        self.dropped += lost
+        return lost
 
 
 class Connection:
-    __slots__ = ("closing", "handoff", "held", "out", "peer", "seen", "sock")
+    __slots__ = ("closing", "handoff", "held", "mask", "out", "peer", "seen", "sock")
 
     def __init__(self, sock: socket.socket, peer: str) -> None:
         self.sock = sock
@@ -115,6 +133,7 @@ class Connection:
         self.out = b""  # answers the socket did not take yet
         self.closing = False  # close once ``out`` is sent
         self.handoff: bytes | None = None  # for the main process, once ``out`` is sent
+        self.mask = select.EPOLLIN  # what epoll waits for on it
         self.seen = time.monotonic()
 
 
@@ -169,6 +188,8 @@ class Worker:
             if self.hits.due(now):
                 self.hits.frame()
                 self._send_hits()
+                if self.hits.framed >= MAX_WAITING:
+                    self._wait_for_main()
             if now - swept >= SWEEP_SECONDS:
                 swept = now
                 self._sweep(now)
@@ -239,13 +260,21 @@ class Worker:
                 return
             connection.out = connection.out[sent:]
             if connection.out:
-                self.epoll.modify(connection.sock.fileno(), select.EPOLLIN | select.EPOLLOUT)
+                # Nothing more is read of a connection that ends or goes to the main process once the
+                # rest is sent: waiting for reads then would wake us for ever.
+                done = connection.closing or connection.handoff is not None
+                self._wait_for(connection, select.EPOLLOUT if done else select.EPOLLIN | select.EPOLLOUT)
                 return
-            self.epoll.modify(connection.sock.fileno(), select.EPOLLIN)
+            self._wait_for(connection, select.EPOLLIN)
         if connection.closing:
             self._close(connection)
         elif connection.handoff is not None:
             self._hand_off(connection)
+
+    def _wait_for(self, connection: Connection, mask: int) -> None:
+        if connection.mask != mask:
+            self.epoll.modify(connection.sock.fileno(), mask)
+            connection.mask = mask
 
     def _hand_off(self, connection: Connection) -> None:
         """The connection, with the bytes read of it, to the main process."""
@@ -278,6 +307,21 @@ class Worker:
             self.running = False
             return
         self.epoll.modify(HITS_FD, 0 if everything else select.EPOLLOUT)
+
+    def _wait_for_main(self) -> None:
+        """Until the main process has read half of what waits, or STALL_SECONDS."""
+        deadline = time.monotonic() + STALL_SECONDS
+        while self.running and self.hits.framed >= MAX_WAITING // 2:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                log(f"the main process read no hits for {STALL_SECONDS:.0f} s: "
+                    f"{self.hits.drop_unsent()} dropped")
+                return
+            stopping, _, _ = select.select([CONTROL_FD], [HITS_FD], [], left)
+            if stopping:
+                self.running = False  # and _stop sends what waits
+                return
+            self._send_hits()
 
     def _stop(self) -> None:
         for listener in self.listeners.values():

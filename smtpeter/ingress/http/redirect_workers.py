@@ -19,9 +19,16 @@ it had read them itself. TLS listeners stay in this process.
 A worker that dies is started again (at once, later if it keeps dying). At
 stop, the workers stop accepting, send the hits they hold and exit; one that
 does not within ``STOP_SECONDS`` is killed, and what it held is lost (said
-in the log). A worker that cannot send its hits (this process not reading
-them) keeps at most redirect_worker.MAX_WAITING; what it drops is counted
-here, on ``smtpeter_hits_dropped_total``.
+in the log).
+
+Hits are read as they come, in large reads, unless the HitLog is ``BEHIND``
+on writing them while storage works: then this process stops reading them
+until it has caught up to half that, and the workers, their pipes full, wait
+for it (redirect_worker.MAX_WAITING) rather than drop clicks: under more
+clicks than this process can score and store, the redirects slow down to
+that pace. While storage fails the hits are read on and past
+events/hits.MAX_PENDING dropped, counted on ``smtpeter_hits_dropped_total``
+(so are what a worker drops after waiting redirect_worker.STALL_SECONDS).
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ from typing import Any
 from twisted.internet import defer, error, protocol, tcp
 from twisted.logger import Logger
 
-from smtpeter.events.hits import HitLog
+from smtpeter.events.hits import MAX_PENDING, HitLog
 from smtpeter.ingress.http import redirect_worker
 from smtpeter.outbound.workers import default_worker_count
 
@@ -52,6 +59,9 @@ RESTART_SECONDS = 0.5  # before a dead worker is started again; doubled while th
 MAX_RESTART_SECONDS = 30.0
 _YOUNG_SECONDS = 10.0
 _HANDOFF_BYTES = 256 * 1024  # more than a worker ever reads before handing over (MAX_HEAD + a read)
+_HITS_READ = 1024 * 1024  # bytes of hits read at once (Twisted's process pipes read 8 KiB a turn)
+BEHIND = MAX_PENDING // 2  # hits waiting to be written before the workers' are no longer read
+_BEHIND_CHECK_SECONDS = 0.1
 _LENGTH = struct.Struct(">I")
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[3])  # where ``smtpeter`` is imported from
 
@@ -76,6 +86,7 @@ class RedirectWorkers:
         self.running = False
         self._delay = RESTART_SECONDS
         self._restarts: list[Any] = []  # pending restarts (IDelayedCall)
+        self._paused: Any = None  # while hits are not read: the next look at the HitLog (IDelayedCall)
 
     def start(self, ports: Sequence[Any]) -> None:
         """Serve ``ports`` (what ``listen`` gave for http.listen) from the workers: the TCP ones stop
@@ -102,6 +113,7 @@ class RedirectWorkers:
             if call.active():
                 call.cancel()
         self._restarts.clear()
+        self._resume()  # what the workers hold is taken whatever the HitLog waits for
         workers = list(self.workers)
         for worker in workers:
             worker.stop()
@@ -120,9 +132,10 @@ class RedirectWorkers:
 
     def _spawn(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        worker = _Worker(self, ours)
+        hits_in, hits_out = os.pipe()
+        worker = _Worker(self, ours, hits_in)
         child_fds: dict[int, Any] = {0: "w", 1: "r", 2: "r", redirect_worker.HANDOFF_FD: theirs.fileno(),
-                                     redirect_worker.HITS_FD: "r"}
+                                     redirect_worker.HITS_FD: hits_out}
         for index, port in enumerate(self.listeners):
             child_fds[redirect_worker.FIRST_LISTENER_FD + index] = port.fileno()
         env = dict(os.environ)
@@ -131,10 +144,16 @@ class RedirectWorkers:
             self.reactor.spawnProcess(worker, sys.executable,
                                       [sys.executable, "-m", "smtpeter.ingress.http.redirect_worker"],
                                       env=env, childFDs=child_fds)
+        except BaseException:
+            worker.hits.close()
+            raise
         finally:
             theirs.close()  # the worker has its own
+            os.close(hits_out)
         self.workers.append(worker)
         worker.handoffs.start()
+        if self._paused is None:
+            worker.hits.start()
 
     def _ended(self, worker: _Worker, reason: Any, lived: float) -> None:
         self.workers.remove(worker)
@@ -162,6 +181,27 @@ class RedirectWorkers:
         else:
             for hit in hits:
                 add((hit[0] + offset, *hit[1:]))
+        if self._paused is None and self.running and self._behind(BEHIND):
+            for worker in self.workers:
+                worker.hits.pause()
+            self._paused = self.reactor.callLater(_BEHIND_CHECK_SECONDS, self._look_again)
+
+    def _behind(self, limit: int) -> bool:
+        return self.hit_log.waiting >= limit and not self.hit_log.storage_failing
+
+    def _look_again(self) -> None:
+        if self._behind(BEHIND // 2):
+            self._paused = self.reactor.callLater(_BEHIND_CHECK_SECONDS, self._look_again)
+        else:
+            self._paused = None
+            self._resume()
+
+    def _resume(self) -> None:
+        if self._paused is not None and self._paused.active():
+            self._paused.cancel()
+        self._paused = None
+        for worker in self.workers:
+            worker.hits.start()
 
     def adopt(self, fd: int, data: bytes) -> None:
         """A connection a worker handed over, and what it had read of it: served by the site."""
@@ -180,13 +220,13 @@ class RedirectWorkers:
 class _Worker(protocol.ProcessProtocol):
     """One worker process: its settings on stdin, its hits on HITS_FD, its log lines on stderr."""
 
-    def __init__(self, owner: RedirectWorkers, handoff: socket.socket) -> None:
+    def __init__(self, owner: RedirectWorkers, handoff: socket.socket, hits: int) -> None:
         self.owner = owner
         self.handoffs = _Handoffs(owner, handoff)
+        self.hits = _Hits(owner, hits)
         self.pid: int | None = None
         self.started = time.monotonic()
         self.ended: defer.Deferred = defer.Deferred()
-        self._hits = bytearray()
         self._text = b""
 
     def connectionMade(self) -> None:
@@ -197,17 +237,6 @@ class _Worker(protocol.ProcessProtocol):
         self.transport.write(json.dumps(settings).encode() + b"\n")  # keys on a pipe, never in argv
 
     def childDataReceived(self, fd: int, data: bytes) -> None:
-        if fd == redirect_worker.HITS_FD:
-            self._hits += data
-            while len(self._hits) >= _LENGTH.size:
-                (length,) = _LENGTH.unpack_from(self._hits)
-                if len(self._hits) < _LENGTH.size + length:
-                    break
-                frame = bytes(self._hits[_LENGTH.size:_LENGTH.size + length])
-                dropped, hits = marshal.loads(frame)  # noqa: S302 - our own child's, plain tuples
-                del self._hits[:_LENGTH.size + length]
-                self.owner.take_hits(dropped, hits)
-            return
         *lines, self._text = (self._text + data).split(b"\n")
         for line in lines:
             log.warn("{line}", line=line.decode("utf-8", "replace"))
@@ -225,6 +254,8 @@ class _Worker(protocol.ProcessProtocol):
     def processEnded(self, reason: Any) -> None:
         self.handoffs.drain()
         self.handoffs.close()
+        self.hits.drain()  # to its end: the worker is gone
+        self.hits.close()
         self.owner._ended(self, reason, time.monotonic() - self.started)
         self.ended.callback(None)
 
@@ -274,3 +305,72 @@ class _Handoffs:
         if self.sock.fileno() >= 0:
             self.owner.reactor.removeReader(self)
             self.sock.close()
+
+
+class _Hits:
+    """The reading end of a worker's hits pipe (an IReadDescriptor): frames to ``take_hits``."""
+
+    def __init__(self, owner: RedirectWorkers, fd: int) -> None:
+        self.owner = owner
+        self.fd = fd
+        self.buffer = bytearray()
+        self.reading = False
+        os.set_blocking(fd, False)
+
+    def start(self) -> None:
+        if not self.reading and self.fd >= 0:
+            self.owner.reactor.addReader(self)
+            self.reading = True
+
+    def pause(self) -> None:
+        if self.reading:
+            self.owner.reactor.removeReader(self)
+            self.reading = False
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def logPrefix(self) -> str:
+        return "redirect worker hits"
+
+    def doRead(self) -> None:
+        self.drain(_HITS_READ)
+
+    def drain(self, most: int | None = None) -> None:
+        """Read what is there (at most about ``most`` bytes; None: all of it)."""
+        read = 0
+        while self.fd >= 0 and (most is None or read < most):
+            try:
+                data = os.read(self.fd, _HITS_READ)
+            except BlockingIOError:  # (once the worker ended, only if a process still holds its end)
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self.close()
+                return
+            read += len(data)
+            self.buffer += data
+            self._frames()
+
+    def _frames(self) -> None:
+        buffer = self.buffer
+        start = 0
+        while len(buffer) - start >= _LENGTH.size:
+            (length,) = _LENGTH.unpack_from(buffer, start)
+            end = start + _LENGTH.size + length
+            if len(buffer) < end:
+                break
+            dropped, hits = marshal.loads(buffer[start + _LENGTH.size:end])  # noqa: S302 - our child's tuples
+            self.owner.take_hits(dropped, hits)
+            start = end
+        del buffer[:start]
+
+    def connectionLost(self, reason: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            self.pause()
+            os.close(self.fd)
+            self.fd = -1

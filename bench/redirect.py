@@ -17,15 +17,19 @@ target URL) and a tampered token gets our 404. After each of our runs the
 click events stored are counted (the storage, read-only, while it runs;
 events/hits.py writes them in batches a moment later) until every redirect
 served is recorded or recording stops making progress; again after the
-process stopped (it writes every hit it took). CPU is the process's
-utime+stime (all its threads), per redirect during the load and until the
-last of its clicks was recorded.
+process stopped (it writes every hit it took). CPU is utime+stime of the
+whole process tree (the main process, its redirect workers, its transform
+workers), per redirect during the load (with the main process's and the
+workers' parts) and until the last of its clicks was recorded; RSS too.
+
+The bench's smtpeter is "tuned": ``http.redirect_workers = --workers`` (2).
 
 Last, the same load against smtpeter in its default configuration (what
 etc/smtpeter.toml sets, on free ports; no tracking.keys: the key made on
 first start; no public_url).
 
     python bench/redirect.py [--seconds 10] [--connections 16,64] [--urls 1000] [--recipients 1000]
+                             [--workers 2] [--skip-default]
 """
 
 from __future__ import annotations
@@ -442,7 +446,7 @@ def run_smtpeter(name: str, bench_config: bool, sink: SmtpSink, args: argparse.N
              f"peak RSS {peak:.0f} MiB")
     if total < served:
         final += (f"\n  MISSING: {served - total} clicks never stored (events/hits.py keeps at most "
-                  f"{MAX_PENDING:,} hits waiting and drops the rest; the count is not exported)")
+                  f"{MAX_PENDING:,} hits waiting and drops the rest: smtpeter_hits_dropped_total)")
     return ours, theirs, final
 
 

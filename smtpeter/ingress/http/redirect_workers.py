@@ -23,7 +23,7 @@ in the log).
 
 Hits are read as they come, in large reads, unless the HitLog is ``BEHIND``
 on writing them while storage works: then this process stops reading them
-until it has caught up to half that, and the workers, their pipes full, wait
+until fewer wait (90% of that), and the workers, their pipes full, wait
 for it (redirect_worker.MAX_WAITING) rather than drop clicks: under more
 clicks than this process can score and store, the redirects slow down to
 that pace. While storage fails the hits are read on and past
@@ -61,6 +61,8 @@ _YOUNG_SECONDS = 10.0
 _HANDOFF_BYTES = 256 * 1024  # more than a worker ever reads before handing over (MAX_HEAD + a read)
 _HITS_READ = 1024 * 1024  # bytes of hits read at once (Twisted's process pipes read 8 KiB a turn)
 BEHIND = MAX_PENDING // 2  # hits waiting to be written before the workers' are no longer read
+# ... until fewer wait: short pauses, so a click waits a fraction of a second, not seconds.
+_CAUGHT_UP = 0.9
 _BEHIND_CHECK_SECONDS = 0.1
 _LENGTH = struct.Struct(">I")
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[3])  # where ``smtpeter`` is imported from
@@ -190,7 +192,7 @@ class RedirectWorkers:
         return self.hit_log.waiting >= limit and not self.hit_log.storage_failing
 
     def _look_again(self) -> None:
-        if self._behind(BEHIND // 2):
+        if self._behind(int(BEHIND * _CAUGHT_UP)):
             self._paused = self.reactor.callLater(_BEHIND_CHECK_SECONDS, self._look_again)
         else:
             self._paused = None

@@ -222,7 +222,7 @@ def run(relay_port: int, sink: SmtpSink, message_file: Path, args: argparse.Name
 
 
 def process_tree(pid: int) -> list[int]:
-    """``pid`` and its descendants (the worker processes hang under the forkserver)."""
+    """``pid`` and its descendants (its worker processes, and whatever they started)."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -422,7 +422,7 @@ def relay_smtpeter(storage_url: str | None, route: str, profile: str, signed: bo
     finally:
         smtpeter.stop()
     n = measured["delivered"]
-    worker_cpu = tree_cpu_used(before, after) - reactor_cpu  # the forkserver's and its workers'
+    worker_cpu = tree_cpu_used(before, after) - reactor_cpu  # the worker processes'
     return {**measured_figures(measured), "profile": profile, "signed": signed, "arrived": arrived,
             "cpu_ms_per_msg": round(1000 * (reactor_cpu + worker_cpu) / n, 3),
             "reactor_cpu_ms_per_msg": round(1000 * reactor_cpu / n, 3),

@@ -24,6 +24,7 @@ new, so a message that kills its worker twice fails alone.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pickle
 import sys
@@ -37,13 +38,15 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from smtpeter.outbound.worker import HEADER, RESULTS_FD, WorkerError
+from smtpeter.outbound.worker import CALLS_FD, HEADER, RESULTS_FD, WorkerError
 
 log = Logger()
 
 # Calls in a worker's pipe at once: the one it runs and the next, plus two for the reactor's
 # turn to come late (measured: 2 and 4 the same throughput, 1 lets the worker idle).
 DEPTH = 4
+READ_SIZE = 1 << 20
+PIPE_SIZE = 1 << 20  # /proc/sys/fs/pipe-max-size's default
 
 
 class WorkerDied(WorkerError):
@@ -117,13 +120,25 @@ class Workers:
             worker.send(call)
 
     def _spawn(self) -> None:
-        worker = _Worker(self)
+        calls_read, calls_write = os.pipe()
+        results_read, results_write = os.pipe()
         env = dict(os.environ)
         # The worker imports what this process can (the steps; a test's own functions).
         env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(entry for entry in sys.path if entry))
-        self.reactor.spawnProcess(worker, sys.executable,
-                                  [sys.executable, "-m", "smtpeter.outbound.worker", str(os.getpid())],
-                                  env=env, childFDs={0: "w", 1: "r", 2: "r", RESULTS_FD: "r"})
+        try:
+            worker = _Worker(self, _Pipe(self.reactor, calls_write), _Pipe(self.reactor, results_read))
+            self.reactor.spawnProcess(worker, sys.executable,
+                                      [sys.executable, "-m", "smtpeter.outbound.worker", str(os.getpid())],
+                                      env=env, childFDs={CALLS_FD: calls_read, 1: "r", 2: "r",
+                                                         RESULTS_FD: results_write})
+        except BaseException:
+            for fd in (calls_write, results_read):
+                os.close(fd)
+            raise
+        finally:
+            os.close(calls_read)  # the worker has its own
+            os.close(results_write)
+        worker.results.start(worker.received)
         self._workers.append(worker)
 
     def _answered(self, call: _Call, ok: bool, value: Any) -> None:
@@ -135,7 +150,10 @@ class Workers:
             call.result.errback(value)
 
     def _ended(self, worker: _Worker, reason: Failure) -> None:
-        self._workers.remove(worker)
+        self._workers.remove(worker)  # first: the results read now may free places for new calls
+        worker.results.drain()  # what it answered before it ended
+        worker.results.close()
+        worker.calls_pipe.close()
         calls = list(worker.calls.values())
         worker.calls.clear()
         if self._stopped or not calls:
@@ -174,15 +192,17 @@ class Workers:
 
 
 class _Worker(protocol.ProcessProtocol):
-    """One worker process: calls on its stdin, results on RESULTS_FD, anything else logged."""
+    """One worker process: calls into its pipe, results from its own, anything it prints logged."""
 
-    def __init__(self, owner: Workers) -> None:
+    def __init__(self, owner: Workers, calls: _Pipe, results: _Pipe) -> None:
         self.owner = owner
+        self.calls_pipe = calls
+        self.results = results
         self.pid: int | None = None
         self.calls: dict[int, _Call] = {}  # sent and not answered, in the order sent
         self.ended: defer.Deferred = defer.Deferred()
         self._next_id = 0
-        self._results = bytearray()
+        self._buffer = bytearray()
         self._text = {1: b"", 2: b""}  # a line begun on stdout or stderr
 
     def connectionMade(self) -> None:
@@ -192,15 +212,11 @@ class _Worker(protocol.ProcessProtocol):
         assert call.payload is not None
         self._next_id += 1
         self.calls[self._next_id] = call
-        self.transport.writeSequence([HEADER.pack(len(call.payload), self._next_id), call.payload])
+        self.calls_pipe.write([HEADER.pack(len(call.payload), self._next_id), call.payload])
 
-    def childDataReceived(self, fd: int, data: bytes) -> None:
-        if fd != RESULTS_FD:
-            *lines, self._text[fd] = (self._text.get(fd, b"") + data).split(b"\n")
-            for line in lines:
-                log.warn("transform worker {pid}: {line}", pid=self.pid, line=line.decode("utf-8", "replace"))
-            return
-        buffer = self._results
+    def received(self, data: bytes) -> None:
+        """Results: each answered call's Deferred fires, then the freed places are filled."""
+        buffer = self._buffer
         buffer += data
         offset, answered = 0, []
         while len(buffer) - offset >= HEADER.size:
@@ -216,6 +232,11 @@ class _Worker(protocol.ProcessProtocol):
                 self.owner._answered(call, *_outcome(payload))
         self.owner._dispatch()
 
+    def childDataReceived(self, fd: int, data: bytes) -> None:
+        *lines, self._text[fd] = (self._text.get(fd, b"") + data).split(b"\n")
+        for line in lines:
+            log.warn("transform worker {pid}: {line}", pid=self.pid, line=line.decode("utf-8", "replace"))
+
     def terminate(self) -> None:
         try:
             self.transport.signalProcess("TERM")  # what it runs now is not wanted any more
@@ -225,6 +246,104 @@ class _Worker(protocol.ProcessProtocol):
     def processEnded(self, reason: Failure) -> None:
         self.owner._ended(self, reason)
         self.ended.callback(None)
+
+
+class _Pipe:
+    """Our end of a pipe to a worker, read or written by the reactor itself (an IReadDescriptor and
+    IWriteDescriptor): a call is written at once, not on the reactor's next turn, and results are
+    read up to READ_SIZE at a time (Twisted's process pipes read 8 KiB a turn)."""
+
+    def __init__(self, reactor: Any, fd: int) -> None:
+        self.reactor = reactor
+        self.fd = fd
+        self._pending: deque[memoryview] = deque()
+        self._on_data: Callable[[bytes], None] | None = None
+        os.set_blocking(fd, False)
+        try:
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)  # a 2 KB message's call is ~5 KB; 5 MB ones exist
+        except OSError:
+            pass  # the system's limit is lower: the default size works, in more turns
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def logPrefix(self) -> str:
+        return "transform worker pipe"
+
+    def start(self, on_data: Callable[[bytes], None]) -> None:
+        self._on_data = on_data
+        self.reactor.addReader(self)
+
+    def write(self, parts: list[bytes]) -> None:
+        if self.fd < 0:
+            return  # the worker ended: its calls are tried again elsewhere
+        if not self._pending:
+            try:
+                written = os.writev(self.fd, parts)
+            except BlockingIOError:
+                written = 0
+            except OSError:
+                return  # it is ending: processEnded follows
+            for part in parts:
+                if written >= len(part):
+                    written -= len(part)
+                    continue
+                self._pending.append(memoryview(part)[written:])
+                written = 0
+            if self._pending:
+                self.reactor.addWriter(self)
+            return
+        self._pending.extend(memoryview(part) for part in parts)
+
+    def doWrite(self) -> None:
+        while self._pending:
+            chunk = self._pending[0]
+            try:
+                written = os.write(self.fd, chunk)
+            except BlockingIOError:
+                return
+            except OSError:
+                self._pending.clear()
+                break
+            if written < len(chunk):
+                self._pending[0] = chunk[written:]
+                return
+            self._pending.popleft()
+        self.reactor.removeWriter(self)
+
+    def doRead(self) -> None:
+        try:
+            data = os.read(self.fd, READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:  # the worker is gone: processEnded does the rest
+            self.reactor.removeReader(self)
+            return
+        assert self._on_data is not None
+        self._on_data(data)
+
+    def drain(self) -> None:
+        while self.fd >= 0 and self._on_data is not None:
+            try:
+                data = os.read(self.fd, READ_SIZE)
+            except OSError:
+                return
+            if not data:
+                return
+            self._on_data(data)
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            self.reactor.removeReader(self)
+            self.reactor.removeWriter(self)
+            os.close(self.fd)
+            self.fd = -1
+            self._pending.clear()
 
 
 def _outcome(payload: bytearray) -> tuple[bool, Any]:

@@ -42,8 +42,9 @@ from smtpeter.outbound.worker import CALLS_FD, HEADER, RESULTS_FD, WorkerError
 
 log = Logger()
 
-# Calls in a worker's pipe at once: the one it runs and the next, plus two for the reactor's
-# turn to come late (measured: 2 and 4 the same throughput, 1 lets the worker idle).
+# Calls in a worker's pipe at once: the one it runs, the next, and room for the reactor's turn to
+# come late under load. Measured with DKIM calls of 2 KB messages: with 1 the worker idles between
+# calls (about 35% fewer calls a second), 2 and 4 are alike within the noise.
 DEPTH = 4
 READ_SIZE = 1 << 20
 PIPE_SIZE = 1 << 20  # /proc/sys/fs/pipe-max-size's default

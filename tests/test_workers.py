@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import signal
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -77,6 +79,12 @@ async def until(condition: Callable[[], bool], seconds: float = 30.0) -> None:
 
 
 class WorkersTests(unittest.TestCase):
+    def folder(self) -> Path:
+        """Where the test and its workers' calls leave marks."""
+        folder = tempfile.mkdtemp(prefix="smtpeter-test-workers-")
+        self.addCleanup(shutil.rmtree, folder, ignore_errors=True)
+        return Path(folder)
+
     def workers(self, processes: int) -> Workers:
         workers = Workers(reactor, processes)
         self.addCleanup(workers.stop)
@@ -111,8 +119,7 @@ class WorkersTests(unittest.TestCase):
         self.assertEqual(results[1][0], b"xxx")
 
     async def test_a_worker_killed_mid_call_is_replaced_and_the_call_tried_again(self) -> None:
-        folder = Path(self.mktemp())
-        folder.mkdir()
+        folder = self.folder()
         workers = self.workers(1)
         held = workers.run(hold, str(folder), "first")
         behind = [workers.run(echo, n) for n in range(3)]  # in the same worker's pipe
@@ -128,8 +135,7 @@ class WorkersTests(unittest.TestCase):
         self.assertEqual([value for value, _ in await defer.gatherResults(behind)], [0, 1, 2])
 
     async def test_a_call_that_kills_its_worker_is_tried_once_more(self) -> None:
-        folder = Path(self.mktemp())
-        folder.mkdir()
+        folder = self.folder()
         workers = self.workers(1)
         first = (await workers.run(echo, "before"))[1]
         survivor = await workers.run(kill_own_worker_once, str(folder))
@@ -144,8 +150,7 @@ class WorkersTests(unittest.TestCase):
         self.assertEqual([value for value, _ in await defer.gatherResults(behind)], list(range(5)))
 
     async def test_cancelled_calls_are_dropped(self) -> None:
-        folder = Path(self.mktemp())
-        folder.mkdir()
+        folder = self.folder()
         workers = self.workers(1)
         held = workers.run(hold, str(folder), "held")  # sent: runs, its result is dropped
         in_pipe = [workers.run(echo, n) for n in range(workers_module.DEPTH - 1)]
@@ -163,8 +168,7 @@ class WorkersTests(unittest.TestCase):
         self.assertFalse((folder / "never").exists())
 
     async def test_stop_ends_every_process_and_fails_what_is_left(self) -> None:
-        folder = Path(self.mktemp())
-        folder.mkdir()
+        folder = self.folder()
         workers = Workers(reactor, 2)
         await defer.gatherResults([workers.run(echo, n) for n in range(4)])
         running = [workers.run(hold, str(folder), f"h{n}") for n in range(2 * workers_module.DEPTH + 1)]

@@ -335,8 +335,8 @@ class SmtpeterService(service.Service):
                 self.dispatcher.abort()
             yield _within(sessions, 5, self.reactor)
             self.scheduler = None
-        if self.workers is not None:
-            self.workers.stop()
+        if self.workers is not None:  # their processes and pipes end before we say we stopped
+            yield _within(self.workers.stop(), 10, self.reactor)
             self.workers = None
         if self.storage is not None:
             yield defer.Deferred.fromCoroutine(self.storage.close())

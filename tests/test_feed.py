@@ -12,6 +12,7 @@ from smtpeter.storage import Conflict, Storage
 from smtpeter.storage.db import SQL
 from smtpeter.storage.models import DELIVERED, Event, Outcome, Position
 from tests.support.backends import BackendMixin, both_backends
+from tests.support.clock import ShiftedClock
 from tests.test_storage import new_message
 
 
@@ -170,6 +171,38 @@ class FeedSuite:
         await feed.stop()
         self.assertEqual(calls[1][:4], calls[0])
         self.flushLoggedErrors(RuntimeError)
+
+
+    async def test_consumers_at_one_position_share_a_read(self) -> None:
+        clock = ShiftedClock()  # the real reactor's time, moved on by hand (group commit uses it)
+        storage = await self.open_storage(clock=clock)
+        account = await storage.create_account("acme")
+        await record_events(storage, account.id, 2)
+        reads = []
+        query = storage.db.query
+
+        async def counted(sql: str, params: tuple = ()) -> list:
+            if "FROM events WHERE (xid, id) >" in sql:
+                reads.append(params)
+            return await query(sql, params)
+        storage.db.query = counted  # type: ignore[method-assign]
+        webhooks, statistics = Feed(storage, "webhooks", clock, 3), Feed(storage, "statistics", clock, 8)
+        first, second = await defer.gatherResults([defer.Deferred.fromCoroutine(webhooks.read()),
+                                                   defer.Deferred.fromCoroutine(statistics.read())])
+        self.assertEqual(len(reads), 1)
+        # The first asker's read, shared: a batch may come shorter than a consumer's own size.
+        self.assertEqual(second, first)
+        self.assertEqual([e.position for e in first], (await every_position(storage))[:3])
+        # Gone after a second: the next read at that position asks the database again.
+        clock.advance(1)
+        self.assertEqual([e.position for e in await statistics.read()], (await every_position(storage))[:8])
+        self.assertEqual(len(reads), 2)
+        # An empty answer is never shared: an event recorded just after it is seen at once.
+        await read_to_the_end(webhooks)
+        await read_to_the_end(statistics)
+        self.assertEqual(await webhooks.read(), [])
+        await record_events(storage, account.id, 1)
+        self.assertEqual(len(await statistics.read()), 4)
 
 
 FeedSQLite, FeedPostgreSQL = both_backends(FeedSuite)

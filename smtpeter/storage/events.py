@@ -12,13 +12,20 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 
 from smtpeter.storage.db import SQL, Database, Insert, Statement, Tables
 from smtpeter.storage.keys import address_key, check_id
 from smtpeter.storage.models import FEED_START, Event, NewEvent, Position
 
 EVENTS_LIMIT = 10000  # events one query answers at most
+# The feed's consumers (webhooks, suppressions, statistics) mostly stand at the same position and
+# are woken together: one read, and one decoding of its rows, serves every consumer that asks for
+# the same position within this many seconds. A batch is any non-empty run of events from a
+# position, so a shared one, shorter or a moment old, is still a right answer.
+SHARED_FEED_READ_SECONDS = 1.0
 DAY = 86400
 
 _COLUMNS = ("account_id", "message_id", "recipient", "type", "time", "day", "data")
@@ -39,6 +46,21 @@ def insert_events(rows: Sequence[tuple], where: str = "", where_params: Sequence
     return Insert("events", _COLUMNS, rows, where=where, where_params=where_params, types=_TYPES)
 
 
+async def _shared_result(read: defer.Deferred) -> list[Event]:
+    """What ``read`` fires with, without taking it from its other waiters."""
+    waiting: defer.Deferred = defer.Deferred()
+
+    def deliver(result: Any) -> Any:
+        if isinstance(result, Failure):
+            waiting.errback(result)
+        else:
+            waiting.callback(result)
+        return result
+
+    read.addBoth(deliver)
+    return await waiting
+
+
 def _event(row: Sequence[Any]) -> Event:
     return Event(row[0], row[1], row[2], row[3], row[4], row[5], json.loads(row[6]), Position(row[7], row[0]))
 
@@ -49,6 +71,7 @@ class Events(Tables):
     def __init__(self, db: Database, clock: IReactorTime) -> None:
         super().__init__(db, clock)
         self._event_watchers: list[Callable[[], None]] = []
+        self._feed_reads: dict[Position, tuple[float, defer.Deferred]] = {}
 
     async def record_events(self, events: Sequence[NewEvent]) -> None:
         """Store events that belong to no message or outcome transaction (a step's warning,
@@ -131,8 +154,26 @@ class Events(Tables):
 
         Only events before which no other can still be committed are returned
         (``Database.feed_horizon``), so a reader that goes on from the last one
-        it was given never misses one.
+        it was given never misses one. Readers at the same position share a read
+        (``SHARED_FEED_READ_SECONDS``); an empty answer is never shared.
         """
+        now = self.now()
+        shared = self._feed_reads.get(after)
+        if shared is None or now - shared[0] >= SHARED_FEED_READ_SECONDS:
+            self._feed_reads = {p: r for p, r in self._feed_reads.items()
+                                if now - r[0] < SHARED_FEED_READ_SECONDS}
+            shared = (now, defer.Deferred.fromCoroutine(self._read_feed(after, limit)))
+            self._feed_reads[after] = shared
+        try:
+            events = await _shared_result(shared[1])
+        except Exception:
+            self._feed_reads.pop(after, None)
+            raise
+        if not events:
+            self._feed_reads.pop(after, None)
+        return events[:limit]
+
+    async def _read_feed(self, after: Position, limit: int) -> list[Event]:
         rows = await self.db.query(
             f"SELECT {_SELECT} FROM events WHERE (xid, id) > (?, ?){self.db.feed_horizon} "  # noqa: S608
             "ORDER BY xid, id LIMIT ?",

@@ -244,7 +244,7 @@ class SmtpeterService(service.Service):
                                 [config.domains.mx_host, config.hostname])
         workers = self.workers
         self.inbound_processor = InboundProcessor(
-            self.storage, verp, self.bounce_domains, lambda data: workers.run(classify, data), self.clock,
+            self.storage, inbound, lambda data: workers.run(classify, data), self.clock,
             owner=self.scheduler.node, reports=report_handler(self.storage),
             queued=lambda: submission.queued(), metrics=self.metrics)
         self.inbound_processor.start()

@@ -522,3 +522,8 @@ class ReceiverRestart(ReceiverCase):
         shown = await received_show(rig.storage, argparse.Namespace(id=kept.id), None)
         self.assertIn("Final-Recipient: rfc822; bob@dest.test", shown["mime"])
         self.assertEqual(shown["result"]["about"][0]["id"], mid)
+        # A report to postmaster is matched by the VERP return path it quotes.
+        code, transcript = await self.remote_sends(f"postmaster@{BOUNCES}",
+                                                   dsn("bob@dest.test", return_path=verp))
+        self.assertEqual(code, 0, transcript)
+        await self.events_of(mid, "bounce", count=2)

@@ -17,7 +17,7 @@ operator to read, with no event.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Container, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,12 +28,12 @@ from twisted.logger import Logger
 from smtpeter.bounces.pipeline import Report
 from smtpeter.bounces.returned import returned
 from smtpeter.events.metrics import Metrics
+from smtpeter.ingress.mx.policy import InboundPolicy
 from smtpeter.pause import Pause
 from smtpeter.storage import Storage, StorageError
 from smtpeter.storage.db import NotFound, Statement
 from smtpeter.storage.events import event_row, insert_events
-from smtpeter.storage.inbound import DONE, FAILED, InboundMessage
-from smtpeter.verp import VerpSigner
+from smtpeter.storage.inbound import DONE, FAILED, InboundMessage, InboundRecipient
 
 log = Logger()
 
@@ -66,13 +66,12 @@ Classifier = Callable[[bytes], Awaitable[Report]]
 
 
 class InboundProcessor:
-    def __init__(self, storage: Storage, verp: VerpSigner, bounce_domains: Container[str],
-                 classify: Classifier, clock: IReactorTime, owner: str,
+    def __init__(self, storage: Storage, policy: InboundPolicy, classify: Classifier, clock: IReactorTime,
+                 owner: str,
                  reports: ReportHandler | None = None,
                  queued: Callable[[], None] = lambda: None, metrics: Metrics | None = None) -> None:
         self.storage = storage
-        self.verp = verp
-        self.bounce_domains = bounce_domains
+        self.policy = policy  # mx.listen's: which addresses are VERP return paths of ours
         self.classify = classify
         self.clock = clock
         self.owner = owner
@@ -197,9 +196,7 @@ class InboundProcessor:
     def _quoted_return_path(self, report: Report) -> tuple[str, str] | None:
         """The VERP address the report quotes as the original's return path, if it is ours."""
         for address in (report.original.envelope_sender, report.return_path):
-            local, at, domain = address.strip("<>").rpartition("@")
-            if at and domain.lower() in self.bounce_domains:
-                recipient_id = self.verp.verify(local)
-                if recipient_id is not None:
-                    return address, recipient_id
+            found = self.policy.route(address.strip("<>"))
+            if isinstance(found, InboundRecipient) and found.route == "verp" and found.recipient_id:
+                return address, found.recipient_id
         return None

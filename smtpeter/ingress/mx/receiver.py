@@ -8,7 +8,7 @@ processor (``smtpeter/bounces/processor.py``) is woken to handle it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
@@ -43,9 +43,6 @@ class BounceDomains:
 
     def __contains__(self, domain: object) -> bool:
         return domain in self._domains
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._domains)
 
     async def refresh(self) -> None:
         settings = await self.storage.all_sender_domains()

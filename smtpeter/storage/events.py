@@ -46,19 +46,33 @@ def insert_events(rows: Sequence[tuple], where: str = "", where_params: Sequence
     return Insert("events", _COLUMNS, rows, where=where, where_params=where_params, types=_TYPES)
 
 
-async def _shared_result(read: defer.Deferred) -> list[Event]:
-    """What ``read`` fires with, without taking it from its other waiters."""
-    waiting: defer.Deferred = defer.Deferred()
+class _SharedRead:
+    """One read of the feed and everyone waiting for it; its outcome goes to each waiter and is
+    handled there (a failure never stays unhandled on the read itself)."""
 
-    def deliver(result: Any) -> Any:
-        if isinstance(result, Failure):
-            waiting.errback(result)
-        else:
-            waiting.callback(result)
-        return result
+    def __init__(self, at: float, read: defer.Deferred) -> None:
+        self.at = at
+        self._waiters: list[defer.Deferred] = []
+        self._outcome: list[Event] | Failure | None = None
+        read.addBoth(self._done)
 
-    read.addBoth(deliver)
-    return await waiting
+    def wait(self) -> defer.Deferred:
+        if isinstance(self._outcome, Failure):
+            return defer.fail(self._outcome)
+        if self._outcome is not None:
+            return defer.succeed(self._outcome)
+        waiter: defer.Deferred = defer.Deferred()
+        self._waiters.append(waiter)
+        return waiter
+
+    def _done(self, outcome: list[Event] | Failure) -> None:
+        self._outcome = outcome
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if isinstance(outcome, Failure):
+                waiter.errback(outcome)
+            else:
+                waiter.callback(outcome)
 
 
 def _event(row: Sequence[Any]) -> Event:
@@ -71,7 +85,7 @@ class Events(Tables):
     def __init__(self, db: Database, clock: IReactorTime) -> None:
         super().__init__(db, clock)
         self._event_watchers: list[Callable[[], None]] = []
-        self._feed_reads: dict[Position, tuple[float, defer.Deferred]] = {}
+        self._feed_reads: dict[Position, _SharedRead] = {}
 
     async def record_events(self, events: Sequence[NewEvent]) -> None:
         """Store events that belong to no message or outcome transaction (a step's warning,
@@ -159,13 +173,13 @@ class Events(Tables):
         """
         now = self.now()
         shared = self._feed_reads.get(after)
-        if shared is None or now - shared[0] >= SHARED_FEED_READ_SECONDS:
+        if shared is None or now - shared.at >= SHARED_FEED_READ_SECONDS:
             self._feed_reads = {p: r for p, r in self._feed_reads.items()
-                                if now - r[0] < SHARED_FEED_READ_SECONDS}
-            shared = (now, defer.Deferred.fromCoroutine(self._read_feed(after, limit)))
+                                if now - r.at < SHARED_FEED_READ_SECONDS}
+            shared = _SharedRead(now, defer.Deferred.fromCoroutine(self._read_feed(after, limit)))
             self._feed_reads[after] = shared
         try:
-            events = await _shared_result(shared[1])
+            events = await shared.wait()
         except Exception:
             self._feed_reads.pop(after, None)
             raise

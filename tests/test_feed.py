@@ -144,6 +144,38 @@ class FeedSuite:
         self.assertEqual([e.position for e in handled], await every_position(storage))
         self.assertEqual(await Feed(storage, "dashboard", reactor).read(), [])
 
+    async def test_a_paced_feed_gathers_the_events_of_its_pause_into_one_batch(self) -> None:
+        storage = await self.open_storage()
+        account = await storage.create_account("acme")
+        await record_events(storage, account.id, 1)
+        clock = task.Clock()
+        feed = Feed(storage, "webhooks", clock, pace=5)
+        batches: list[list[Event]] = []
+
+        async def handler(events: list[Event]) -> list[SQL]:
+            batches.append(events)
+            return []
+
+        async def waited(condition: object) -> None:
+            for _ in range(3000):
+                if condition():  # type: ignore[operator]
+                    return
+                await task.deferLater(reactor, 0.01)
+            self.fail("waited 30 s")
+
+        feed.start(handler)
+        await waited(lambda: batches and clock.getDelayedCalls())  # caught up, pacing
+        before = len(await every_position(storage))
+        await storage.enqueue(new_message(account.id))  # wakes it: the pace is kept all the same
+        await storage.enqueue(new_message(account.id))
+        await task.deferLater(reactor, 0.2)
+        self.assertEqual(len(batches), 1)
+        clock.advance(5)
+        await waited(lambda: len(batches) == 2)
+        await feed.stop()  # ends the next pace at once
+        self.assertEqual([e.position for e in batches[1]], (await every_position(storage))[before:])
+        self.assertEqual([e.position for e in batches[0] + batches[1]], await every_position(storage))
+
     async def test_a_failed_batch_comes_again_after_a_pause(self) -> None:
         storage = await self.open_storage()
         account = await storage.create_account("acme")

@@ -353,7 +353,7 @@ class SenderTests(unittest.TestCase):
 
     async def start_sender(self) -> WebhookSender:
         sender = WebhookSender(self.storage, self.client, self.registry.signing_secrets, self.clock,
-                               self.settings)
+                               self.settings, pace=0)  # no pacing: only the retry schedule is on the clock
         await sender.start()
         self.addCleanup(self.stop, sender)
         return sender

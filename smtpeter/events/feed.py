@@ -33,6 +33,11 @@ log = Logger()
 # PostgreSQL behind a transaction still open, are found by polling this often.
 POLL_INTERVAL = 5.0
 
+# A service consumer reads again at most this often while events keep coming: under load each
+# batch (one read, one transaction) carries many events instead of the few one commit wrote.
+# A lone event after a quiet spell is read at once.
+SERVICE_PACE = 0.25
+
 # Handles a batch of events; returns its own writes, committed with the batch's position.
 Handler = Callable[[list[Event]], Awaitable[Sequence[Statement]]]
 
@@ -41,18 +46,19 @@ class Feed:
     """One consumer's place in the feed."""
 
     def __init__(self, storage: Storage, consumer: str, clock: IReactorTime, batch_size: int = 500,
-                 poll_interval: float = POLL_INTERVAL) -> None:
+                 poll_interval: float = POLL_INTERVAL, pace: float = 0.0) -> None:
         self.storage = storage
         self.consumer = consumer
         self.clock = clock
         self.batch_size = batch_size
         self.poll_interval = poll_interval
+        self.pace = pace  # seconds between the reads of a busy feed
         self._position: Position | None = None  # the saved one, once read
         self._loop: defer.Deferred | None = None
         self._stopping = False
         self._unwatch: Callable[[], None] = lambda: None
         self._woken = False  # since the last read
-        self._backing_off = False  # pausing after a failure
+        self._holding = False  # pausing on purpose (after a failure, or pacing): a wake does not end it
         self._sleep = Pause(clock)
 
     async def position(self) -> Position:
@@ -97,7 +103,7 @@ class Feed:
     def wake(self) -> None:
         """Read now: there may be new events (after a failure, only once the pause is over)."""
         self._woken = True
-        if not self._backing_off:
+        if not self._holding:
             self._end_pause()
 
     async def _consume(self, handler: Handler) -> None:
@@ -109,6 +115,9 @@ class Feed:
                     await self._pause()
                     continue
                 await self.commit(events[-1].position, await handler(events))
+                if self.pace and len(events) < self.batch_size:
+                    # Caught up: the events recorded meanwhile wait to make one batch.
+                    await self._linger()
                 continue
             except StorageError as exc:
                 log.warn("feed {consumer}: {exc}; trying again", consumer=self.consumer, exc=exc)
@@ -121,11 +130,20 @@ class Feed:
     async def _pause(self, backing_off: bool = False) -> None:
         if self._stopping or (self._woken and not backing_off):
             return
-        self._backing_off = backing_off
+        self._holding = backing_off
         try:
             await self._sleep.wait(self.poll_interval)
         finally:
-            self._backing_off = False
+            self._holding = False
+
+    async def _linger(self) -> None:
+        if self._stopping:
+            return
+        self._holding = True
+        try:
+            await self._sleep.wait(self.pace)
+        finally:
+            self._holding = False
 
     def _end_pause(self) -> None:
         self._sleep.end()

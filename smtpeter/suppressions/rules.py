@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from twisted.internet.interfaces import IReactorTime
 
-from smtpeter.events.feed import NotifyingFeed
+from smtpeter.events.feed import SERVICE_PACE, NotifyingFeed
 from smtpeter.events.model import ABUSE, BOUNCE, FAILURE, UNSUBSCRIBE
 from smtpeter.storage import Storage
 from smtpeter.storage.db import Statement
@@ -98,13 +98,14 @@ class SuppressionRules:
     wrote are committed."""
 
     def __init__(self, storage: Storage, clock: IReactorTime, settings: RuleSettings,
-                 changed: Callable[[set[str]], None] = lambda accounts: None) -> None:
+                 changed: Callable[[set[str]], None] = lambda accounts: None,
+                 pace: float = SERVICE_PACE) -> None:
         self.storage = storage
         self.clock = clock
         self.settings = settings
         self.changed = changed
         self._written: set[str] = set()  # accounts whose entries the batch in hand writes
-        self.feed = NotifyingFeed(storage, CONSUMER, clock, committed=self._committed)
+        self.feed = NotifyingFeed(storage, CONSUMER, clock, committed=self._committed, pace=pace)
 
     def start(self) -> None:
         self.feed.start(self.consume)

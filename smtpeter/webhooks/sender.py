@@ -36,7 +36,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from smtpeter.events.feed import POLL_INTERVAL, NotifyingFeed
+from smtpeter.events.feed import POLL_INTERVAL, SERVICE_PACE, NotifyingFeed
 from smtpeter.ids import new_id
 from smtpeter.storage import Storage, StorageError
 from smtpeter.storage.db import Statement
@@ -105,7 +105,8 @@ class WebhookSender:
 
     def __init__(self, storage: Storage, client: Client,
                  signing_secrets: Callable[[StoredWebhook], list[str]], clock: IReactorTime,
-                 settings: SenderSettings, wall: Callable[[], float] = time.time) -> None:
+                 settings: SenderSettings, wall: Callable[[], float] = time.time,
+                 pace: float = SERVICE_PACE) -> None:
         self.storage = storage
         self.client = client
         self.signing_secrets = signing_secrets
@@ -113,7 +114,7 @@ class WebhookSender:
         self.settings = settings
         # Signatures carry wall-clock time: the receiver compares it with its own clock.
         self.wall = wall
-        self.feed = NotifyingFeed(storage, CONSUMER, clock, committed=self.wake)
+        self.feed = NotifyingFeed(storage, CONSUMER, clock, committed=self.wake, pace=pace)
         self.running = False
         self._in_flight: dict[str, int] = {}  # hook id -> calls in flight
         self._sends: set[defer.Deferred] = set()

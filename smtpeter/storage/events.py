@@ -76,7 +76,7 @@ class _SharedRead:
 
 
 def _event(row: Sequence[Any]) -> Event:
-    return Event(row[0], row[1], row[2], row[3], row[4], row[5], json.loads(row[6]), Position(row[7], row[0]))
+    return Event(row[0], row[1], row[2], row[3], row[4], row[5], row[6], Position(row[7], row[0]))
 
 
 class Events(Tables):

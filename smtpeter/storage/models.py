@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -110,16 +111,42 @@ class Position(NamedTuple):
 FEED_START = Position(0, 0)
 
 
-@dataclass(frozen=True)
 class Event:
-    id: int
-    account_id: str
-    message_id: str | None
-    recipient: str | None
-    type: str
-    time: float
-    data: dict[str, object]
-    position: Position
+    """A recorded event. ``data`` may be given as its JSON text (as read back from storage): it is
+    decoded when first asked for. A feed consumer skips most events by type and account, and a
+    bounce's data carries the returned message: decoding every one was most of a consumer's work."""
+
+    __slots__ = ("_data", "_json", "account_id", "id", "message_id", "position", "recipient", "time", "type")
+
+    def __init__(self, id: int, account_id: str, message_id: str | None, recipient: str | None,
+                 type: str, time: float, data: dict[str, object] | str, position: Position) -> None:
+        self.id = id
+        self.account_id = account_id
+        self.message_id = message_id
+        self.recipient = recipient
+        self.type = type
+        self.time = time
+        self.position = position
+        self._data, self._json = (None, data) if isinstance(data, str) else (data, None)
+
+    @property
+    def data(self) -> dict[str, object]:
+        if self._data is None:
+            self._data = json.loads(self._json)
+        return self._data
+
+    def _fields(self) -> tuple:
+        return (self.id, self.account_id, self.message_id, self.recipient, self.type, self.time, self.data,
+                self.position)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Event) and self._fields() == other._fields()
+
+    __hash__ = None  # type: ignore[assignment]  # equal by value, and its data is a dict
+
+    def __repr__(self) -> str:
+        return ("Event(id={!r}, account_id={!r}, message_id={!r}, recipient={!r}, type={!r}, time={!r}, "
+                "data={!r}, position={!r})".format(*self._fields()))
 
 
 @dataclass(frozen=True)

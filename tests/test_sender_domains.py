@@ -110,6 +110,11 @@ class SenderDomainTests(unittest.TestCase):
                           domain["ips"]), (True, "bounces." + DOMAIN, "clicks." + DOMAIN, "quarantine",
                                            ["127.0.0.1"]))
         await self.call("POST", f"/v1/domain/{DOMAIN}", 400, json_body={"bounces": "bounces.other.test"})
+        # The domain itself is neither: its MX would take the customer's mail, no CNAME at an apex.
+        for setting in ("bounces", "tracking"):
+            refused = await self.client.post(f"/v1/domain/{DOMAIN}", json_body={setting: DOMAIN.upper()})
+            self.assertEqual(refused.code, 400, refused.body)
+            self.assertIn(b"must be a name under", refused.body)
         self.assertEqual([d["name"] for d in await self.call("GET", "/v1/domains")], ["example.com", DOMAIN])
 
         # Before its records are published, nothing of the domain's is used, and the status says why.

@@ -265,7 +265,8 @@ def settings_changes(settings: DomainSettings, changes: dict[str, Any]) -> dict[
 
 
 def _own_host(domain: str, name: str, value: Any) -> str:
-    """A bounce or tracking host: the domain itself or one under it, so SPF and DMARC align."""
+    """A bounce or tracking host: a name under the domain, so SPF and DMARC align. Never the domain
+    itself: its MX would take the customer's own mail, and a CNAME cannot stand at a zone's apex."""
     if not isinstance(value, str) or not value.strip():
         raise SettingError(f"{name} must be a host name")
     host = domain_key(value)
@@ -273,8 +274,8 @@ def _own_host(domain: str, name: str, value: Any) -> str:
     if any(not label or len(label) > 63 or not all(c.isalnum() or c == "-" for c in label)
            for label in labels) or len(host) > 253:
         raise SettingError(f"{name} {value!r} is not a host name")
-    if host != domain and not host.endswith("." + domain):
-        raise SettingError(f"{name} must be {domain} or a name under it, not {value!r}")
+    if not host.endswith("." + domain):
+        raise SettingError(f"{name} must be a name under {domain} (such as {name}.{domain}), not {value!r}")
     return host
 
 

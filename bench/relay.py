@@ -35,7 +35,7 @@ start-up included.
 
     python bench/relay.py [--messages 10000] [--sessions 20] [--size 2048] [--postgresql]
                           [--drain-messages 3000] [--runs drain,relay,signed] [--drain-only]
-                          [--profile tuned|default|both] [--json]
+                          [--profile tuned|default|both] [--rounds N] [--json]
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ import os
 import re
 import shutil
 import smtplib
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -536,6 +537,9 @@ def main() -> None:
     parser.add_argument("--drain-only", action="store_true", help="skip the end-to-end runs (--runs drain)")
     parser.add_argument("--profile", choices=("tuned", "default", "both"), default="both",
                         help="smtpeter's delivery profile(s) in the end-to-end runs")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="end-to-end rounds (Postfix, then smtpeter, each round): the machine's speed "
+                             "drifts over minutes, so ratios are taken within a round and summed up across")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--enable-signing", metavar="CONFIG", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -555,12 +559,13 @@ def main() -> None:
     route = f"{SINK_HOST}:{sink.port}"
     cluster, _ = throwaway_postgres() if args.postgresql else (None, None)
     new_database = cluster.create_database if cluster else lambda: None
-    drained, end_to_end = None, None
+    drained, end_to_end = None, []
     try:
         if "drain" in args.runs:
             drained = drains(new_database, route, sink, args)
         if {"relay", "signed"} & set(args.runs):
-            end_to_end = summary(relay_runs(new_database, route, sink, args), args)
+            end_to_end = [summary(relay_runs(new_database, route, sink, args), args)
+                          for _ in range(args.rounds)]
     finally:
         sink.stop()
         if cluster is not None:
@@ -568,13 +573,14 @@ def main() -> None:
     report(args, drained, end_to_end)
 
 
-def report(args: argparse.Namespace, drained: dict[str, dict] | None, end_to_end: dict | None) -> None:
+def report(args: argparse.Namespace, drained: dict[str, dict] | None, rounds: list[dict]) -> None:
     storage = "postgresql" if args.postgresql else "sqlite"
     drain = None if drained is None else {name: {key: round(value, 2) for key, value in figures.items()}
                                           for name, figures in drained.items()}
     if args.json:
         print(json.dumps({"storage": storage, "drain_messages": args.drain_messages, "drain": drain,
-                          "end_to_end": end_to_end}, indent=2))
+                          "end_to_end": (rounds[0] if len(rounds) == 1 else rounds) if rounds else None},
+                         indent=2))
         return
     if drain is not None:
         print(f"drain: {args.drain_messages} queued messages of {args.size} bytes to one destination "
@@ -583,8 +589,20 @@ def report(args: argparse.Namespace, drained: dict[str, dict] | None, end_to_end
         for name, figures in drain.items():
             cpu = figures.get("cpu_ms_per_msg", "")
             print(f"{name:18} {figures['first_s']:>8.2f} {figures['msgs_per_s']:>9} {cpu:>11}")
-    if end_to_end is None:
-        return
+    for number, end_to_end in enumerate(rounds, 1):
+        if len(rounds) > 1:
+            print(f"-- round {number} of {len(rounds)}")
+        report_round(args, storage, end_to_end)
+    if len(rounds) > 1:
+        print(f"across {len(rounds)} rounds: ratio to Postfix (msg/s), median and range")
+        for name in rounds[0]["runs"]:
+            if name != "postfix":
+                ratios = sorted(r["runs"][name]["ratio"] for r in rounds)
+                print(f"  {name}: median {statistics.median(ratios)}, {ratios[0]}-{ratios[-1]} "
+                      f"({sum(r >= 1.0 for r in ratios)} of {len(ratios)} rounds at 1.0 or more)")
+
+
+def report_round(args: argparse.Namespace, storage: str, end_to_end: dict) -> None:
     runs = end_to_end["runs"]
     probes = runs["postfix"]["delivered"] - end_to_end["messages"]
     print(f"relay: {end_to_end['messages']} messages of {args.size} bytes (+ about {probes} probes), "

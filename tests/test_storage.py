@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime
+import json
+import math
 from typing import Any
 
 from twisted.internet import defer, reactor
@@ -11,18 +13,20 @@ from twisted.trial import unittest
 from smtpeter import credentials
 from smtpeter.domains.model import ACTIVE, NEXT, RETIRED, DkimKey, DmarcPolicy, DomainStatus
 from smtpeter.envelope import Envelope, MessageOptions, Recipient
-from smtpeter.events.model import accept
+from smtpeter.events.model import ATTEMPT, accept
 from smtpeter.ids import new_id
 from smtpeter.storage import (
     Conflict,
     NotFound,
     StorageError,
     StorageUnavailable,
+    event_json,
     open_storage,
     queue,
     webhooks,
 )
 from smtpeter.storage.db import SQL
+from smtpeter.storage.events import event_row
 from smtpeter.storage.hosted import HostedImage
 from smtpeter.storage.models import Lease, NewMessage, Outcome, Position
 from smtpeter.storage.schema import LATEST, MIGRATIONS, _ddl, current_version, migrate
@@ -155,7 +159,8 @@ class StorageSuite:
     async def test_event_queries(self) -> None:
         storage = await self.open_storage()
         account = await storage.create_account("acme")
-        tagged = new_message(account.id, tags=("50%_off", 'say "hi"', "a\\b"), to=("Jane.Doe@Example.net",))
+        tagged = new_message(account.id, tags=("50%_off", 'say "hi"', "a\\b", "café"),
+                             to=("Jane.Doe@Example.net",))
         (first,) = await storage.enqueue(tagged)
         (second,) = await storage.enqueue(new_message(account.id))
         until = storage.now() + 1
@@ -167,9 +172,15 @@ class StorageSuite:
         self.assertEqual(await ids(recipient="jane.doe@example.net"), [first])
         self.assertEqual(await ids(recipient="JANE.DOE@EXAMPLE.NET"), [first])
         self.assertEqual((await storage.events(first))[0].data["recipient"], "Jane.Doe@Example.net")
-        for tags, expected in ((["50%_off"], [first]), (['say "hi"', "a\\b"], [first]), (["news"], [second]),
+        for tags, expected in ((["50%_off"], [first]), (['say "hi"', "a\\b"], [first]), (["café"], [first]),
+                               (["news"], [second]),
                                (["50%"], []), (["%"], []), (["_"], []), (["50%_off", "news"], [])):
             self.assertEqual(await ids(tags=tags), expected, tags)
+        # A row written with the standard library's json (a non-ASCII tag \u-escaped) is found too.
+        row = event_row(account.id, second, "x@example.net", ATTEMPT, storage.now(), {"tags": ["café"]})
+        self.assertNotIn("caf\\u00e9", row[-1])
+        await storage.record_event_rows([(*row[:-1], json.dumps({"tags": ["café"]}))])
+        self.assertEqual(await ids(tags=["café"]), [first, second])
         self.assertEqual(await ids(limit=1), [first])
         for bogus in ("x", "0" * 17 + "\x00", "'; DROP TABLE events; --"):
             with self.assertRaises(NotFound):
@@ -778,3 +789,13 @@ class PostgresOutage(BackendMixin, unittest.TestCase):
         self.assertTrue(all(f.check(StorageUnavailable) for _, f in outcomes))
         ids = await storage.enqueue(new_message(account.id))
         self.assertEqual(len(ids), 1)
+
+
+class EventJSONTests(unittest.TestCase):
+    def test_round_trips_what_orjson_refuses_through_the_standard_library(self) -> None:
+        for data in ({"diagnostic": "550 caf\udce9"},  # a lone surrogate: bytes decoded with surrogateescape
+                     {"big": 2 ** 70}, {1: "a non-string key"}, {"tags": ["café"], "n": 1.5}):
+            text = event_json.encode(data)
+            decoded = event_json.decode(text)
+            self.assertEqual(decoded, json.loads(json.dumps(data)), data)
+        self.assertTrue(math.isnan(event_json.decode('{"x": NaN}')["x"]))  # json.dumps wrote NaN before

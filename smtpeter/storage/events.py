@@ -16,6 +16,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
+from smtpeter.storage import event_json
 from smtpeter.storage.db import SQL, Database, Insert, Statement, Tables
 from smtpeter.storage.keys import address_key, check_id
 from smtpeter.storage.models import FEED_START, Event, NewEvent, Position
@@ -38,7 +39,7 @@ def event_row(account_id: str, message_id: str, address: str, event_type: str, t
               data: dict[str, Any]) -> tuple:
     """One row of ``insert_events``."""
     return (account_id, message_id, address_key(address), event_type, time, int(time // DAY),
-            json.dumps(data))
+            event_json.encode(data))
 
 
 def insert_events(rows: Sequence[tuple], where: str = "", where_params: Sequence[object] = ()) -> Insert:
@@ -129,11 +130,13 @@ class Events(Tables):
             clause += " AND recipient = ?"
             params.append(address_key(recipient))
         # Tags sit in the JSON data as strings: an exact, case-sensitive substring
-        # search narrows the rows in the database.
+        # search narrows the rows in the database. Rows written before event_json
+        # have a non-ASCII tag \u-escaped.
         find = "instr(data, ?) > 0" if self.db.dialect == "sqlite" else "strpos(data, ?) > 0"
         for tag in tags:
-            clause += f" AND {find}"
-            params.append(json.dumps(tag))
+            forms = list(dict.fromkeys((event_json.encode(tag), json.dumps(tag))))
+            clause += " AND (" + " OR ".join([find] * len(forms)) + ")"
+            params += forms
         rows = await self.db.query(
             f"SELECT {_SELECT} FROM events "  # noqa: S608 - clause holds placeholders only
             f"WHERE account_id = ? AND time >= ? AND time < ?{clause} ORDER BY time, id LIMIT ?",

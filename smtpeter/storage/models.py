@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from smtpeter.envelope import Envelope, MessageOptions, Recipient
+from smtpeter.storage import event_json
 
 # Delivery states of a recipient.
 QUEUED, DELIVERED, FAILED, EXPIRED = "queued", "delivered", "failed", "expired"
@@ -132,7 +132,7 @@ class Event:
     @property
     def data(self) -> dict[str, object]:
         if self._data is None:
-            self._data = json.loads(self._json)
+            self._data = event_json.decode(self._json)
         return self._data
 
     def _fields(self) -> tuple:

@@ -43,6 +43,7 @@ from smtpeter.storage.models import Event
 SERIES = {ATTEMPT: "accepted", DELIVERY: "delivered", DEFERRED: "deferred", FAILURE: "failed",
           BOUNCE: "bounced", OPEN: "opened", CLICK: "clicked", RESPONSE: "replied", ABUSE: "complained",
           UNSUBSCRIBE: "unsubscribed"}
+MACHINE_SCORED = (CLICK, OPEN)
 CONSUMER = "statistics"
 BOUNCE_CONSUMER = "statistics-bounces"
 
@@ -53,7 +54,9 @@ def counts(events: Sequence[Event]) -> list[tuple[str, int, str, bool, int]]:
     for event in events:
         series = SERIES.get(event.type)
         if series is not None:
-            found[(event.account_id, int(event.time // MINUTE), series, event.data.get("bot") is True)] += 1
+            # Only clicks and opens are scored (and their data read): machines make no other kind.
+            bot = event.type in MACHINE_SCORED and event.data.get("bot") is True
+            found[(event.account_id, int(event.time // MINUTE), series, bot)] += 1
     return [(*key, count) for key, count in found.items()]
 
 
@@ -65,10 +68,12 @@ def bounce_counts(events: Sequence[Event]) -> list[tuple[str, int, int, str, str
     sent to)."""
     found: Counter[tuple[str, int, int, str, str, str, bool]] = Counter()
     for event in events:
+        if event.type not in (BOUNCE, FAILURE):
+            continue
         data = event.data
         if event.type == FAILURE and (data.get("state") == "bounce" or data.get("type") == "suppressed"):
             continue
-        if event.type not in (BOUNCE, FAILURE) or not data.get("reason"):
+        if not data.get("reason"):
             continue
         domain = event.recipient.rpartition("@")[2]
         for span in BOUNCE_SPANS:

@@ -219,22 +219,49 @@ class FeedSuite:
             return await query(sql, params)
         storage.db.query = counted  # type: ignore[method-assign]
         webhooks, statistics = Feed(storage, "webhooks", clock, 3), Feed(storage, "statistics", clock, 8)
+        again = Feed(storage, "suppressions", clock, 3)
         first, second = await defer.gatherResults([defer.Deferred.fromCoroutine(webhooks.read()),
-                                                   defer.Deferred.fromCoroutine(statistics.read())])
-        self.assertEqual(len(reads), 1)
-        # The first asker's read, shared: a batch may come shorter than a consumer's own size.
+                                                   defer.Deferred.fromCoroutine(again.read())])
+        self.assertEqual(len(reads), 1)  # the first asker's read, shared
         self.assertEqual(second, first)
         self.assertEqual([e.position for e in first], (await every_position(storage))[:3])
-        # Gone after a second: the next read at that position asks the database again.
-        clock.advance(1)
+        # A full read of 3 is no answer for a reader of 8, who would take it for having caught up.
         self.assertEqual([e.position for e in await statistics.read()], (await every_position(storage))[:8])
         self.assertEqual(len(reads), 2)
+        # Gone after a second: the next read at that position asks the database again.
+        clock.advance(1)
+        self.assertEqual(len(await webhooks.read()), 3)
+        self.assertEqual(len(reads), 3)
         # An empty answer is never shared: an event recorded just after it is seen at once.
         await read_to_the_end(webhooks)
         await read_to_the_end(statistics)
         self.assertEqual(await webhooks.read(), [])
         await record_events(storage, account.id, 1)
         self.assertEqual(len(await statistics.read()), 4)
+
+
+    async def test_a_read_begun_before_a_commit_is_not_joined_after_it(self) -> None:
+        storage = await self.open_storage()
+        account = await storage.create_account("acme")
+        await record_events(storage, account.id, 1)
+        end = (await every_position(storage))[-1]
+        query, answered, gate = storage.db.query, defer.Deferred(), defer.Deferred()
+
+        async def answered_late(sql: str, params: tuple = ()) -> list:
+            rows = await query(sql, params)  # the database's answer as of now...
+            if "FROM events WHERE (xid, id) >" in sql and not answered.called:
+                answered.callback(None)
+                await gate  # ...handed over later
+            return rows
+        storage.db.query = answered_late  # type: ignore[method-assign]
+        early = defer.Deferred.fromCoroutine(storage.feed(end, 10))
+        await answered  # the read has its answer: nothing yet
+        await storage.enqueue(new_message(account.id))  # a commit: its consumers are woken
+        late = defer.Deferred.fromCoroutine(storage.feed(end, 10))  # one of them reads
+        gate.callback(None)
+        self.assertEqual(await early, [])
+        recorded = [p for p in await every_position(storage) if p > end]
+        self.assertEqual([e.position for e in await late], recorded)
 
 
 FeedSQLite, FeedPostgreSQL = both_backends(FeedSuite)

@@ -51,8 +51,9 @@ class _SharedRead:
     """One read of the feed and everyone waiting for it; its outcome goes to each waiter and is
     handled there (a failure never stays unhandled on the read itself)."""
 
-    def __init__(self, at: float, read: defer.Deferred) -> None:
+    def __init__(self, at: float, limit: int, read: defer.Deferred) -> None:
         self.at = at
+        self.limit = limit
         self._waiters: list[defer.Deferred] = []
         self._outcome: list[Event] | Failure | None = None
         read.addBoth(self._done)
@@ -172,14 +173,16 @@ class Events(Tables):
         Only events before which no other can still be committed are returned
         (``Database.feed_horizon``), so a reader that goes on from the last one
         it was given never misses one. Readers at the same position share a read
-        (``SHARED_FEED_READ_SECONDS``); an empty answer is never shared.
+        (``SHARED_FEED_READ_SECONDS``); an empty answer is never shared, and a
+        shared read that stopped at a smaller limit than this reader's is read
+        again whole (a consumer takes a short batch for having caught up).
         """
         now = self.now()
         shared = self._feed_reads.get(after)
         if shared is None or now - shared.at >= SHARED_FEED_READ_SECONDS:
             self._feed_reads = {p: r for p, r in self._feed_reads.items()
                                 if now - r.at < SHARED_FEED_READ_SECONDS}
-            shared = _SharedRead(now, defer.Deferred.fromCoroutine(self._read_feed(after, limit)))
+            shared = _SharedRead(now, limit, defer.Deferred.fromCoroutine(self._read_feed(after, limit)))
             self._feed_reads[after] = shared
         try:
             events = await shared.wait()
@@ -188,6 +191,8 @@ class Events(Tables):
             raise
         if not events:
             self._feed_reads.pop(after, None)
+        elif len(events) >= shared.limit and shared.limit < limit:
+            return await self._read_feed(after, limit)
         return events[:limit]
 
     async def _read_feed(self, after: Position, limit: int) -> list[Event]:
@@ -222,5 +227,8 @@ class Events(Tables):
         return lambda: self._event_watchers.remove(watcher)
 
     def _events_recorded(self) -> None:
+        # A read that began before this commit may miss its events: none is joined from now on
+        # (a reader woken by the commit would find nothing and sleep until its next poll).
+        self._feed_reads.clear()
         for watcher in list(self._event_watchers):
             watcher()

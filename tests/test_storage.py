@@ -794,8 +794,9 @@ class PostgresOutage(BackendMixin, unittest.TestCase):
 class EventJSONTests(unittest.TestCase):
     def test_round_trips_what_orjson_refuses_through_the_standard_library(self) -> None:
         for data in ({"diagnostic": "550 caf\udce9"},  # a lone surrogate: bytes decoded with surrogateescape
-                     {"big": 2 ** 70}, {1: "a non-string key"}, {"tags": ["café"], "n": 1.5}):
+                     {1: "a non-string key"}, {"tags": ["café"], "n": 1.5}):
             text = event_json.encode(data)
             decoded = event_json.decode(text)
             self.assertEqual(decoded, json.loads(json.dumps(data)), data)
         self.assertTrue(math.isnan(event_json.decode('{"x": NaN}')["x"]))  # json.dumps wrote NaN before
+        self.assertEqual(json.loads(event_json.encode({"big": 2 ** 70 + 1})), {"big": 2 ** 70 + 1})

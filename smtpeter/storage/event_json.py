@@ -4,8 +4,10 @@ Every click, open and delivery writes an event's data once and the feed's
 consumers read it back: orjson does each in a tenth of the time of the
 standard library's json (4.7 -> 0.4 us to write a click's data, 3.9 -> 1.2 us
 to read it). What orjson refuses, the standard library handles as it always
-has: a lone surrogate (text decoded with ``surrogateescape``), an integer past
-64 bits, and, reading, the ``NaN`` that ``json.dumps`` writes.
+has: writing, a lone surrogate (text decoded with ``surrogateescape``) and an
+integer past 64 bits; reading, the ``NaN`` that ``json.dumps`` wrote. Two
+differences remain, neither in any event we make: orjson reads an integer
+past 64 bits as a float, and writes NaN and infinities as null.
 """
 
 from __future__ import annotations

@@ -539,7 +539,8 @@ def main() -> None:
                         help="smtpeter's delivery profile(s) in the end-to-end runs")
     parser.add_argument("--rounds", type=int, default=1,
                         help="end-to-end rounds (Postfix, then smtpeter, each round): the machine's speed "
-                             "drifts over minutes, so ratios are taken within a round and summed up across")
+                             "drifts over minutes, so ratios are taken within a round; their median "
+                             "and range are printed")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--enable-signing", metavar="CONFIG", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -551,6 +552,8 @@ def main() -> None:
 
         task.react(lambda reactor: defer.Deferred.fromCoroutine(enable(reactor)))  # exits
     args.runs = ("drain",) if args.drain_only else tuple(name.strip() for name in args.runs.split(","))
+    if args.rounds < 1:
+        parser.error("--rounds takes 1 or more")
     unknown = set(args.runs) - set(RUNS)
     if unknown or not args.runs:
         parser.error(f"--runs takes some of {', '.join(RUNS)}, not {','.join(sorted(unknown))}")

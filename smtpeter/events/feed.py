@@ -37,6 +37,9 @@ POLL_INTERVAL = 5.0
 # batch (one read, one transaction) carries many events instead of the few one commit wrote.
 # A lone event after a quiet spell is read at once.
 SERVICE_PACE = 0.25
+# Events a consumer handles at most at once. The service's consumers all take this many, so that
+# standing at one position they share one read (Storage.feed).
+BATCH_SIZE = 2000
 
 # Handles a batch of events; returns its own writes, committed with the batch's position.
 Handler = Callable[[list[Event]], Awaitable[Sequence[Statement]]]
@@ -45,7 +48,7 @@ Handler = Callable[[list[Event]], Awaitable[Sequence[Statement]]]
 class Feed:
     """One consumer's place in the feed."""
 
-    def __init__(self, storage: Storage, consumer: str, clock: IReactorTime, batch_size: int = 500,
+    def __init__(self, storage: Storage, consumer: str, clock: IReactorTime, batch_size: int = BATCH_SIZE,
                  poll_interval: float = POLL_INTERVAL, pace: float = 0.0) -> None:
         self.storage = storage
         self.consumer = consumer

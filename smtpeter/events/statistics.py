@@ -86,8 +86,8 @@ def bounce_counts(events: Sequence[Event]) -> list[tuple[str, int, int, str, str
 class Statistics:
     def __init__(self, storage: Storage, clock: IReactorTime) -> None:
         self.storage = storage
-        self.feed = Feed(storage, CONSUMER, clock, batch_size=2000, pace=SERVICE_PACE)
-        self.bounce_feed = Feed(storage, BOUNCE_CONSUMER, clock, batch_size=2000, pace=SERVICE_PACE)
+        self.feed = Feed(storage, CONSUMER, clock, pace=SERVICE_PACE)
+        self.bounce_feed = Feed(storage, BOUNCE_CONSUMER, clock, pace=SERVICE_PACE)
 
     def start(self) -> None:
         self.feed.start(self._handle)

@@ -58,6 +58,10 @@ class _SharedRead:
         self._outcome: list[Event] | Failure | None = None
         read.addBoth(self._done)
 
+    @property
+    def answered(self) -> bool:
+        return self._outcome is not None
+
     def wait(self) -> defer.Deferred:
         if isinstance(self._outcome, Failure):
             return defer.fail(self._outcome)
@@ -227,8 +231,9 @@ class Events(Tables):
         return lambda: self._event_watchers.remove(watcher)
 
     def _events_recorded(self) -> None:
-        # A read that began before this commit may miss its events: none is joined from now on
-        # (a reader woken by the commit would find nothing and sleep until its next poll).
-        self._feed_reads.clear()
+        # A read still under way may have missed this commit's events: none is joined from now on
+        # (a reader woken by the commit would find nothing and sleep until its next poll). One
+        # done is a non-empty batch: still a right answer, still shared.
+        self._feed_reads = {p: r for p, r in self._feed_reads.items() if r.answered}
         for watcher in list(self._event_watchers):
             watcher()

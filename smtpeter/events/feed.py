@@ -115,12 +115,12 @@ class Feed:
             try:
                 events = await self.read()
                 if not events:
-                    await self._pause()
+                    await self._pause(self.poll_interval)
                     continue
                 await self.commit(events[-1].position, await handler(events))
                 if self.pace and len(events) < self.batch_size:
                     # Caught up: the events recorded meanwhile wait to make one batch.
-                    await self._linger()
+                    await self._pause(self.pace, holding=True)
                 continue
             except StorageError as exc:
                 log.warn("feed {consumer}: {exc}; trying again", consumer=self.consumer, exc=exc)
@@ -128,23 +128,15 @@ class Feed:
                 log.failure("feed {consumer}: handling events failed; they come again",
                             consumer=self.consumer)
             # A failing handler or database is not tried again at the pace events come in.
-            await self._pause(backing_off=True)
+            await self._pause(self.poll_interval, holding=True)
 
-    async def _pause(self, backing_off: bool = False) -> None:
-        if self._stopping or (self._woken and not backing_off):
+    async def _pause(self, seconds: float, holding: bool = False) -> None:
+        """Wait ``seconds``, or until stopped; a wake ends the wait unless ``holding``."""
+        if self._stopping or (self._woken and not holding):
             return
-        self._holding = backing_off
+        self._holding = holding
         try:
-            await self._sleep.wait(self.poll_interval)
-        finally:
-            self._holding = False
-
-    async def _linger(self) -> None:
-        if self._stopping:
-            return
-        self._holding = True
-        try:
-            await self._sleep.wait(self.pace)
+            await self._sleep.wait(seconds)
         finally:
             self._holding = False
 

@@ -98,14 +98,13 @@ class SuppressionRules:
     wrote are committed."""
 
     def __init__(self, storage: Storage, clock: IReactorTime, settings: RuleSettings,
-                 changed: Callable[[set[str]], None] = lambda accounts: None,
-                 pace: float = SERVICE_PACE) -> None:
+                 changed: Callable[[set[str]], None] = lambda accounts: None) -> None:
         self.storage = storage
         self.clock = clock
         self.settings = settings
         self.changed = changed
         self._written: set[str] = set()  # accounts whose entries the batch in hand writes
-        self.feed = NotifyingFeed(storage, CONSUMER, clock, committed=self._committed, pace=pace)
+        self.feed = NotifyingFeed(storage, CONSUMER, clock, committed=self._committed, pace=SERVICE_PACE)
 
     def start(self) -> None:
         self.feed.start(self.consume)

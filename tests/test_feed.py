@@ -14,6 +14,7 @@ from smtpeter.storage.models import DELIVERED, Event, Outcome, Position
 from tests.support.backends import BackendMixin, both_backends
 from tests.support.clock import ShiftedClock
 from tests.test_storage import new_message
+from tests.test_workers import until
 
 
 async def record_events(storage: Storage, account_id: str, messages: int) -> None:
@@ -156,22 +157,15 @@ class FeedSuite:
             batches.append(events)
             return []
 
-        async def waited(condition: object) -> None:
-            for _ in range(3000):
-                if condition():  # type: ignore[operator]
-                    return
-                await task.deferLater(reactor, 0.01)
-            self.fail("waited 30 s")
-
         feed.start(handler)
-        await waited(lambda: batches and clock.getDelayedCalls())  # caught up, pacing
+        await until(lambda: bool(batches and clock.getDelayedCalls()))  # caught up, pacing
         before = len(await every_position(storage))
         await storage.enqueue(new_message(account.id))  # wakes it: the pace is kept all the same
         await storage.enqueue(new_message(account.id))
         await task.deferLater(reactor, 0.2)
         self.assertEqual(len(batches), 1)
         clock.advance(5)
-        await waited(lambda: len(batches) == 2)
+        await until(lambda: len(batches) == 2)
         await feed.stop()  # ends the next pace at once
         self.assertEqual([e.position for e in batches[1]], (await every_position(storage))[before:])
         self.assertEqual([e.position for e in batches[0] + batches[1]], await every_position(storage))

@@ -68,6 +68,7 @@ class FakeStorage:
         self.failures = 0  # the next this many writes fail
         self.read_failures = 0  # the next this many reads of a recipient fail
         self.reads: list[str] = []
+        self.durable: list[bool] = []  # of each write
 
     async def recipient(self, recipient_id: str) -> Any:
         if self.read_failures:
@@ -83,7 +84,8 @@ class FakeStorage:
         return [Event(1, "acct", message_id, "x", ATTEMPT, 10.0, {"tags": ["news"]}, Position(1, 1)),
                 Event(2, "acct", message_id, "x", DELIVERY, DELIVERED, {"tags": ["news"]}, Position(1, 2))]
 
-    async def record_event_rows(self, rows: Sequence[tuple]) -> None:
+    async def record_event_rows(self, rows: Sequence[tuple], durable: bool = True) -> None:
+        self.durable.append(durable)
         if self.failures:
             self.failures -= 1
             raise StorageUnavailable("down for the test")
@@ -253,6 +255,7 @@ class HitLogTests(unittest.TestCase):
             self.log.add(hit(now - 10 + i / 1000))
         self.assertEqual(self.flush(), hits.SLICE * 3 + 1)
         self.assertEqual(turns, [0, 0, 0])
+        self.assertEqual(self.storage.durable, [False])  # one transaction, not flushed to disk
 
 
 class BotRulesTests(unittest.SynchronousTestCase):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import marshal
 import os
 import signal
 import socket
@@ -211,6 +212,23 @@ class RedirectWorkerConfigTests(unittest.TestCase):
 
 class HitPipeTests(unittest.TestCase):
     """A worker's frames of hits over a pipe that takes only part of them at a time."""
+
+    def test_a_header_block_goes_once_a_frame(self) -> None:
+        """Equal header blocks read from different requests travel as one object."""
+        hits = redirect_worker.HitBatch("https://t.example")
+        link = Link("click", "0" * 18, 3)
+        browser = b"User-Agent: Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0\r\nAccept-Language: nl"
+        for n in range(50):
+            head = bytes(bytearray(browser))  # a new object each time, as each request's is
+            hits.add("click", link, f"https://shop.example/{n}", b"GET", b"/c/x", head, "192.0.2.1", False)
+        hits.add("click", link, "https://shop.example/", b"GET", b"/c/x", b"User-Agent: curl", "192.0.2.1",
+                 False)
+        hits.frame()
+        frame = hits.frames[0][0]
+        self.assertEqual(frame.count(browser), 1)
+        _, received = marshal.loads(frame[4:])  # noqa: S302 - the frame made just above
+        self.assertEqual(len({id(hit[8]) for hit in received}), 2)
+        self.assertEqual([hit[8] for hit in received], [browser] * 50 + [b"User-Agent: curl"])
 
     def test_frames_arrive_whole_and_what_is_given_up_is_counted(self) -> None:
         hits = redirect_worker.HitBatch("https://t.example")

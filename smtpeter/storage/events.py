@@ -100,12 +100,13 @@ class Events(Tables):
         await self.record_event_rows([event_row(e.account_id, e.message_id, e.address, e.type,
                                                 now if e.time is None else e.time, e.data) for e in events])
 
-    async def record_event_rows(self, rows: Sequence[tuple]) -> None:
+    async def record_event_rows(self, rows: Sequence[tuple], durable: bool = True) -> None:
         """``record_events`` for ``event_row`` rows made already (the hit log makes its clicks' and
-        opens' a few at a time, between requests: their JSON is most of the work)."""
+        opens' a few at a time, between requests: their JSON is most of the work); ``durable``: as
+        ``Database.transaction``."""
         if not rows:
             return
-        await self.db.transaction([insert_events(rows)])
+        await self.db.transaction([insert_events(rows)], durable=durable)
         self._events_recorded()
 
     async def events(self, message_id: str, account_id: str | None = None,

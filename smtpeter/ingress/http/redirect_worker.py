@@ -61,6 +61,7 @@ MAX_WAITING = 20_000
 STALL_SECONDS = 10.0
 SWEEP_SECONDS = 5.0  # idle connections are looked for this often
 _LENGTH = struct.Struct(">I")
+_HEADS_KEPT = 1024  # distinct header blocks remembered (then it starts again)
 
 
 class HitBatch:
@@ -74,6 +75,10 @@ class HitBatch:
         self.framed = 0  # hits in ``frames``
         self.dropped = 0  # not yet told to the main process
         self.first = 0.0  # monotonic time of the oldest hit in ``hits``
+        # Header blocks seen, each kept as one object: a browser sends the same block with every
+        # click, and marshal writes an object it met already as a reference to it, so a batch
+        # carries each block once and the main process makes one object of it, not one a hit.
+        self._heads: dict[bytes, bytes] = {}
 
     def add(self, kind: str, link: Link, destination: str, method: bytes, uri: bytes, head: bytes,
             peer: str, secure: bool) -> None:
@@ -82,8 +87,13 @@ class HitBatch:
             return
         if not self.hits:
             self.first = time.monotonic()
+        same = self._heads.get(head)
+        if same is None:
+            if len(self._heads) >= _HEADS_KEPT:
+                self._heads.clear()
+            same = self._heads[head] = head
         self.hits.append((time.time(), kind, link.recipient_id, link.position, method.decode("ascii"),
-                          self.origin + uri.decode("latin-1"), destination, peer, head, secure or self.https))
+                          self.origin + uri.decode("latin-1"), destination, peer, same, secure or self.https))
 
     def due(self, now: float) -> bool:
         return len(self.hits) >= BATCH_HITS or (bool(self.hits) and now - self.first >= BATCH_SECONDS)

@@ -23,13 +23,17 @@ workers), per redirect during the load (with the main process's and the
 workers' parts) and until the last of its clicks was recorded; RSS too.
 
 The bench's smtpeter is "tuned": ``http.redirect_workers = --workers`` (2).
+After each of its runs, a run over links signed the same way for recipients
+that do not exist ("nothing stored"): answered and taken as any, dropped by
+the main process (no such recipient), so the row shows what answering costs
+without the recording; the bench fails if a click is stored for them.
 
 Last, the same load against smtpeter in its default configuration (what
 etc/smtpeter.toml sets, on free ports; no tracking.keys: the key made on
 first start; no public_url).
 
     python bench/redirect.py [--seconds 10] [--connections 16,64] [--urls 1000] [--recipients 1000]
-                             [--workers 2] [--skip-default]
+                             [--workers 2] [--skip-default] [--skip-unrecorded]
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ from bench.peers import Smtpeter, free_port, require
 from bench.relay import SINK_HOST, SmtpSink
 from smtpeter import tracking_urls
 from smtpeter.events.hits import MAX_PENDING
+from smtpeter.ids import new_id
 from smtpeter.links import Link, LinkSigner, signing_keys
 from tests.support.harness import wait_for_port
 
@@ -67,6 +72,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"  # sbin: not on a user's PATH
 TUNED_WORKERS = 2
 TUNED, DEFAULT = "smtpeter tuned", "smtpeter default config"
+UNRECORDED = "nothing stored"  # the tuned server over links of unknown recipients (measure_unrecorded)
 
 
 # -- the links ------------------------------------------------------------------------------------
@@ -344,29 +350,72 @@ def wait_recorded(database: Path, expected: int, idle_limit: float, timeout: flo
             return count, changed - started
 
 
-def measure_ours(name: str, server: Smtpeter, port: int, script: Path, database: Path,
-                 connections: int, seconds: float, record_timeout: float) -> Row:
+def load_ours(server: Smtpeter, port: int, script: Path, connections: int,
+              seconds: float) -> tuple[dict[str, float], dict[int, float], dict[int, float], str]:
+    """One wrk run against smtpeter: the load, the process tree's CPU seconds before it and spent in it,
+    and a note splitting that CPU between the main process and its workers."""
     assert server.process is not None
     pid = server.process.pid
     pids = tree(pid)  # the main process, its redirect workers and its transform workers
-    before = click_count(database)
     cpu = tree_cpu(pids)
     load = wrk(port, script, connections, seconds)
     load_cpu = {p: seconds - cpu[p] for p, seconds in tree_cpu(pids).items()}
+    requests = max(1, load["requests"])
+    others = sum(load_cpu.values()) - load_cpu[pid]
+    note = (f"cpu ms/req during the load: main process {1000 * load_cpu[pid] / requests:.3f}, "
+            f"{len(pids) - 1} worker processes {1000 * others / requests:.3f}")
+    return load, cpu, load_cpu, note
+
+
+def measure_ours(name: str, server: Smtpeter, port: int, script: Path, database: Path,
+                 connections: int, seconds: float, record_timeout: float) -> Row:
+    before = click_count(database)
+    load, cpu, load_cpu, note = load_ours(server, port, script, connections, seconds)
+    pids = list(cpu)
     # A batch is written whole, after every recipient in it was read: progress comes in steps.
     recorded, lag = wait_recorded(database, before + load["requests"], idle_limit=60, timeout=record_timeout)
     recorded -= before
     requests = max(1, load["requests"])
     row = Row(name, connections, load, 1000 * sum(load_cpu.values()) / requests, rss_kib(pids) / 1024,
-              recorded=recorded, record_seconds=lag)
-    others = sum(load_cpu.values()) - load_cpu[pid]
-    row.notes.append(f"cpu ms/req during the load: main process {1000 * load_cpu[pid] / requests:.3f}, "
-                     f"{len(pids) - 1} worker processes {1000 * others / requests:.3f}")
+              recorded=recorded, record_seconds=lag, notes=[note])
     if recorded >= load["requests"]:
         row.cpu_recorded_ms = 1000 * (sum(tree_cpu(pids).values()) - sum(cpu.values())) / requests
     else:
         row.notes.append(f"only {recorded} of {load['requests']} clicks stored {lag:.1f} s after the load")
+    # The event feed's consumers (statistics, webhooks, suppressions) read every click after it was
+    # stored: their work is part of a click's cost, and the next run starts once they are done.
+    quiet = wait_quiet(pids, record_timeout)
+    row.notes.append(f"cpu ms/req until the event feed's consumers were done too ({quiet:.1f} s after the "
+                     f"load): {1000 * (sum(tree_cpu(pids).values()) - sum(cpu.values())) / requests:.3f}")
     return row
+
+
+def wait_quiet(pids: Sequence[int], timeout: float, busy: float = 0.05) -> float:
+    """Wait until the processes together use less than ``busy`` of a core over a second (or ``timeout``);
+    returns the seconds waited, less that last second."""
+    started = time.monotonic()
+    before = sum(tree_cpu(pids).values())
+    while True:
+        time.sleep(1.0)
+        now = sum(tree_cpu(pids).values())
+        if now - before < busy or time.monotonic() - started > timeout:
+            return time.monotonic() - started - 1.0
+        before = now
+
+
+def measure_unrecorded(name: str, server: Smtpeter, port: int, script: Path, database: Path,
+                       connections: int, seconds: float) -> Row:
+    """A load of links signed for recipients that do not exist: answered as any, their hits taken by the
+    main process and dropped there (storage has no such recipient): what answering costs without the
+    recording. Nothing may be stored for them."""
+    before = click_count(database)
+    load, cpu, load_cpu, note = load_ours(server, port, script, connections, seconds)
+    time.sleep(3)  # hits are written a second or two after they came
+    stored = click_count(database) - before
+    if stored:
+        sys.exit(f"FAILED: {stored} clicks stored for recipients that do not exist")
+    return Row(name, connections, load, 1000 * sum(load_cpu.values()) / max(1, load["requests"]),
+               rss_kib(list(cpu)) / 1024, notes=[note])
 
 
 def measure_nginx(name: str, nginx: Nginx, script: Path, connections: int, seconds: float) -> Row:
@@ -396,9 +445,10 @@ def check_nginx(nginx: Nginx, path: str) -> None:
 
 
 def run_smtpeter(name: str, bench_config: bool, sink: SmtpSink, args: argparse.Namespace,
-                 nginxes: Sequence[Nginx] = (),
-                 workers: int | None = None) -> tuple[list[Row], list[Row], str]:
-    """Set up one smtpeter, check it, load it at each connection count (and each nginx right after).
+                 nginxes: Sequence[Nginx] = (), workers: int | None = None,
+                 unrecorded: bool = False) -> tuple[list[Row], list[Row], str]:
+    """Set up one smtpeter, check it, load it at each connection count (with ``unrecorded``, then with
+    links of unknown recipients: measure_unrecorded) and each nginx right after.
 
     Returns our rows, nginx's rows, and a line about the clicks stored after the process stopped.
     """
@@ -416,6 +466,8 @@ def run_smtpeter(name: str, bench_config: bool, sink: SmtpSink, args: argparse.N
         links = click_links(signer, public_url, recipient_ids, args.urls)
         served = check_ours(port, links, public_url)
         script = wrk_script([url[len(public_url):] for url, _ in links])
+        unknown = click_links(signer, public_url, [new_id() for _ in recipient_ids], args.urls)
+        unknown_script = wrk_script([url[len(public_url):] for url, _ in unknown])
         for nginx in nginxes:
             check_nginx(nginx, links[0][0][len(public_url):])
         # A click this soon after the delivery is scored "early" (a machine's): wait it out.
@@ -429,10 +481,14 @@ def run_smtpeter(name: str, bench_config: bool, sink: SmtpSink, args: argparse.N
                                args.record_timeout)
             served += row.load["requests"]
             ours.append(row)
+            if unrecorded:
+                ours.append(measure_unrecorded(f"{name}, {UNRECORDED}", server, port, unknown_script,
+                                               database, connections, args.seconds))
             theirs += [measure_nginx(nginx.name, nginx, script, connections, args.seconds)
                        for nginx in nginxes]
         peak = sum(peak_kib(pid) for pid in tree(server.process.pid)) / 1024
         shutil.rmtree(script.parent, ignore_errors=True)
+        shutil.rmtree(unknown_script.parent, ignore_errors=True)
         stopping = time.monotonic()
         server.process.terminate()  # it writes every hit it took before it ends
         server.process.wait(600)
@@ -479,6 +535,8 @@ def main() -> None:
     parser.add_argument("--record-timeout", type=float, default=120,
                         help="longest wait, after a run, for its clicks to be stored")
     parser.add_argument("--skip-default", action="store_true", help="no run in the default configuration")
+    parser.add_argument("--skip-unrecorded", action="store_true",
+                        help="no run over links of unknown recipients (what answering costs alone)")
     parser.add_argument("--workers", type=int, default=TUNED_WORKERS,
                         help="http.redirect_workers of the tuned run (the default config's: one per core "
                              "beside the reactor's)")
@@ -491,7 +549,8 @@ def main() -> None:
     nginxes: list[Nginx] = []
     try:
         nginxes += [Nginx("1"), Nginx("auto")]
-        ours, nginx_rows, final = run_smtpeter(TUNED, True, sink, args, nginxes, args.workers)
+        ours, nginx_rows, final = run_smtpeter(TUNED, True, sink, args, nginxes, args.workers,
+                                               unrecorded=not args.skip_unrecorded)
         finals = [final]
         for nginx in nginxes:
             nginx.stop()
@@ -511,13 +570,15 @@ def main() -> None:
     table([*ours, *nginx_rows])
     for connections in args.connections:
         one = next(r for r in nginx_rows if r.connections == connections and r.server == "nginx 1 worker")
-        for mine in (r for r in ours if r.connections == connections and r.server in (TUNED, DEFAULT)):
+        for mine in (r for r in ours if r.connections == connections
+                     and r.server in (TUNED, DEFAULT, f"{TUNED}, {UNRECORDED}")):
             print(f"ratio {mine.server}/nginx (1 worker), {connections} connections: "
                   f"{mine.load['per_second'] / one.load['per_second']:.2f} req/s, "
                   f"p99 {mine.load['p99_ms']:.2f} vs {one.load['p99_ms']:.2f} ms")
     for final in finals:
         print(final)
-    failed = [r for r in ours if r.load["errors"] or (r.recorded or 0) < r.load["requests"]]
+    failed = [r for r in ours
+              if r.load["errors"] or (r.recorded is not None and r.recorded < r.load["requests"])]
     failed += [r for r in nginx_rows if r.load["errors"]]
     if failed:
         sys.exit("FAILED: errors, or clicks not stored: " + ", ".join(f"{r.server} c{r.connections}"

@@ -45,10 +45,11 @@ HOLD = 1.0  # seconds a hit waits before it is scored and written (bots.BURST_SE
 INTERVAL = 0.5
 OPEN_SECONDS = 10.0
 MAX_PENDING = 200_000  # hits waiting at most; past it new ones are dropped (and counted)
-# Hits per transaction: under a flood, a tick's hits in one. A transaction writes every index page it
-# touched, and clicks land all over the message and recipient indexes: measured on SQLite (300,000
-# events, clicks of 1,000 recipients), 20,000 rows in one took a sixth less time a row than 5,000.
-MAX_BATCH = 20_000
+# Hits per transaction. A transaction writes every index page it touched, and clicks land all over
+# the message and recipient indexes: measured on SQLite (300,000 events, clicks of 1,000 recipients),
+# 10,000 rows in one took 11% less time a row than 5,000 (20,000: 16% less). More would hold the one
+# writer longer from the messages being submitted (10,000: a fifth of a second under a click flood).
+MAX_BATCH = 10_000
 SLICE = 100  # hits scored between two turns of the reactor (a millisecond or so)
 DROPPED_LOG_SECONDS = 60.0  # dropped hits are logged at most this often
 _RECIPIENTS = 20_000  # recipients whose account, tags and delivery time are cached
@@ -258,8 +259,9 @@ class HitLog:
                 counted.append((hit.kind, bool(reason)))
         # Not flushed to disk at commit: hits wait in memory for a second or more before this anyway,
         # and under a flood of clicks the flushes were 5% of this process's time (perf). A crash of
-        # the process loses none written; of the machine, those the next durable commit had not
-        # flushed yet.
+        # this process loses none written; of the machine (or of PostgreSQL), those that no durable
+        # commit flushed since: the feed's consumers save their positions durably every quarter second
+        # under load (events/feed.py SERVICE_PACE), which flushes the log written before.
         await self.storage.record_event_rows(rows, durable=False)
         self._remember_opens(opens)
         for (kind, bot), count in Counter(counted).items():

@@ -137,8 +137,9 @@ class Database(abc.ABC):
         """Run ``statements`` atomically; return the rows the last one produced.
 
         ``durable=False`` skips the flush to disk at commit, for writes whose
-        loss on a power failure costs nothing but a repeat: leases, delivery
-        outcomes. The next durable commit flushes them too (WAL order).
+        loss on a power failure costs nothing but a repeat (leases, delivery
+        outcomes) or costs little (click and open events: hits wait in memory
+        anyway). The next durable commit flushes them too (WAL order).
         """
 
     @abc.abstractmethod

@@ -61,7 +61,6 @@ MAX_WAITING = 20_000
 STALL_SECONDS = 10.0
 SWEEP_SECONDS = 5.0  # idle connections are looked for this often
 _LENGTH = struct.Struct(">I")
-_HEADS_KEPT = 1024  # distinct header blocks remembered (then it starts again)
 
 
 class HitBatch:
@@ -75,9 +74,9 @@ class HitBatch:
         self.framed = 0  # hits in ``frames``
         self.dropped = 0  # not yet told to the main process
         self.first = 0.0  # monotonic time of the oldest hit in ``hits``
-        # Header blocks seen, each kept as one object: a browser sends the same block with every
-        # click, and marshal writes an object it met already as a reference to it, so a batch
-        # carries each block once and the main process makes one object of it, not one a hit.
+        # The header blocks of ``hits``, each kept as one object: a browser sends the same block with
+        # every click, and marshal writes an object it met already in the same call as a reference to
+        # it, so a frame carries each block once and the main process makes one object of it.
         self._heads: dict[bytes, bytes] = {}
 
     def add(self, kind: str, link: Link, destination: str, method: bytes, uri: bytes, head: bytes,
@@ -87,11 +86,7 @@ class HitBatch:
             return
         if not self.hits:
             self.first = time.monotonic()
-        same = self._heads.get(head)
-        if same is None:
-            if len(self._heads) >= _HEADS_KEPT:
-                self._heads.clear()
-            same = self._heads[head] = head
+        same = self._heads.setdefault(head, head)
         self.hits.append((time.time(), kind, link.recipient_id, link.position, method.decode("ascii"),
                           self.origin + uri.decode("latin-1"), destination, peer, same, secure or self.https))
 
@@ -105,6 +100,7 @@ class HitBatch:
             self.frames.append((_LENGTH.pack(len(payload)) + payload, len(self.hits)))
             self.framed += len(self.hits)
             self.hits, self.dropped = [], 0
+            self._heads.clear()
 
     def send(self, pipe: int) -> bool:
         """Write what the pipe takes now; whether everything went."""

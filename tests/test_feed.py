@@ -234,6 +234,50 @@ class FeedSuite:
         self.assertEqual(len(await statistics.read()), 4)
 
 
+    async def test_a_read_serves_the_positions_inside_it(self) -> None:
+        """Consumers a little behind one another take their batches from the leader's reads."""
+        clock = ShiftedClock()
+        storage = await self.open_storage(clock=clock)
+        account = await storage.create_account("acme")
+        await record_events(storage, account.id, 3)
+        positions = await every_position(storage)
+        self.assertEqual(len(positions), 12)
+        reads = []
+        query = storage.db.query
+
+        async def counted(sql: str, params: tuple = ()) -> list:
+            if "FROM events WHERE (xid, id) >" in sql:
+                reads.append(params)
+            return await query(sql, params)
+        storage.db.query = counted  # type: ignore[method-assign]
+        leader, behind, further = (Feed(storage, name, clock, 4) for name in ("leader", "behind", "further"))
+        self.assertEqual([e.position for e in await leader.read()], positions[:4])
+        # Inside the leader's full read: its events after this position, then a read from its end.
+        await behind.commit(positions[1])
+        self.assertEqual([e.position for e in await behind.read()], positions[2:6])
+        self.assertEqual(len(reads), 2)
+        # Inside both: no read at all.
+        await further.commit(positions[2])
+        self.assertEqual([e.position for e in await further.read()], positions[3:7])
+        self.assertEqual(len(reads), 2)
+        # At the end of the feed: a read that was not full says nothing of events recorded since.
+        wide = Feed(storage, "wide", clock, 8)
+        await wide.commit(positions[7])
+        self.assertEqual([e.position for e in await wide.read()], positions[8:12])
+        await record_events(storage, account.id, 1)
+        await behind.commit(positions[9])
+        self.assertEqual([e.position for e in await behind.read()], positions[10:12])
+        self.assertEqual(len(reads), 3)
+        await behind.commit(positions[11])
+        now = await every_position(storage)
+        self.assertEqual([e.position for e in await behind.read()], now[12:16])  # read: the new events
+        self.assertEqual(len(reads), 4)
+        # A second later nothing is shared.
+        clock.advance(1)
+        await further.commit(positions[8])
+        self.assertEqual([e.position for e in await further.read()], now[9:13])
+        self.assertEqual(len(reads), 5)
+
     async def test_a_read_begun_before_a_commit_is_not_joined_after_it(self) -> None:
         storage = await self.open_storage()
         account = await storage.create_account("acme")

@@ -8,6 +8,7 @@ is a row, written in the transaction of the message or the outcome it records.
 
 from __future__ import annotations
 
+import bisect
 import json
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -22,10 +23,10 @@ from smtpeter.storage.keys import address_key, check_id
 from smtpeter.storage.models import FEED_START, Event, NewEvent, Position
 
 EVENTS_LIMIT = 10000  # events one query answers at most
-# The feed's consumers (webhooks, suppressions, statistics) mostly stand at the same position and
-# are woken together: one read, and one decoding of its rows, serves every consumer that asks for
-# the same position within this many seconds. A batch is any non-empty run of events from a
-# position, so a shared one, shorter or a moment old, is still a right answer.
+# The feed's consumers (webhooks, suppressions, statistics) read the same events: one read, and
+# one decoding of its rows, serves every consumer that asks, within this many seconds, for a
+# position at its start or inside it (the events after that position). A batch is any non-empty
+# run of events from a position, so a shared one, shorter or a moment old, is still a right answer.
 SHARED_FEED_READ_SECONDS = 1.0
 DAY = 86400
 
@@ -51,8 +52,9 @@ class _SharedRead:
     """One read of the feed and everyone waiting for it; its outcome goes to each waiter and is
     handled there (a failure never stays unhandled on the read itself)."""
 
-    def __init__(self, at: float, limit: int, read: defer.Deferred) -> None:
+    def __init__(self, at: float, after: Position, limit: int, read: defer.Deferred) -> None:
         self.at = at
+        self.after = after
         self.limit = limit
         self._waiters: list[defer.Deferred] = []
         self._outcome: list[Event] | Failure | None = None
@@ -61,6 +63,15 @@ class _SharedRead:
     @property
     def answered(self) -> bool:
         return self._outcome is not None
+
+    def events_after(self, position: Position) -> tuple[list[Event], bool] | None:
+        """If ``position`` lies inside this answered read, the events after it (those the database
+        would give, as the read is every event between its start and its last one), and whether
+        the read was full (more may follow its last)."""
+        events = self._outcome
+        if not isinstance(events, list) or not events or not self.after < position < events[-1].position:
+            return None
+        return events[bisect.bisect_right(events, position, key=_position):], len(events) >= self.limit
 
     def wait(self) -> defer.Deferred:
         if isinstance(self._outcome, Failure):
@@ -79,6 +90,10 @@ class _SharedRead:
                 waiter.errback(outcome)
             else:
                 waiter.callback(outcome)
+
+
+def _position(event: Event) -> Position:
+    return event.position
 
 
 def _event(row: Sequence[Any]) -> Event:
@@ -177,17 +192,27 @@ class Events(Tables):
 
         Only events before which no other can still be committed are returned
         (``Database.feed_horizon``), so a reader that goes on from the last one
-        it was given never misses one. Readers at the same position share a read
-        (``SHARED_FEED_READ_SECONDS``); an empty answer is never shared, and a
-        shared read that stopped at a smaller limit than this reader's is read
-        again whole (a consumer takes a short batch for having caught up).
+        it was given never misses one. Readers share a read
+        (``SHARED_FEED_READ_SECONDS``): at its position, or inside it (the
+        events after theirs, and if it was full, those after its end); an empty
+        answer is never shared, and a shared read that stopped at a smaller
+        limit than this reader's is read again whole (a consumer takes a short
+        batch for having caught up).
         """
         now = self.now()
+        self._feed_reads = {p: r for p, r in self._feed_reads.items()
+                            if now - r.at < SHARED_FEED_READ_SECONDS}
         shared = self._feed_reads.get(after)
-        if shared is None or now - shared.at >= SHARED_FEED_READ_SECONDS:
-            self._feed_reads = {p: r for p, r in self._feed_reads.items()
-                                if now - r.at < SHARED_FEED_READ_SECONDS}
-            shared = _SharedRead(now, limit, defer.Deferred.fromCoroutine(self._read_feed(after, limit)))
+        if shared is None:
+            for earlier in self._feed_reads.values():
+                inside = earlier.events_after(after)
+                if inside is not None:
+                    events, full = inside
+                    if full and len(events) < limit:  # and the rest from where that read ended
+                        events += (await self.feed(events[-1].position, limit))[:limit - len(events)]
+                    return events[:limit]
+            read = defer.Deferred.fromCoroutine(self._read_feed(after, limit))
+            shared = _SharedRead(now, after, limit, read)
             self._feed_reads[after] = shared
         try:
             events = await shared.wait()

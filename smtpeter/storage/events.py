@@ -226,10 +226,17 @@ class Events(Tables):
         return events[:limit]
 
     async def _read_feed(self, after: Position, limit: int) -> list[Event]:
+        # The rest of ``after``'s transaction, then the later ones: each an index range. (SQLite
+        # plans "(xid, id) > (?, ?)" as xid >= ? and reads past every event of the transaction
+        # before the position: the whole table on SQLite, where xid is always 0; 61 ms a read at
+        # 500,000 events against 0.9 ms.)
+        horizon = self.db.feed_horizon
         rows = await self.db.query(
-            f"SELECT {_SELECT} FROM events WHERE (xid, id) > (?, ?){self.db.feed_horizon} "  # noqa: S608
-            "ORDER BY xid, id LIMIT ?",
-            (*after, limit),
+            f"SELECT * FROM (SELECT {_SELECT} FROM events WHERE xid = ? AND id > ?{horizon} "  # noqa: S608
+            "ORDER BY id LIMIT ?) AS this_transaction UNION ALL "
+            f"SELECT * FROM (SELECT {_SELECT} FROM events WHERE xid > ?{horizon} "
+            "ORDER BY xid, id LIMIT ?) AS later ORDER BY xid, id LIMIT ?",
+            (after.xid, after.id, limit, after.xid, limit, limit),
         )
         return [_event(r) for r in rows]
 

@@ -58,6 +58,10 @@ BATCH_SECONDS = 0.05
 # a main process behind on writing them stops reading, and so slows the workers to its pace rather
 # than lose hits. After STALL_SECONDS of waiting they are dropped (and counted) and the worker goes on.
 MAX_WAITING = 20_000
+# The worker answers again once fewer than this many wait: the main process reads a little at a time
+# when behind (some 10,000 hits for all workers each time it has written as many), so resuming at
+# half would wait for two or more of its writes, seconds under a flood (wrk timed out at 2 s).
+_RESUME_WAITING = MAX_WAITING * 9 // 10
 STALL_SECONDS = 10.0
 SWEEP_SECONDS = 5.0  # idle connections are looked for this often
 _LENGTH = struct.Struct(">I")
@@ -315,9 +319,9 @@ class Worker:
         self.epoll.modify(HITS_FD, 0 if everything else select.EPOLLOUT)
 
     def _wait_for_main(self) -> None:
-        """Until the main process has read half of what waits, or STALL_SECONDS."""
+        """Until the main process has read some of what waits (_RESUME_WAITING), or STALL_SECONDS."""
         deadline = time.monotonic() + STALL_SECONDS
-        while self.running and self.hits.framed >= MAX_WAITING // 2:
+        while self.running and self.hits.framed >= _RESUME_WAITING:
             left = deadline - time.monotonic()
             if left <= 0:
                 log(f"the main process read no hits for {STALL_SECONDS:.0f} s: "

@@ -382,7 +382,7 @@ def measure_ours(name: str, server: Smtpeter, port: int, script: Path, database:
     row = Row(name, connections, load, 1000 * sum(load_cpu.values()) / requests, rss_kib(pids) / 1024,
               recorded=recorded, record_seconds=lag, notes=[note])
     if recorded >= load["requests"]:
-        row.cpu_recorded_ms = 1000 * (sum(tree_cpu(pids).values()) - sum(cpu.values())) / requests
+        row.cpu_recorded_ms = 1000 * cpu_since(cpu) / requests
     else:
         row.notes.append(f"only {recorded} of {load['requests']} clicks stored {lag:.1f} s after the load")
     # The event feed's consumers (statistics, webhooks, suppressions) read every click after it was
@@ -392,8 +392,13 @@ def measure_ours(name: str, server: Smtpeter, port: int, script: Path, database:
     else:
         row.notes.append(f"cpu ms/req until the event feed's consumers were done too "
                          f"({time.monotonic() - load['ended']:.1f} s after the load): "
-                         f"{1000 * (sum(tree_cpu(pids).values()) - sum(cpu.values())) / requests:.3f}")
+                         f"{1000 * cpu_since(cpu) / requests:.3f}")
     return row
+
+
+def cpu_since(before: dict[int, float]) -> float:
+    """CPU seconds the processes of ``before`` (pid -> CPU seconds then) have spent since."""
+    return sum(tree_cpu(list(before)).values()) - sum(before.values())
 
 
 def wait_quiet(pids: Sequence[int], timeout: float, busy: float = 0.05) -> float | None:

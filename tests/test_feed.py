@@ -31,6 +31,22 @@ async def every_position(storage: Storage) -> list[Position]:
     return [Position(*row) for row in rows]
 
 
+FEED_READ = "AS this_transaction"  # in the SQL of a read of the feed (Events._read_feed)
+
+
+def feed_reads(storage: Storage) -> list[tuple[str, tuple]]:
+    """The SQL and parameters of every read of the feed ``storage`` makes from now on."""
+    reads: list[tuple[str, tuple]] = []
+    query = storage.db.query
+
+    async def kept(sql: str, params: tuple = ()) -> list:
+        if FEED_READ in sql:
+            reads.append((sql, params))
+        return await query(sql, params)
+    storage.db.query = kept  # type: ignore[method-assign]
+    return reads
+
+
 async def read_to_the_end(feed: Feed) -> list[Event]:
     seen = []
     while events := await feed.read():
@@ -206,14 +222,7 @@ class FeedSuite:
         storage = await self.open_storage(clock=clock)
         account = await storage.create_account("acme")
         await record_events(storage, account.id, 2)
-        reads = []
-        query = storage.db.query
-
-        async def counted(sql: str, params: tuple = ()) -> list:
-            if "AS this_transaction" in sql:
-                reads.append(params)
-            return await query(sql, params)
-        storage.db.query = counted  # type: ignore[method-assign]
+        reads = feed_reads(storage)
         webhooks, statistics = Feed(storage, "webhooks", clock, 3), Feed(storage, "statistics", clock, 8)
         again = Feed(storage, "suppressions", clock, 3)
         first, second = await defer.gatherResults([defer.Deferred.fromCoroutine(webhooks.read()),
@@ -244,14 +253,7 @@ class FeedSuite:
         await record_events(storage, account.id, 3)
         positions = await every_position(storage)
         self.assertEqual(len(positions), 12)
-        reads = []
-        query = storage.db.query
-
-        async def counted(sql: str, params: tuple = ()) -> list:
-            if "AS this_transaction" in sql:
-                reads.append(params)
-            return await query(sql, params)
-        storage.db.query = counted  # type: ignore[method-assign]
+        reads = feed_reads(storage)
         leader, behind, further = (Feed(storage, name, clock, 4) for name in ("leader", "behind", "further"))
         self.assertEqual([e.position for e in await leader.read()], positions[:4])
         # Inside the leader's full read: its events after this position, then a read from its end.
@@ -289,7 +291,7 @@ class FeedSuite:
 
         async def answered_late(sql: str, params: tuple = ()) -> list:
             rows = await query(sql, params)  # the database's answer as of now...
-            if "AS this_transaction" in sql and not answered.called:
+            if FEED_READ in sql and not answered.called:
                 answered.callback(None)
                 await gate  # ...handed over later
             return rows
@@ -314,16 +316,9 @@ class FeedOnSQLite(BackendMixin, unittest.TestCase):
         storage = await self.open_storage()
         account = await storage.create_account("acme")
         await record_events(storage, account.id, 2)
-        asked = []
-        query = storage.db.query
-
-        async def kept(sql: str, params: tuple = ()) -> list:
-            asked.append((sql, params))
-            return await query(sql, params)
-        storage.db.query = kept  # type: ignore[method-assign]
+        asked = feed_reads(storage)
         await storage.feed((await every_position(storage))[2], 10)
-        storage.db.query = query  # type: ignore[method-assign]
-        sql, params = next((sql, params) for sql, params in asked if "AS this_transaction" in sql)
+        [(sql, params)] = asked
         plan = " / ".join(row[-1] for row in await storage.db.query("EXPLAIN QUERY PLAN " + sql, params))
         self.assertIn("events_feed (xid=? AND id>?)", plan)
 
